@@ -1,0 +1,520 @@
+//! Config: the raw TOML structs (serde, `deny_unknown_fields`, every key has a default), their
+//! validation into [`Config`] with errors naming the dotted key, and the resolved dump.
+
+use crate::error::{cfg, Error, IoContext, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The raw config as written in TOML. Every key is optional; defaults are the paper's set-up.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub run: RunSection,
+    pub data: DataSection,
+    pub model: ModelSection,
+    pub train: TrainSection,
+    pub features: FeaturesSection,
+    pub ood: OodSection,
+    pub known_unknowns: KnownUnknownsSection,
+    pub meta: MetaSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSection {
+    /// Run folder name under `out_dir`.
+    pub name: String,
+    /// Seed for every random draw of the run.
+    pub seed: u64,
+    /// Root folder of run folders.
+    pub out_dir: PathBuf,
+}
+
+impl Default for RunSection {
+    fn default() -> Self {
+        Self {
+            name: "mnist".into(),
+            seed: 42,
+            out_dir: "reports".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataSection {
+    /// Download cache and user-provided files.
+    pub data_dir: PathBuf,
+    /// Training source (see `metaclf data list` for the spec syntax).
+    pub train: String,
+    /// Test source.
+    pub test: String,
+    /// Fraction of the training images held out for validation (plateau, checkpoint).
+    pub val_fraction: f64,
+    /// Keep only these classes (empty = all); labels are re-indexed 0..k in this order.
+    pub classes: Vec<u32>,
+    /// Use at most this many training images (0 = all), drawn at random from the seed.
+    pub train_limit: usize,
+    /// Use at most this many test images (0 = all), the first ones in file order.
+    pub test_limit: usize,
+    /// Transpose every image (EMNIST's IDX files are stored column-major).
+    pub transpose: bool,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        Self {
+            data_dir: "data".into(),
+            train: "mnist:train".into(),
+            test: "mnist:test".into(),
+            val_fraction: 0.1,
+            classes: vec![],
+            train_limit: 0,
+            test_limit: 0,
+            transpose: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// Output channels of each conv layer (`conv1`, `conv2`, ...).
+    pub channels: Vec<usize>,
+    /// Square kernel size (odd; padding keeps the size).
+    pub kernel: usize,
+    /// Slope of the leaky ReLU for negative inputs.
+    pub leaky_slope: f64,
+    /// Dropout rate.
+    pub dropout: f64,
+    /// Layers after which dropout sits (after their activation and pooling).
+    pub dropout_after: Vec<String>,
+    /// Conv layers followed by max pooling.
+    pub pool_after: Vec<String>,
+    /// Pooling window and stride.
+    pub pool: usize,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self {
+            channels: vec![16, 16, 16],
+            kernel: 3,
+            leaky_slope: 0.01,
+            dropout: 0.25,
+            dropout_after: vec!["conv1".into(), "conv3".into()],
+            pool_after: vec!["conv1".into(), "conv2".into()],
+            pool: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub momentum: f64,
+    /// L2 penalty, added to the gradient as `weight_decay * w` (PyTorch's SGD convention).
+    pub weight_decay: f64,
+    /// Epochs without a validation-loss improvement before the learning rate is cut.
+    pub plateau_patience: usize,
+    /// Factor the learning rate is multiplied by on a plateau.
+    pub plateau_factor: f64,
+    pub min_lr: f64,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        Self {
+            epochs: 15,
+            batch_size: 64,
+            lr: 0.05,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            plateau_patience: 1,
+            plateau_factor: 0.3,
+            min_lr: 1e-4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeaturesSection {
+    /// MC-dropout passes T.
+    pub mc_samples: usize,
+    /// Images per batch when scoring.
+    pub batch_size: usize,
+}
+
+impl Default for FeaturesSection {
+    fn default() -> Self {
+        Self {
+            mc_samples: 50,
+            batch_size: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OodSection {
+    /// Out-of-distribution sets scored and evaluated.
+    pub sets: Vec<String>,
+    /// Images per OOD set (0 = all the set has; generated sets need a count).
+    pub count: usize,
+}
+
+impl Default for OodSection {
+    fn default() -> Self {
+        Self {
+            sets: vec![
+                "letters".into(),
+                "fashion-mnist".into(),
+                "gray-natural".into(),
+                "uniform-noise".into(),
+                "normal-noise".into(),
+            ],
+            count: 2000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KnownUnknownsSection {
+    /// Source of the known unknowns ("" = none).
+    pub source: String,
+    pub count: usize,
+}
+
+impl Default for KnownUnknownsSection {
+    fn default() -> Self {
+        Self {
+            source: "uniform-noise".into(),
+            count: 200,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetaSection {
+    pub repetitions: usize,
+    /// Fraction of in-distribution test rows in meta-test.
+    pub test_fraction: f64,
+    pub models: Vec<String>,
+    pub groups: Vec<String>,
+    /// Elastic-net mixing α of the `elastic-net` model.
+    pub alpha: f64,
+    /// Fixed penalty λ; negative = choose by cross-validation.
+    pub lambda: f64,
+    pub cv_folds: usize,
+    /// Penalties tried on the path.
+    pub n_lambda: usize,
+    pub nn_hidden: usize,
+    pub nn_epochs: usize,
+    pub nn_weight_decay: f64,
+    pub nn_lr: f64,
+    /// Repetitions whose per-row scores go to meta_scores.csv (every row of every repetition is
+    /// large: ~15,000 rows × 65 scorers per repetition for MNIST).
+    pub score_repetitions: usize,
+}
+
+impl Default for MetaSection {
+    fn default() -> Self {
+        Self {
+            repetitions: 10,
+            test_fraction: 0.5,
+            models: ["glm", "lasso", "ridge", "elastic-net", "nn"]
+                .map(String::from)
+                .to_vec(),
+            groups: ["softmax", "mc", "grad-all", "grad", "grad+softmax", "all"]
+                .map(String::from)
+                .to_vec(),
+            alpha: 0.5,
+            lambda: -1.0,
+            cv_folds: 3,
+            n_lambda: 12,
+            nn_hidden: 64,
+            nn_epochs: 200,
+            nn_weight_decay: 1e-4,
+            nn_lr: 0.01,
+            score_repetitions: 1,
+        }
+    }
+}
+
+/// A validated config. The raw form is kept for saving (`config.toml` of a run).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub raw: RawConfig,
+}
+
+impl std::ops::Deref for Config {
+    type Target = RawConfig;
+    fn deref(&self) -> &RawConfig {
+        &self.raw
+    }
+}
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).at(path)?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates TOML text; `file` only names the source in errors.
+    pub fn parse(text: &str, file: &Path) -> Result<Config> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| Error::ConfigParse {
+            file: file.to_path_buf(),
+            msg: e.to_string().trim().replace('\n', " "),
+        })?;
+        Self::validate(raw)
+    }
+
+    /// Checks every value; errors name the dotted key and the bad value.
+    pub fn validate(raw: RawConfig) -> Result<Config> {
+        let r = &raw;
+        if r.run.name.is_empty() || r.run.name.contains(['/', '\\']) || r.run.name == ".." {
+            return Err(cfg(
+                "run.name",
+                format!("{:?} is not a plain folder name", r.run.name),
+            ));
+        }
+        if !(0.0..1.0).contains(&r.data.val_fraction) {
+            return Err(cfg(
+                "data.val_fraction",
+                format!("{} is outside [0, 1)", r.data.val_fraction),
+            ));
+        }
+        for (key, spec) in [("data.train", &r.data.train), ("data.test", &r.data.test)] {
+            crate::data::Source::parse(spec).map_err(|m| cfg(key, m))?;
+        }
+        let mut seen = std::collections::HashSet::new();
+        for c in &r.data.classes {
+            if !seen.insert(c) {
+                return Err(cfg("data.classes", format!("class {c} is listed twice")));
+            }
+        }
+        if r.data.classes.len() == 1 {
+            return Err(cfg("data.classes", "a classifier needs at least 2 classes"));
+        }
+        let m = &r.model;
+        if m.channels.is_empty() || m.channels.contains(&0) {
+            return Err(cfg(
+                "model.channels",
+                format!("{:?}: need at least one conv layer, each with ≥ 1 channel", m.channels),
+            ));
+        }
+        if m.kernel == 0 || m.kernel % 2 == 0 || m.kernel > 9 {
+            return Err(cfg(
+                "model.kernel",
+                format!("{} must be odd and between 1 and 9", m.kernel),
+            ));
+        }
+        if !(m.leaky_slope.is_finite() && (0.0..1.0).contains(&m.leaky_slope)) {
+            return Err(cfg(
+                "model.leaky_slope",
+                format!("{} is outside [0, 1)", m.leaky_slope),
+            ));
+        }
+        if !(m.dropout.is_finite() && (0.0..1.0).contains(&m.dropout)) {
+            return Err(cfg(
+                "model.dropout",
+                format!("{} is outside [0, 1)", m.dropout),
+            ));
+        }
+        let conv_names: Vec<String> = (1..=m.channels.len()).map(|i| format!("conv{i}")).collect();
+        for (key, list) in [
+            ("model.dropout_after", &m.dropout_after),
+            ("model.pool_after", &m.pool_after),
+        ] {
+            for l in list {
+                if !conv_names.contains(l) {
+                    return Err(cfg(
+                        key,
+                        format!("{l:?} is not a conv layer (have {})", conv_names.join(", ")),
+                    ));
+                }
+            }
+        }
+        if m.pool < 2 {
+            return Err(cfg("model.pool", format!("{} must be ≥ 2", m.pool)));
+        }
+        let mut side = 28usize;
+        for name in &conv_names {
+            if m.pool_after.contains(name) {
+                side /= m.pool;
+                if side == 0 {
+                    return Err(cfg(
+                        "model.pool_after",
+                        format!("pooling after {name} shrinks the 28×28 image to nothing"),
+                    ));
+                }
+            }
+        }
+        let t = &r.train;
+        if t.epochs == 0 {
+            return Err(cfg("train.epochs", "0: must be ≥ 1"));
+        }
+        if t.batch_size == 0 {
+            return Err(cfg("train.batch_size", "0: must be ≥ 1"));
+        }
+        positive("train.lr", t.lr)?;
+        positive("train.min_lr", t.min_lr)?;
+        if !(t.momentum.is_finite() && (0.0..1.0).contains(&t.momentum)) {
+            return Err(cfg(
+                "train.momentum",
+                format!("{} is outside [0, 1)", t.momentum),
+            ));
+        }
+        if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
+            return Err(cfg(
+                "train.weight_decay",
+                format!("{} must be ≥ 0", t.weight_decay),
+            ));
+        }
+        if !(t.plateau_factor > 0.0 && t.plateau_factor < 1.0) {
+            return Err(cfg(
+                "train.plateau_factor",
+                format!("{} is outside (0, 1)", t.plateau_factor),
+            ));
+        }
+        if r.features.mc_samples < 2 {
+            return Err(cfg(
+                "features.mc_samples",
+                format!("{}: MC dropout needs ≥ 2 passes", r.features.mc_samples),
+            ));
+        }
+        if r.features.batch_size == 0 {
+            return Err(cfg("features.batch_size", "0: must be ≥ 1"));
+        }
+        for s in &r.ood.sets {
+            crate::data::Source::parse(s).map_err(|m| cfg("ood.sets", m))?;
+        }
+        if !r.known_unknowns.source.is_empty() {
+            crate::data::Source::parse(&r.known_unknowns.source)
+                .map_err(|m| cfg("known_unknowns.source", m))?;
+            if r.known_unknowns.count == 0 {
+                return Err(cfg("known_unknowns.count", "0: must be ≥ 1 when a source is set"));
+            }
+        }
+        let me = &r.meta;
+        if me.repetitions == 0 {
+            return Err(cfg("meta.repetitions", "0: must be ≥ 1"));
+        }
+        if !(me.test_fraction > 0.0 && me.test_fraction < 1.0) {
+            return Err(cfg(
+                "meta.test_fraction",
+                format!("{} is outside (0, 1)", me.test_fraction),
+            ));
+        }
+        for model in &me.models {
+            if !crate::meta::MODELS.contains(&model.as_str()) {
+                return Err(cfg(
+                    "meta.models",
+                    format!(
+                        "unknown model {model:?} (known: {})",
+                        crate::meta::MODELS.join(", ")
+                    ),
+                ));
+            }
+        }
+        for g in &me.groups {
+            crate::meta::FeatureGroup::parse(g, &conv_names).map_err(|m| cfg("meta.groups", m))?;
+        }
+        if !(me.alpha.is_finite() && (0.0..=1.0).contains(&me.alpha)) {
+            return Err(cfg("meta.alpha", format!("{} is outside [0, 1]", me.alpha)));
+        }
+        if !me.lambda.is_finite() {
+            return Err(cfg("meta.lambda", format!("{} is not finite", me.lambda)));
+        }
+        if me.cv_folds < 2 {
+            return Err(cfg("meta.cv_folds", format!("{} must be ≥ 2", me.cv_folds)));
+        }
+        if me.n_lambda < 2 {
+            return Err(cfg("meta.n_lambda", format!("{} must be ≥ 2", me.n_lambda)));
+        }
+        if me.nn_hidden == 0 {
+            return Err(cfg("meta.nn_hidden", "0: must be ≥ 1"));
+        }
+        if me.nn_epochs == 0 {
+            return Err(cfg("meta.nn_epochs", "0: must be ≥ 1"));
+        }
+        positive("meta.nn_lr", me.nn_lr)?;
+        Ok(Config { raw })
+    }
+
+    /// The resolved config as TOML (every key, defaults filled in).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(&self.raw).expect("config serializes")
+    }
+
+    /// Names of the conv layers, `conv1`..`convN`.
+    pub fn conv_names(&self) -> Vec<String> {
+        (1..=self.model.channels.len())
+            .map(|i| format!("conv{i}"))
+            .collect()
+    }
+}
+
+fn positive(key: &str, v: f64) -> Result<()> {
+    if v.is_finite() && v > 0.0 {
+        Ok(())
+    } else {
+        Err(cfg(key, format!("{v} must be > 0")))
+    }
+}
+
+/// The default config, every key written out.
+pub fn default_toml() -> String {
+    toml::to_string_pretty(&RawConfig::default()).expect("config serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config> {
+        Config::parse(s, Path::new("t.toml"))
+    }
+
+    #[test]
+    fn defaults_validate_and_round_trip() {
+        let c = parse("").unwrap();
+        let again = parse(&c.to_toml()).unwrap();
+        assert_eq!(c.raw, again.raw);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("[train]\nepochs = 0", "train.epochs"),
+            ("[train]\nbatch_size = 0", "train.batch_size"),
+            ("[train]\nlr = -0.1", "train.lr"),
+            ("[train]\nlr = 0.0", "train.lr"),
+            ("[model]\ndropout = 1.0", "model.dropout"),
+            ("[model]\ndropout = -0.1", "model.dropout"),
+            ("[model]\ndropout_after = [\"conv9\"]", "model.dropout_after"),
+            ("[data]\ntrain = \"nope\"", "data.train"),
+            ("[meta]\nmodels = [\"svm\"]", "meta.models"),
+            ("[meta]\ngroups = [\"grad-conv7\"]", "meta.groups"),
+        ];
+        for (text, key) in cases {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text:?} gave {e}");
+        }
+    }
+
+    #[test]
+    fn unknown_key_and_wrong_type_are_named() {
+        let e = parse("[train]\nepoch = 3").unwrap_err().to_string();
+        assert!(e.contains("epoch") && e.contains("t.toml"), "{e}");
+        let e = parse("[train]\nepochs = \"ten\"").unwrap_err().to_string();
+        assert!(e.contains("epochs"), "{e}");
+    }
+}

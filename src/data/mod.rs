@@ -1,0 +1,426 @@
+//! Data: one typed [`Dataset`] (28×28 images in [0,1], optional labels, name, checksum) from any
+//! source: IDX files, image folders, the named sets fetched into the cache by the ecosystem's
+//! package managers, rendered letters, natural-image crops and seeded noise.
+
+pub mod fetch;
+pub mod idx;
+pub mod render;
+
+use crate::error::{Error, Result};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// Pixels per image.
+pub const PIXELS: usize = 784;
+
+/// A set of 28×28 grayscale images, row-major, pixel/255 in [0, 1].
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub name: String,
+    /// N × 784 values.
+    pub images: Vec<f32>,
+    pub labels: Option<Vec<u32>>,
+    /// sha256 of the images (f32 little-endian) and labels (u32 little-endian).
+    pub sha256: String,
+    /// Index of each image in its source (stays valid after subsetting).
+    pub index: Vec<usize>,
+}
+
+impl Dataset {
+    pub fn new(name: impl Into<String>, images: Vec<f32>, labels: Option<Vec<u32>>) -> Dataset {
+        let n = images.len() / PIXELS;
+        let mut d = Dataset {
+            name: name.into(),
+            images,
+            labels,
+            sha256: String::new(),
+            index: (0..n).collect(),
+        };
+        d.rehash();
+        d
+    }
+
+    fn rehash(&mut self) {
+        let mut h = Sha256::new();
+        for v in &self.images {
+            h.update(v.to_le_bytes());
+        }
+        if let Some(l) = &self.labels {
+            for v in l {
+                h.update(v.to_le_bytes());
+            }
+        }
+        self.sha256 = hex::encode(h.finalize());
+    }
+
+    pub fn len(&self) -> usize {
+        self.images.len() / PIXELS
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.images.is_empty()
+    }
+
+    pub fn image(&self, i: usize) -> &[f32] {
+        &self.images[i * PIXELS..(i + 1) * PIXELS]
+    }
+
+    /// The rows at `idx`, in that order.
+    pub fn select(&self, idx: &[usize]) -> Dataset {
+        let mut images = Vec::with_capacity(idx.len() * PIXELS);
+        for &i in idx {
+            images.extend_from_slice(self.image(i));
+        }
+        let labels = self
+            .labels
+            .as_ref()
+            .map(|l| idx.iter().map(|&i| l[i]).collect());
+        let mut d = Dataset {
+            name: self.name.clone(),
+            images,
+            labels,
+            sha256: String::new(),
+            index: idx.iter().map(|&i| self.index[i]).collect(),
+        };
+        d.rehash();
+        d
+    }
+
+    /// Keeps only `classes` (labels re-indexed to their position in the list).
+    pub fn keep_classes(&self, classes: &[u32]) -> Result<Dataset> {
+        let Some(labels) = &self.labels else {
+            return Err(Error::Data {
+                name: self.name.clone(),
+                msg: "has no labels, so data.classes cannot select from it".into(),
+            });
+        };
+        let idx: Vec<usize> = (0..self.len())
+            .filter(|&i| classes.contains(&labels[i]))
+            .collect();
+        let mut d = self.select(&idx);
+        if let Some(l) = d.labels.as_mut() {
+            for v in l.iter_mut() {
+                *v = classes.iter().position(|c| c == v).unwrap() as u32;
+            }
+        }
+        d.rehash();
+        Ok(d)
+    }
+
+    /// Transposes every image (EMNIST storage → MNIST orientation): out[r][c] = raw[c][r].
+    pub fn transpose(&mut self) {
+        for img in self.images.chunks_mut(PIXELS) {
+            for r in 0..28 {
+                for c in (r + 1)..28 {
+                    img.swap(r * 28 + c, c * 28 + r);
+                }
+            }
+        }
+        self.rehash();
+    }
+
+    /// Number of classes (max label + 1).
+    pub fn num_classes(&self) -> usize {
+        self.labels
+            .as_ref()
+            .and_then(|l| l.iter().max())
+            .map_or(0, |m| *m as usize + 1)
+    }
+}
+
+/// A deterministic RNG for one named stage: `seed` and `stage` fix every draw.
+pub fn stage_rng(seed: u64, stage: &str) -> ChaCha8Rng {
+    // FNV-1a of the stage name, so adding a stage does not shift another stage's draws.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in stage.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    ChaCha8Rng::seed_from_u64(seed ^ h)
+}
+
+/// Train or test split of a named set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    Train,
+    Test,
+}
+
+/// Where a data set comes from; parsed from a spec string (see [`SPEC_HELP`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    Mnist(Split),
+    FashionMnist(Split),
+    /// EMNIST files the user placed under `<data_dir>/emnist/`: (variant, split).
+    Emnist(String, Split),
+    Letters,
+    GrayNatural,
+    UniformNoise,
+    NormalNoise,
+    Idx { images: PathBuf, labels: Option<PathBuf> },
+    Folder(PathBuf),
+}
+
+/// How data specs are written.
+pub const SPEC_HELP: &str = "mnist[:train|:test], fashion-mnist[:train|:test], \
+emnist-<variant>[:train|:test] (files under data/emnist/), letters, gray-natural, uniform-noise, \
+normal-noise, idx:IMAGES[,LABELS], folder:PATH";
+
+/// The named sets `metaclf data` knows.
+pub const NAMED: [&str; 6] = [
+    "mnist",
+    "fashion-mnist",
+    "letters",
+    "gray-natural",
+    "uniform-noise",
+    "normal-noise",
+];
+
+impl Source {
+    pub fn parse(spec: &str) -> std::result::Result<Source, String> {
+        let (head, tail) = match spec.split_once(':') {
+            Some((h, t)) => (h, Some(t)),
+            None => (spec, None),
+        };
+        let split = |t: Option<&str>| match t {
+            None | Some("test") => Ok(Split::Test),
+            Some("train") => Ok(Split::Train),
+            Some(o) => Err(format!("{spec:?}: split {o:?} is neither train nor test")),
+        };
+        let no_tail = |s: Source| match tail {
+            None => Ok(s),
+            Some(_) => Err(format!("{spec:?}: {head} takes no ':' part")),
+        };
+        match head {
+            "mnist" => Ok(Source::Mnist(split(tail)?)),
+            "fashion-mnist" => Ok(Source::FashionMnist(split(tail)?)),
+            "letters" => no_tail(Source::Letters),
+            "gray-natural" => no_tail(Source::GrayNatural),
+            "uniform-noise" => no_tail(Source::UniformNoise),
+            "normal-noise" => no_tail(Source::NormalNoise),
+            "idx" => {
+                let t = tail.filter(|t| !t.is_empty()).ok_or(format!(
+                    "{spec:?}: write idx:IMAGES or idx:IMAGES,LABELS"
+                ))?;
+                let (i, l) = match t.split_once(',') {
+                    Some((i, l)) => (i, Some(PathBuf::from(l))),
+                    None => (t, None),
+                };
+                Ok(Source::Idx {
+                    images: i.into(),
+                    labels: l,
+                })
+            }
+            "folder" => Ok(Source::Folder(
+                tail.filter(|t| !t.is_empty())
+                    .ok_or(format!("{spec:?}: write folder:PATH"))?
+                    .into(),
+            )),
+            h if h.starts_with("emnist-") && h.len() > 7 => {
+                Ok(Source::Emnist(h[7..].to_string(), split(tail)?))
+            }
+            _ => Err(format!("unknown data source {spec:?} (known: {SPEC_HELP})")),
+        }
+    }
+
+    /// A short name for file columns (`ood-<name>`).
+    pub fn short_name(spec: &str) -> String {
+        spec.split(':').next().unwrap_or(spec).to_string()
+    }
+}
+
+/// What loading needs besides the source.
+#[derive(Debug, Clone)]
+pub struct LoadCtx {
+    pub data_dir: PathBuf,
+    pub seed: u64,
+    /// Images wanted from generated/sampled sets (noise, letters, crops); 0 = the set's default.
+    pub count: usize,
+    /// Stage name mixed into the seed (an OOD set and a known-unknown set of the same kind
+    /// get different draws).
+    pub stage: String,
+}
+
+/// Loads a data set, fetching it into the cache first when needed.
+pub fn load(spec: &str, ctx: &LoadCtx) -> Result<Dataset> {
+    let src = Source::parse(spec).map_err(|msg| Error::Data {
+        name: spec.into(),
+        msg,
+    })?;
+    let name = Source::short_name(spec);
+    let count = |default: usize| if ctx.count == 0 { default } else { ctx.count };
+    let mut rng = stage_rng(ctx.seed, &format!("{}/{}", ctx.stage, spec));
+    let ds = match src {
+        Source::Mnist(split) => {
+            let dir = fetch::ensure(&ctx.data_dir, "mnist")?;
+            let p = if split == Split::Train { "train" } else { "t10k" };
+            load_idx(
+                &name,
+                &dir.join(format!("{p}-images-idx3-ubyte")),
+                Some(&dir.join(format!("{p}-labels-idx1-ubyte"))),
+                10,
+            )?
+        }
+        Source::FashionMnist(split) => {
+            let dir = fetch::ensure(&ctx.data_dir, "fashion-mnist")?;
+            let p = if split == Split::Train { "train" } else { "t10k" };
+            let d = load_idx(
+                &name,
+                &dir.join(format!("{p}-images-idx3-ubyte.gz")),
+                Some(&dir.join(format!("{p}-labels-idx1-ubyte.gz"))),
+                10,
+            )?;
+            subsample(d, ctx.count, &mut rng)
+        }
+        Source::Emnist(variant, split) => {
+            let dir = ctx.data_dir.join("emnist");
+            let s = if split == Split::Train { "train" } else { "test" };
+            let img = dir.join(format!("emnist-{variant}-{s}-images-idx3-ubyte.gz"));
+            let lab = dir.join(format!("emnist-{variant}-{s}-labels-idx1-ubyte.gz"));
+            let img = existing_or_plain(&img);
+            let lab = existing_or_plain(&lab);
+            if !img.exists() || !lab.exists() {
+                return Err(Error::Data {
+                    name: spec.into(),
+                    msg: format!(
+                        "EMNIST is not on any package registry; download the EMNIST \"gzip\" archive from NIST \
+                         (Cohen et al. 2017) and put {} and {} (plain or .gz) in {}",
+                        file_name(&img), file_name(&lab), dir.display()
+                    ),
+                });
+            }
+            let max = if variant == "letters" { 27 } else { 62 };
+            // stored transposed; `data.transpose = true` (on in configs/emnist.toml) fixes it
+            load_idx(&name, &img, Some(&lab), max)?
+        }
+        Source::Letters => {
+            let dir = fetch::ensure(&ctx.data_dir, "letters")?;
+            let d = render::letters(&dir)?;
+            subsample(d, count(2000), &mut rng)
+        }
+        Source::GrayNatural => {
+            let dir = fetch::ensure(&ctx.data_dir, "gray-natural")?;
+            render::natural_crops(&dir, count(2000), &mut rng)?
+        }
+        Source::UniformNoise => render::uniform_noise(count(2000), &mut rng),
+        Source::NormalNoise => render::normal_noise(count(2000), &mut rng),
+        Source::Idx { images, labels } => load_idx(&name, &images, labels.as_deref(), 256)?,
+        Source::Folder(path) => render::folder(&path)?,
+    };
+    if ds.is_empty() {
+        return Err(Error::Data {
+            name: spec.into(),
+            msg: "holds no images".into(),
+        });
+    }
+    Ok(ds)
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// `x.gz` if it exists, else `x` without `.gz` if that exists, else `x.gz`.
+fn existing_or_plain(gz: &Path) -> PathBuf {
+    if gz.exists() {
+        return gz.to_path_buf();
+    }
+    let plain = gz.with_extension("");
+    if plain.exists() {
+        plain
+    } else {
+        gz.to_path_buf()
+    }
+}
+
+fn subsample(d: Dataset, count: usize, rng: &mut ChaCha8Rng) -> Dataset {
+    if count == 0 || count >= d.len() {
+        return d;
+    }
+    let mut idx: Vec<usize> = (0..d.len()).collect();
+    idx.shuffle(rng);
+    idx.truncate(count);
+    idx.sort_unstable();
+    d.select(&idx)
+}
+
+/// Reads an IDX image file and optional label file; labels must be < `max_label`.
+pub fn load_idx(name: &str, images: &Path, labels: Option<&Path>, max_label: u32) -> Result<Dataset> {
+    let (px, n) = idx::read_images(images)?;
+    let labels = match labels {
+        Some(lp) => {
+            let l = idx::read_labels(lp)?;
+            if l.len() != n {
+                return Err(Error::Format {
+                    path: lp.to_path_buf(),
+                    msg: format!("{} labels for {n} images in {}", l.len(), images.display()),
+                });
+            }
+            if let Some((i, v)) = l.iter().enumerate().find(|(_, &v)| v as u32 >= max_label) {
+                return Err(Error::Format {
+                    path: lp.to_path_buf(),
+                    msg: format!("label {v} at index {i} is out of range 0..{max_label}"),
+                });
+            }
+            Some(l.into_iter().map(u32::from).collect())
+        }
+        None => None,
+    };
+    let images = px.iter().map(|&p| p as f32 / 255.0).collect();
+    Ok(Dataset::new(name, images, labels))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transpose_matches_emnist_rule() {
+        let mut img = vec![0f32; PIXELS];
+        img[3] = 1.0; // row 0, col 3
+        img[28 * 5 + 1] = 0.5; // row 5, col 1
+        let mut d = Dataset::new("t", img, None);
+        let before = d.sha256.clone();
+        d.transpose();
+        assert_eq!(d.images[3 * 28], 1.0); // row 3, col 0
+        assert_eq!(d.images[28 + 5], 0.5); // row 1, col 5
+        assert_eq!(d.images.iter().filter(|&&v| v > 0.0).count(), 2);
+        assert_ne!(before, d.sha256);
+    }
+
+    #[test]
+    fn spec_parsing() {
+        assert_eq!(Source::parse("mnist").unwrap(), Source::Mnist(Split::Test));
+        assert_eq!(Source::parse("mnist:train").unwrap(), Source::Mnist(Split::Train));
+        assert_eq!(
+            Source::parse("emnist-digits:train").unwrap(),
+            Source::Emnist("digits".into(), Split::Train)
+        );
+        assert!(Source::parse("mnist:val").is_err());
+        assert!(Source::parse("letters:x").is_err());
+        assert!(Source::parse("cifar").is_err());
+        assert!(Source::parse("idx:").is_err());
+    }
+
+    #[test]
+    fn keep_classes_reindexes() {
+        let d = Dataset::new("t", vec![0.0; 4 * PIXELS], Some(vec![3, 1, 7, 3]));
+        let k = d.keep_classes(&[3, 7]).unwrap();
+        assert_eq!(k.labels.unwrap(), vec![0, 1, 0]);
+        assert_eq!(k.index, vec![0, 2, 3]);
+    }
+
+    #[test]
+    fn stage_rngs_differ_and_repeat() {
+        use rand::Rng;
+        let a: u64 = stage_rng(1, "a").gen();
+        let b: u64 = stage_rng(1, "b").gen();
+        assert_ne!(a, b);
+        assert_eq!(a, stage_rng(1, "a").gen::<u64>());
+    }
+}

@@ -1,0 +1,508 @@
+//! Evaluation: detection metrics (AUROC, AUPR-In, AUPR-Out, FPR@95%TPR), calibration (ECE, MCE),
+//! the repeated meta-train/meta-test splits with every meta classifier × feature group ×
+//! known-unknowns setting, and the records and ablation tables built from them.
+
+use crate::data::stage_rng;
+use crate::features::FeatureTable;
+use crate::meta::logistic::LogisticParams;
+use crate::meta::nn::NnParams;
+use crate::meta::FeatureGroup;
+use rand::seq::SliceRandom;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// The metric definitions, stated in metrics.json and the report.
+pub const DEFINITIONS: &str = "Score s = the meta classifier's probability that the prediction can be trusted \
+(target 1 = in-distribution image predicted correctly), or a baseline's signed raw score (higher = more trustworthy: \
+msp, mc_pmax as they are; entropy, mc_entropy, grad_all_l2 negated). Error detection: in-distribution meta-test rows, \
+positive = correct prediction. OOD detection per set: in-distribution meta-test rows (positive) vs that set's rows \
+(negative). auroc = area under the ROC curve (ties count half; sklearn roc_auc_score). aupr_in = average precision with \
+the positives as the class of interest (sklearn average_precision_score(positive, s)). aupr_out = average precision \
+with the negatives as the class of interest and -s as the score. fpr95 = fraction of negatives with s >= the largest \
+threshold that keeps >= 95% of positives. meta_acc = accuracy of the meta classifier at 0.5 on its targets. \
+cnn_acc = the CNN's accuracy on the meta-test rows. Mean and std (population, ddof 0) over repetitions.";
+
+/// Area under the ROC curve (Mann–Whitney, ties count half). `None` without both classes.
+pub fn auroc(pos: &[bool], s: &[f64]) -> Option<f64> {
+    let np = pos.iter().filter(|&&p| p).count();
+    let nn = pos.len() - np;
+    if np == 0 || nn == 0 {
+        return None;
+    }
+    let mut idx: Vec<usize> = (0..s.len()).collect();
+    idx.sort_by(|&a, &b| s[a].total_cmp(&s[b]));
+    let mut rank_sum = 0f64;
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && s[idx[j + 1]] == s[idx[i]] {
+            j += 1;
+        }
+        let avg = (i + j) as f64 / 2.0 + 1.0;
+        for &k in &idx[i..=j] {
+            if pos[k] {
+                rank_sum += avg;
+            }
+        }
+        i = j + 1;
+    }
+    Some((rank_sum - (np * (np + 1)) as f64 / 2.0) / (np as f64 * nn as f64))
+}
+
+/// Average precision as sklearn computes it: Σ (R_k − R_{k−1}) P_k over distinct thresholds.
+pub fn average_precision(pos: &[bool], s: &[f64]) -> Option<f64> {
+    let np = pos.iter().filter(|&&p| p).count();
+    if np == 0 {
+        return None;
+    }
+    let mut idx: Vec<usize> = (0..s.len()).collect();
+    idx.sort_by(|&a, &b| s[b].total_cmp(&s[a]));
+    let (mut tp, mut fp, mut ap, mut last_r) = (0f64, 0f64, 0f64, 0f64);
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && s[idx[j + 1]] == s[idx[i]] {
+            j += 1;
+        }
+        for &k in &idx[i..=j] {
+            if pos[k] {
+                tp += 1.0;
+            } else {
+                fp += 1.0;
+            }
+        }
+        let r = tp / np as f64;
+        ap += (r - last_r) * tp / (tp + fp);
+        last_r = r;
+        i = j + 1;
+    }
+    Some(ap)
+}
+
+/// Fraction of negatives scoring ≥ the largest threshold that keeps ≥ 95% of the positives.
+pub fn fpr_at_95(pos: &[bool], s: &[f64]) -> Option<f64> {
+    let mut ps: Vec<f64> = s.iter().zip(pos).filter(|(_, &p)| p).map(|(v, _)| *v).collect();
+    let nn = pos.len() - ps.len();
+    if ps.is_empty() || nn == 0 {
+        return None;
+    }
+    ps.sort_by(|a, b| b.total_cmp(a));
+    let k = ((0.95 * ps.len() as f64) - 1e-9).ceil() as usize;
+    let t = ps[k.max(1) - 1];
+    let fp = s.iter().zip(pos).filter(|(v, &p)| !p && **v >= t).count();
+    Some(fp as f64 / nn as f64)
+}
+
+/// The four detection metrics, in the order of [`METRICS`].
+pub fn detection_metrics(pos: &[bool], s: &[f64]) -> Option<[f64; 4]> {
+    let neg: Vec<bool> = pos.iter().map(|p| !p).collect();
+    let ns: Vec<f64> = s.iter().map(|v| -v).collect();
+    Some([auroc(pos, s)?, average_precision(pos, s)?, average_precision(&neg, &ns)?, fpr_at_95(pos, s)?])
+}
+
+pub const METRICS: [&str; 4] = ["auroc", "aupr_in", "aupr_out", "fpr95"];
+
+/// Expected and maximum calibration error over `bins` equal-width confidence bins:
+/// ECE = Σ_b (n_b/N)|acc_b − conf_b|, MCE = max_b |acc_b − conf_b| over non-empty bins.
+pub fn calibration(conf: &[f64], correct: &[bool], bins: usize) -> (f64, f64, Vec<(f64, f64, usize)>) {
+    let mut acc = vec![(0f64, 0f64, 0usize); bins];
+    for (c, ok) in conf.iter().zip(correct) {
+        let b = ((c * bins as f64).ceil() as usize).clamp(1, bins) - 1;
+        acc[b].0 += *c;
+        acc[b].1 += *ok as u8 as f64;
+        acc[b].2 += 1;
+    }
+    let n = conf.len().max(1) as f64;
+    let (mut ece, mut mce) = (0f64, 0f64);
+    let mut table = Vec::new();
+    for (sc, sa, k) in acc {
+        if k == 0 {
+            table.push((f64::NAN, f64::NAN, 0));
+            continue;
+        }
+        let (cf, ac) = (sc / k as f64, sa / k as f64);
+        ece += k as f64 / n * (ac - cf).abs();
+        mce = mce.max((ac - cf).abs());
+        table.push((cf, ac, k));
+    }
+    (ece, mce, table)
+}
+
+/// One result: a metric over repetitions.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    pub task: String,
+    pub ood_set: Option<String>,
+    pub model: String,
+    pub features: String,
+    pub known_unknowns: bool,
+    pub metric: String,
+    pub mean: f64,
+    pub std: f64,
+    pub values: Vec<f64>,
+}
+
+/// One scored row of one fitted (or baseline) scorer.
+#[derive(Debug, Clone)]
+pub struct ScoreRow {
+    pub rep: usize,
+    pub model: String,
+    pub features: String,
+    pub known_unknowns: bool,
+    pub row: usize,
+    pub target: u8,
+    pub score: f64,
+}
+
+/// One coefficient line.
+#[derive(Debug, Clone)]
+pub struct CoefRow {
+    pub rep: usize,
+    pub model: String,
+    pub features: String,
+    pub known_unknowns: bool,
+    pub term: String,
+    pub original: f64,
+    pub standardized: f64,
+    pub lambda: f64,
+}
+
+/// Settings of the meta experiment.
+#[derive(Debug, Clone)]
+pub struct MetaParams {
+    pub repetitions: usize,
+    pub test_fraction: f64,
+    pub models: Vec<String>,
+    pub groups: Vec<FeatureGroup>,
+    pub alpha: f64,
+    pub lambda: Option<f64>,
+    pub cv_folds: usize,
+    pub n_lambda: usize,
+    pub nn: NnParams,
+    pub seed: u64,
+    /// Known-unknown set name (rows `known-unknown-<name>`), if any.
+    pub known_unknowns: Option<String>,
+    /// Repetitions whose per-row scores are kept (scores of every rep are large).
+    pub keep_scores: usize,
+}
+
+/// Baselines: (name, column, sign).
+pub const BASELINES: [(&str, &str, f64); 5] = [
+    ("msp", "msp", 1.0),
+    ("entropy", "entropy", -1.0),
+    ("mc_pmax", "mc_pmax", 1.0),
+    ("mc_entropy", "mc_entropy", -1.0),
+    ("grad_all_l2", "grad_all_l2", -1.0),
+];
+
+/// Everything the meta experiment produced.
+#[derive(Debug, Clone, Default)]
+pub struct MetaResults {
+    pub records: Vec<Record>,
+    pub scores: Vec<ScoreRow>,
+    pub coefs: Vec<CoefRow>,
+    pub warnings: Vec<String>,
+}
+
+struct RepOut {
+    /// (task, ood_set, model, features, ku, metric) → value
+    values: Vec<((String, Option<String>, String, String, bool, String), f64)>,
+    scores: Vec<ScoreRow>,
+    coefs: Vec<CoefRow>,
+    warnings: Vec<String>,
+}
+
+fn design(t: &FeatureTable, rows: &[usize], cols: &[usize]) -> Vec<f64> {
+    let mut x = Vec::with_capacity(rows.len() * cols.len());
+    for &r in rows {
+        let row = t.row(r);
+        for &c in cols {
+            x.push(row[c] as f64);
+        }
+    }
+    x
+}
+
+/// Runs the whole grid over repetitions (in parallel) and summarises it.
+pub fn run_meta(t: &FeatureTable, p: &MetaParams) -> Result<MetaResults, String> {
+    let id_rows: Vec<usize> = (0..t.len()).filter(|&r| t.set[r] == "id-test").collect();
+    if id_rows.len() < 4 {
+        return Err(format!("only {} in-distribution rows; need at least 4", id_rows.len()));
+    }
+    let mut ood_sets: Vec<String> = Vec::new();
+    for s in &t.set {
+        if let Some(name) = s.strip_prefix("ood-") {
+            if !ood_sets.iter().any(|o| o == name) {
+                ood_sets.push(name.to_string());
+            }
+        }
+    }
+    let ood_rows: Vec<(String, Vec<usize>)> = ood_sets
+        .iter()
+        .map(|o| (o.clone(), (0..t.len()).filter(|&r| t.set[r] == format!("ood-{o}")).collect()))
+        .collect();
+    let ku_rows: Vec<usize> = match &p.known_unknowns {
+        Some(k) => (0..t.len()).filter(|&r| t.set[r] == format!("known-unknown-{k}")).collect(),
+        None => vec![],
+    };
+    for g in &p.groups {
+        for c in &g.columns {
+            if t.col(c).is_none() {
+                return Err(format!("feature group {} needs column {c}, which the feature table lacks", g.name));
+            }
+        }
+    }
+    let outs: Vec<Result<RepOut, String>> = (0..p.repetitions).into_par_iter().map(|rep| one_rep(t, p, rep, &id_rows, &ood_rows, &ku_rows)).collect();
+    let mut res = MetaResults::default();
+    let mut keys: Vec<(String, Option<String>, String, String, bool, String)> = Vec::new();
+    let mut vals: std::collections::HashMap<(String, Option<String>, String, String, bool, String), Vec<f64>> = Default::default();
+    for o in outs {
+        let o = o?;
+        for (k, v) in o.values {
+            if !vals.contains_key(&k) {
+                keys.push(k.clone());
+            }
+            vals.entry(k).or_default().push(v);
+        }
+        res.scores.extend(o.scores);
+        res.coefs.extend(o.coefs);
+        for w in o.warnings {
+            if !res.warnings.contains(&w) {
+                res.warnings.push(w);
+            }
+        }
+    }
+    for k in keys {
+        let v = vals.remove(&k).unwrap_or_default();
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        let std = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+        res.records.push(Record { task: k.0, ood_set: k.1, model: k.2, features: k.3, known_unknowns: k.4, metric: k.5, mean, std, values: v });
+    }
+    Ok(res)
+}
+
+fn one_rep(t: &FeatureTable, p: &MetaParams, rep: usize, id_rows: &[usize], ood_rows: &[(String, Vec<usize>)], ku_rows: &[usize]) -> Result<RepOut, String> {
+    let mut rng = stage_rng(p.seed, &format!("meta/split/{rep}"));
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for ok in [true, false] {
+        let mut rows: Vec<usize> = id_rows.iter().cloned().filter(|&r| t.correct(r) == Some(ok)).collect();
+        rows.shuffle(&mut rng);
+        let nt = ((rows.len() as f64) * p.test_fraction).round() as usize;
+        test.extend_from_slice(&rows[..nt]);
+        train.extend_from_slice(&rows[nt..]);
+    }
+    train.sort_unstable();
+    test.sort_unstable();
+    let mut out = RepOut { values: Vec::new(), scores: Vec::new(), coefs: Vec::new(), warnings: Vec::new() };
+    let eval_rows: Vec<usize> = test.iter().cloned().chain(ood_rows.iter().flat_map(|(_, r)| r.iter().cloned())).collect();
+    let target = |r: usize| -> u8 { (t.correct(r) == Some(true)) as u8 };
+    let cnn_acc = test.iter().filter(|&&r| t.correct(r) == Some(true)).count() as f64 / test.len().max(1) as f64;
+    let emit = |out: &mut RepOut, model: &str, feats: &str, ku: bool, score_of: &dyn Fn(usize) -> f64, s_eval: &[f64]| {
+        let key = |task: &str, o: Option<&str>, m: &str| (task.to_string(), o.map(String::from), model.to_string(), feats.to_string(), ku, m.to_string());
+        let s_test: Vec<f64> = test.iter().map(|&r| score_of(r)).collect();
+        let pos: Vec<bool> = test.iter().map(|&r| target(r) == 1).collect();
+        if let Some(m) = detection_metrics(&pos, &s_test) {
+            for (name, v) in METRICS.iter().zip(m) {
+                out.values.push((key("error", None, name), v));
+            }
+        }
+        if !BASELINES.iter().any(|b| b.0 == model) {
+            let acc = pos.iter().zip(&s_test).filter(|(p, s)| (**s >= 0.5) == **p).count() as f64 / pos.len().max(1) as f64;
+            out.values.push((key("error", None, "meta_acc"), acc));
+        }
+        out.values.push((key("error", None, "cnn_acc"), cnn_acc));
+        for (name, rows) in ood_rows {
+            let mut pos = vec![true; test.len()];
+            pos.extend(std::iter::repeat_n(false, rows.len()));
+            let s: Vec<f64> = s_test.iter().cloned().chain(rows.iter().map(|&r| score_of(r))).collect();
+            if let Some(m) = detection_metrics(&pos, &s) {
+                for (mn, v) in METRICS.iter().zip(m) {
+                    out.values.push((key("ood", Some(name), mn), v));
+                }
+            }
+        }
+        if rep < p.keep_scores {
+            for (&r, &s) in eval_rows.iter().zip(s_eval) {
+                out.scores.push(ScoreRow { rep, model: model.into(), features: feats.into(), known_unknowns: ku, row: r, target: target(r), score: s });
+            }
+        }
+    };
+    // baselines: fixed signs, no fitting
+    for (name, col, sign) in BASELINES {
+        let Some(c) = t.col(col) else { continue };
+        let f = |r: usize| sign * t.row(r)[c] as f64;
+        let s_eval: Vec<f64> = eval_rows.iter().map(|&r| f(r)).collect();
+        emit(&mut out, name, name, false, &f, &s_eval);
+    }
+    let ku_options: Vec<bool> = if ku_rows.is_empty() { vec![false] } else { vec![false, true] };
+    for &ku in &ku_options {
+        let fit_rows: Vec<usize> = train.iter().cloned().chain(if ku { ku_rows.to_vec() } else { vec![] }).collect();
+        let y: Vec<f64> = fit_rows.iter().map(|&r| target(r) as f64).collect();
+        for g in &p.groups {
+            let cols: Vec<usize> = g.columns.iter().map(|c| t.col(c).unwrap()).collect();
+            let x = design(t, &fit_rows, &cols);
+            let xe = design(t, &eval_rows, &cols);
+            for model in &p.models {
+                let s_eval: Vec<f64> = if model == "nn" {
+                    let nn = NnParams { seed: p.seed ^ (rep as u64 + 1), ..p.nn.clone() }.fit(&x, &y).map_err(|e| format!("nn meta classifier: {e}"))?;
+                    nn.predict(&xe).map_err(|e| format!("nn meta classifier: {e}"))?
+                } else {
+                    let (alpha, lambda) = match model.as_str() {
+                        "glm" => (1.0, Some(0.0)),
+                        "lasso" => (1.0, p.lambda),
+                        "ridge" => (0.0, p.lambda),
+                        _ => (p.alpha, p.lambda),
+                    };
+                    let lp = LogisticParams { n_lambda: p.n_lambda, cv_folds: p.cv_folds, seed: p.seed ^ (rep as u64 + 1), ..LogisticParams::new(alpha, lambda) };
+                    let m = lp.fit(&x, &y)?;
+                    for w in &m.warnings {
+                        out.warnings.push(format!("{model} on {}{}: {w}", g.name, if ku { " with known unknowns" } else { "" }));
+                    }
+                    let (b0, orig) = m.original();
+                    let mut push = |term: &str, o: f64, s: f64| {
+                        out.coefs.push(CoefRow { rep, model: model.clone(), features: g.name.clone(), known_unknowns: ku, term: term.into(), original: o, standardized: s, lambda: m.lambda })
+                    };
+                    push("(intercept)", b0, m.intercept);
+                    for (j, c) in g.columns.iter().enumerate() {
+                        push(c, orig[j], m.coef[j]);
+                    }
+                    m.predict(&xe)
+                };
+                let pos_of: std::collections::HashMap<usize, usize> = eval_rows.iter().enumerate().map(|(i, &r)| (r, i)).collect();
+                let f = |r: usize| s_eval[pos_of[&r]];
+                emit(&mut out, model, &g.name, ku, &f, &s_eval);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Records as CSV (values joined by ';').
+pub fn records_csv(records: &[Record]) -> String {
+    let mut s = String::from("task,ood_set,model,features,known_unknowns,metric,mean,std,values\n");
+    for r in records {
+        let vals: Vec<String> = r.values.iter().map(|v| v.to_string()).collect();
+        s.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{}\n",
+            r.task,
+            r.ood_set.clone().unwrap_or_default(),
+            r.model,
+            r.features,
+            r.known_unknowns,
+            r.metric,
+            r.mean,
+            r.std,
+            vals.join(";")
+        ));
+    }
+    s
+}
+
+/// Ablation tables: per model and known-unknowns setting, rows = feature groups, columns =
+/// task × metric, mean ± std; the best value of each column is marked. Returns (csv, markdown).
+pub fn ablation(records: &[Record]) -> (String, String) {
+    let mut cols: Vec<(String, Option<String>, String)> = Vec::new();
+    for r in records {
+        if !METRICS.contains(&r.metric.as_str()) {
+            continue;
+        }
+        let c = (r.task.clone(), r.ood_set.clone(), r.metric.clone());
+        if !cols.contains(&c) {
+            cols.push(c);
+        }
+    }
+    let col_name = |c: &(String, Option<String>, String)| match &c.1 {
+        Some(o) => format!("ood-{o}:{}", c.2),
+        None => format!("{}:{}", c.0, c.2),
+    };
+    let mut tables: Vec<(String, bool)> = Vec::new();
+    for r in records {
+        let k = (r.model.clone(), r.known_unknowns);
+        if !tables.contains(&k) && !BASELINES.iter().any(|b| b.0 == r.model) {
+            tables.push(k);
+        }
+    }
+    tables.insert(0, ("baseline".into(), false));
+    let find = |model: &str, feats: &str, ku: bool, c: &(String, Option<String>, String)| {
+        records.iter().find(|r| r.model == model && r.features == feats && r.known_unknowns == ku && r.task == c.0 && r.ood_set == c.1 && r.metric == c.2)
+    };
+    let mut csv = format!("model,known_unknowns,features,{}\n", cols.iter().map(|c| col_name(c)).collect::<Vec<_>>().join(","));
+    let mut md = String::from("# Ablation: feature groups\n\nMean ± std over repetitions; **bold** = best in its column within the table (lowest for fpr95, highest otherwise).\n");
+    for (model, ku) in &tables {
+        let rows: Vec<(String, String)> = if model == "baseline" {
+            BASELINES.iter().map(|b| (b.0.to_string(), b.0.to_string())).collect()
+        } else {
+            let mut v: Vec<(String, String)> = Vec::new();
+            for r in records.iter().filter(|r| &r.model == model && r.known_unknowns == *ku) {
+                if !v.iter().any(|x| x.1 == r.features) {
+                    v.push((model.clone(), r.features.clone()));
+                }
+            }
+            v
+        };
+        md.push_str(&format!("\n## {model}{}\n\n| features | {} |\n|---|{}\n", if *ku { " (with known unknowns)" } else { "" }, cols.iter().map(|c| col_name(c)).collect::<Vec<_>>().join(" | "), "---|".repeat(cols.len())));
+        let best: Vec<Option<f64>> = cols
+            .iter()
+            .map(|c| {
+                let it = rows.iter().filter_map(|(m, f)| find(m, f, *ku, c).map(|r| r.mean));
+                if c.2 == "fpr95" { it.min_by(f64::total_cmp) } else { it.max_by(f64::total_cmp) }
+            })
+            .collect();
+        for (m, f) in &rows {
+            let mut cells_csv = Vec::new();
+            let mut cells_md = Vec::new();
+            for (c, b) in cols.iter().zip(&best) {
+                match find(m, f, *ku, c) {
+                    Some(r) => {
+                        let cell = format!("{:.4} ± {:.4}", r.mean, r.std);
+                        let is_best = b.is_some_and(|b| b == r.mean);
+                        cells_md.push(if is_best { format!("**{cell}**") } else { cell.clone() });
+                        cells_csv.push(if is_best { format!("{cell} *") } else { cell });
+                    }
+                    None => {
+                        cells_md.push("–".into());
+                        cells_csv.push(String::new());
+                    }
+                }
+            }
+            csv.push_str(&format!("{m},{ku},{f},{}\n", cells_csv.join(",")));
+            md.push_str(&format!("| {f} | {} |\n", cells_md.join(" | ")));
+        }
+    }
+    (csv, md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_by_hand() {
+        // scores 0.1 0.4 0.35 0.8, positives 0 0 1 1 → sklearn: auc 0.75, ap 0.8333
+        let pos = [false, false, true, true];
+        let s = [0.1, 0.4, 0.35, 0.8];
+        assert!((auroc(&pos, &s).unwrap() - 0.75).abs() < 1e-12);
+        assert!((average_precision(&pos, &s).unwrap() - (0.5 * 1.0 + 0.5 * 2.0 / 3.0)).abs() < 1e-12);
+        // ties count half
+        assert!((auroc(&[true, false], &[1.0, 1.0]).unwrap() - 0.5).abs() < 1e-12);
+        // fpr95 with 20 positives: keep 19 → threshold = 19th highest positive
+        let mut pos = vec![true; 20];
+        let mut s: Vec<f64> = (1..=20).map(|i| i as f64).collect();
+        pos.extend([false, false, false, false]);
+        s.extend([1.5, 2.0, 2.5, 30.0]);
+        // threshold = 2.0 → negatives ≥ 2: 2.0, 2.5, 30 → 3/4
+        assert!((fpr_at_95(&pos, &s).unwrap() - 0.75).abs() < 1e-12);
+        assert!(auroc(&[true, true], &[0.1, 0.2]).is_none());
+    }
+
+    #[test]
+    fn calibration_by_hand() {
+        let conf = [0.95, 0.95, 0.55, 0.45];
+        let ok = [true, false, true, true];
+        let (ece, mce, _) = calibration(&conf, &ok, 10);
+        // bins: 0.9–1.0: conf .95 acc .5 (n=2); 0.5–0.6: .55 vs 1 (n=1); 0.4–0.5: .45 vs 1 (n=1)
+        let e = 0.5 * 0.45 + 0.25 * 0.45 + 0.25 * 0.55;
+        assert!((ece - e).abs() < 1e-12, "{ece} vs {e}");
+        assert!((mce - 0.55).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,23 @@
+//! metaclf: tells a CNN classifier's users when not to trust it. It trains a small CNN, computes
+//! uncertainty features for every image (softmax, MC dropout, per-layer gradient metrics), fits
+//! meta classifiers that detect wrong predictions and out-of-distribution inputs, and reports how
+//! well each feature group does.
+//!
+//! Stages, one module each: [`config`] → [`data`] → [`model`] → [`features`] → [`meta`] →
+//! [`eval`] → [`report`]; [`runfolder`] writes files; [`pipeline`] chains the stages;
+//! [`bench`] measures speed.
+
+pub mod bench;
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod eval;
+pub mod features;
+pub mod meta;
+pub mod model;
+pub mod pipeline;
+pub mod report;
+pub mod runfolder;
+
+pub use config::Config;
+pub use error::{Error, Result};

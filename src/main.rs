@@ -1,0 +1,187 @@
+//! The `metaclf` command line: parses arguments, sets up logging, calls the library, and maps
+//! errors to an exit code with the whole error chain.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use metaclf::{config, data, pipeline, Config};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tracing_subscriber::{fmt, prelude::*, EnvFilter};
+
+#[derive(Parser)]
+#[command(name = "metaclf", version, about = "Tells a CNN classifier's users when not to trust it")]
+struct Cli {
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Runs the whole pipeline and writes a run folder.
+    Run {
+        config: PathBuf,
+        /// Run folder (default: <run.out_dir>/<run.name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Write into an existing run folder.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Validates a config (and that its data is cached or fetchable) without running.
+    Check { config: PathBuf },
+    /// Prints the default config with every key.
+    DumpConfig,
+    /// Known data sets: list them or fetch them into the cache.
+    Data {
+        #[command(subcommand)]
+        cmd: DataCmd,
+        /// Cache folder.
+        #[arg(long, default_value = "data", global = true)]
+        data_dir: PathBuf,
+    },
+    /// Scores any data set with a finished run's model and writes a features CSV.
+    Features {
+        #[arg(long)]
+        run: PathBuf,
+        /// Data spec (e.g. fashion-mnist, folder:PATH, idx:IMAGES[,LABELS]).
+        #[arg(long)]
+        data: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// Images to draw from generated or sampled sets (0 = the set's default).
+        #[arg(long, default_value_t = 0)]
+        count: usize,
+    },
+    /// Rebuilds plots and report.html of a run folder from its files.
+    Report { run_dir: PathBuf },
+    /// Measures images/s of forward, MC dropout, gradient metrics, the naive loop and training.
+    Bench {
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCmd {
+    /// Lists the named data sets and whether they are cached.
+    List,
+    /// Fetches named data sets (all when none is named).
+    Fetch { names: Vec<String> },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    tracing_subscriber::registry()
+        .with(fmt::layer().with_writer(std::io::stderr).with_target(false).without_time())
+        .with(fmt::layer().with_writer(metaclf::runfolder::LogWriter).with_ansi(false).with_target(false))
+        .with(filter)
+        .init();
+    match dispatch(cli.cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Run { config, out, force } => {
+            let cfg = Config::load(&config)?;
+            let s = pipeline::run(&cfg, &pipeline::RunOptions { out, force }).with_context(|| format!("run of {}", config.display()))?;
+            println!("run folder: {}", s.folder.display());
+            println!("test accuracy: {:.4} after {} epochs", s.test_accuracy, s.epochs);
+            for (stage, secs) in &s.stage_seconds {
+                println!("  {stage:<9} {secs:>8.1} s");
+            }
+        }
+        Cmd::Check { config } => {
+            let cfg = Config::load(&config)?;
+            let mut specs = vec![cfg.data.train.clone(), cfg.data.test.clone()];
+            specs.extend(cfg.ood.sets.iter().cloned());
+            if !cfg.known_unknowns.source.is_empty() {
+                specs.push(cfg.known_unknowns.source.clone());
+            }
+            for spec in specs {
+                println!("{spec}: {}", data_status(&cfg.data.data_dir, &spec)?);
+            }
+            println!("{}: ok", config.display());
+        }
+        Cmd::DumpConfig => print!("{}", config::default_toml()),
+        Cmd::Data { cmd, data_dir } => match cmd {
+            DataCmd::List => {
+                for name in data::NAMED {
+                    println!("{name:<14} {}", data_status(&data_dir, name)?);
+                }
+                println!("\nspecs: {}", data::SPEC_HELP);
+            }
+            DataCmd::Fetch { names } => {
+                let names: Vec<String> = if names.is_empty() { data::NAMED.iter().map(|s| s.to_string()).collect() } else { names };
+                for n in &names {
+                    if !data::NAMED.contains(&n.as_str()) {
+                        anyhow::bail!("unknown data set {n:?} (known: {})", data::NAMED.join(", "));
+                    }
+                }
+                for n in names {
+                    data::fetch::fetch(&data_dir, &n)?;
+                    println!("{n}: {}", data_status(&data_dir, &n)?);
+                }
+            }
+        },
+        Cmd::Features { run, data, out, count } => {
+            let n = pipeline::features_for(&run, &data, &out, count)?;
+            println!("{n} rows written to {}", out.display());
+        }
+        Cmd::Report { run_dir } => {
+            metaclf::report::build(&run_dir)?;
+            println!("{}", run_dir.join("report.html").display());
+        }
+        Cmd::Bench { json } => {
+            let r = metaclf::bench::run(42)?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!("images/s on {} threads (default net, random weights, MNIST-shaped input):", r.threads);
+                for (k, v) in [("forward (batch 256)", r.forward), ("MC dropout (T=50)", r.mc_dropout), ("grad metrics, batched", r.grad_batched), ("grad metrics, naive batch-1 candle", r.grad_naive), ("training step (batch 128)", r.train_step)] {
+                    println!("  {k:<36} {v:>10.0}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// "cached", "generated", "missing (fetched on first use)" or what is wrong, for a spec.
+fn data_status(data_dir: &std::path::Path, spec: &str) -> Result<String> {
+    let src = data::Source::parse(spec).map_err(anyhow::Error::msg)?;
+    let named = match &src {
+        data::Source::Mnist(_) => "mnist",
+        data::Source::FashionMnist(_) => "fashion-mnist",
+        data::Source::Letters => "letters",
+        data::Source::GrayNatural => "gray-natural",
+        data::Source::UniformNoise | data::Source::NormalNoise => return Ok("generated from the seed".into()),
+        data::Source::Emnist(..) | data::Source::Idx { .. } | data::Source::Folder(_) => {
+            return Ok("user files (checked when loaded)".into());
+        }
+    };
+    Ok(match data::fetch::state(data_dir, named)? {
+        data::fetch::CacheState::Cached => format!("cached in {}", data::fetch::dir_of(data_dir, named).display()),
+        data::fetch::CacheState::Missing => "not cached (fetched on first use)".into(),
+        data::fetch::CacheState::Corrupt(why) => format!("damaged cache, will be re-fetched: {why}"),
+        data::fetch::CacheState::Generated => "generated".into(),
+    })
+}

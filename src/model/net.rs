@@ -1,0 +1,386 @@
+//! The CNN: its layers listed once (conv blocks with leaky ReLU, optional max pooling and
+//! dropout, then one linear layer), the forward pass with a tape of what the backward needs, the
+//! backward to every layer's output gradient, and safetensors checkpoints in PyTorch layout.
+
+use super::layers::{self, ConvGeom};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// The architecture, from the `[model]` config section and the number of classes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Arch {
+    pub channels: Vec<usize>,
+    pub kernel: usize,
+    pub slope: f32,
+    pub dropout: f32,
+    /// Per conv layer: dropout after it (after activation and pooling).
+    pub dropout_after: Vec<bool>,
+    /// Per conv layer: max pooling after its activation.
+    pub pool_after: Vec<bool>,
+    pub pool: usize,
+    pub classes: usize,
+}
+
+impl Arch {
+    pub fn from_config(cfg: &Config, classes: usize) -> Arch {
+        let m = &cfg.model;
+        let names = cfg.conv_names();
+        Arch {
+            channels: m.channels.clone(),
+            kernel: m.kernel,
+            slope: m.leaky_slope as f32,
+            dropout: m.dropout as f32,
+            dropout_after: names.iter().map(|n| m.dropout_after.contains(n)).collect(),
+            pool_after: names.iter().map(|n| m.pool_after.contains(n)).collect(),
+            pool: m.pool,
+            classes,
+        }
+    }
+
+    /// The paper's default net for 10 classes.
+    pub fn paper() -> Arch {
+        Arch {
+            channels: vec![16, 16, 16],
+            kernel: 3,
+            slope: 0.01,
+            dropout: 0.25,
+            dropout_after: vec![true, false, true],
+            pool_after: vec![true, true, false],
+            pool: 2,
+            classes: 10,
+        }
+    }
+}
+
+/// One step of the forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Conv layer i with bias and leaky ReLU.
+    Conv(usize),
+    /// Max pooling after conv layer i.
+    Pool(usize),
+    /// Dropout after conv layer i.
+    Drop(usize),
+    Fc,
+}
+
+/// A parameterised layer: weight (PyTorch layout) and bias.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layer {
+    pub name: String,
+    pub w: Vec<f32>,
+    pub w_shape: Vec<usize>,
+    pub b: Vec<f32>,
+}
+
+impl Layer {
+    pub fn len(&self) -> usize {
+        self.w.len() + self.b.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The network: architecture, steps, geometry and parameters (conv layers, then `fc`).
+#[derive(Debug, Clone)]
+pub struct Net {
+    pub arch: Arch,
+    pub steps: Vec<Step>,
+    pub geoms: Vec<ConvGeom>,
+    /// Shape (c, h, w) of the input of each step.
+    pub step_in: Vec<(usize, usize, usize)>,
+    pub fc_in: usize,
+    pub layers: Vec<Layer>,
+}
+
+/// What a step saved for the backward.
+#[derive(Debug, Clone)]
+pub enum Saved {
+    Conv { cols: Vec<f32>, act: Vec<f32> },
+    Pool { idx: Vec<u32> },
+    Drop { mask: Vec<f32> },
+    Fc { x: Vec<f32> },
+}
+
+/// A recorded forward pass over `n` samples.
+#[derive(Debug, Clone)]
+pub struct Tape {
+    pub n: usize,
+    pub saved: Vec<Saved>,
+    pub logits: Vec<f32>,
+}
+
+/// Output gradients of every parameterised layer for a batch: per conv layer dL/d(pre-activation)
+/// [n, cout, h·w], then the fc layer's dL/d(logits) [n, classes].
+#[derive(Debug, Clone)]
+pub struct OutGrads {
+    pub conv: Vec<Vec<f32>>,
+    pub fc: Vec<f32>,
+}
+
+impl Net {
+    /// A net with He-uniform weights (bound √(6/fan_in)) and zero biases, drawn from `rng`.
+    pub fn new(arch: Arch, rng: &mut ChaCha8Rng) -> Net {
+        let mut steps = Vec::new();
+        let mut geoms = Vec::new();
+        let mut step_in = Vec::new();
+        let (mut c, mut h, mut w) = (1usize, 28usize, 28usize);
+        let mut layers = Vec::new();
+        for (i, &cout) in arch.channels.iter().enumerate() {
+            let g = ConvGeom { cin: c, cout, k: arch.kernel, h, w };
+            geoms.push(g);
+            steps.push(Step::Conv(i));
+            step_in.push((c, h, w));
+            c = cout;
+            let fan_in = g.ckk();
+            let bound = (6.0 / fan_in as f32).sqrt();
+            layers.push(Layer {
+                name: format!("conv{}", i + 1),
+                w: (0..cout * fan_in).map(|_| rng.gen_range(-bound..bound)).collect(),
+                w_shape: vec![cout, g.cin, g.k, g.k],
+                b: vec![0.0; cout],
+            });
+            if arch.pool_after[i] {
+                steps.push(Step::Pool(i));
+                step_in.push((c, h, w));
+                h /= arch.pool;
+                w /= arch.pool;
+            }
+            if arch.dropout_after[i] {
+                steps.push(Step::Drop(i));
+                step_in.push((c, h, w));
+            }
+        }
+        let fc_in = c * h * w;
+        steps.push(Step::Fc);
+        step_in.push((c, h, w));
+        let bound = (6.0 / fc_in as f32).sqrt();
+        layers.push(Layer {
+            name: "fc".into(),
+            w: (0..arch.classes * fc_in).map(|_| rng.gen_range(-bound..bound)).collect(),
+            w_shape: vec![arch.classes, fc_in],
+            b: vec![0.0; arch.classes],
+        });
+        Net { arch, steps, geoms, step_in, fc_in, layers }
+    }
+
+    /// Names of the parameterised layers (`conv1`, ..., `fc`).
+    pub fn layer_names(&self) -> Vec<String> {
+        self.layers.iter().map(|l| l.name.clone()).collect()
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.layers.iter().map(Layer::len).sum()
+    }
+
+    /// Index of the first dropout step, if any.
+    pub fn first_dropout(&self) -> Option<usize> {
+        self.steps.iter().position(|s| matches!(s, Step::Drop(_)))
+    }
+
+    fn len_in(&self, step: usize) -> usize {
+        let (c, h, w) = self.step_in[step];
+        c * h * w
+    }
+
+    /// Runs the steps in `range` on `x` (the input of the range's first step, `n` samples).
+    /// Dropout is applied when `rng` is given (masks drawn in sample-major order), identity
+    /// otherwise. With `keep`, everything the backward needs is recorded.
+    pub fn forward_steps(&self, range: std::ops::Range<usize>, x: &[f32], n: usize, mut rng: Option<&mut ChaCha8Rng>, keep: bool) -> Tape {
+        let mut cur: Vec<f32> = x.to_vec();
+        let mut saved = Vec::new();
+        let cl = self.layers.len() - 1;
+        for (si, step) in self.steps.iter().enumerate().take(range.end).skip(range.start) {
+            match *step {
+                Step::Conv(i) => {
+                    let g = &self.geoms[i];
+                    let l = &self.layers[i];
+                    if keep {
+                        let mut cols = vec![0f32; n * g.cols_len()];
+                        let y = layers::conv_leaky_forward(g, &l.w, &l.b, self.arch.slope, &cur, n, Some(&mut cols));
+                        cur = y;
+                        saved.push(Saved::Conv { cols, act: cur.clone() });
+                    } else {
+                        cur = layers::conv_leaky_forward(g, &l.w, &l.b, self.arch.slope, &cur, n, None);
+                    }
+                }
+                Step::Pool(_) => {
+                    let (c, h, w) = self.step_in[si];
+                    let (y, idx) = layers::maxpool_forward(&cur, n, c, h, w, self.arch.pool);
+                    cur = y;
+                    if keep {
+                        saved.push(Saved::Pool { idx });
+                    }
+                }
+                Step::Drop(_) => {
+                    if let Some(r) = rng.as_deref_mut() {
+                        let p = self.arch.dropout;
+                        let scale = 1.0 / (1.0 - p);
+                        let mask: Vec<f32> = (0..cur.len())
+                            .map(|_| if r.gen::<f32>() < p { 0.0 } else { scale })
+                            .collect();
+                        for (v, m) in cur.iter_mut().zip(&mask) {
+                            *v *= m;
+                        }
+                        if keep {
+                            saved.push(Saved::Drop { mask });
+                        }
+                    } else if keep {
+                        saved.push(Saved::Drop { mask: vec![1.0; cur.len()] });
+                    }
+                }
+                Step::Fc => {
+                    let l = &self.layers[cl];
+                    let y = layers::linear_forward(&cur, &l.w, &l.b, n, self.fc_in, self.arch.classes);
+                    if keep {
+                        saved.push(Saved::Fc { x: std::mem::take(&mut cur) });
+                    }
+                    cur = y;
+                }
+            }
+        }
+        Tape { n, saved, logits: cur }
+    }
+
+    /// Runs steps `..to` (exclusive) without dropout and without a tape: the deterministic
+    /// prefix shared by every MC-dropout pass.
+    pub fn forward_prefix(&self, x: &[f32], n: usize, to: usize) -> Vec<f32> {
+        self.forward_steps(0..to, x, n, None, false).logits
+    }
+
+    /// Full forward pass.
+    pub fn forward(&self, x: &[f32], n: usize, rng: Option<&mut ChaCha8Rng>, keep: bool) -> Tape {
+        self.forward_steps(0..self.steps.len(), x, n, rng, keep)
+    }
+
+    /// Backward from dL/d(logits) through a full tape; returns every layer's output gradient.
+    pub fn backward(&self, tape: &Tape, dlogits: Vec<f32>) -> OutGrads {
+        let n = tape.n;
+        let mut conv_dy: Vec<Vec<f32>> = vec![Vec::new(); self.geoms.len()];
+        let mut cur = dlogits.clone();
+        let fc = self.layers.last().unwrap();
+        for (si, step) in self.steps.iter().enumerate().rev() {
+            match (*step, &tape.saved[si]) {
+                (Step::Fc, Saved::Fc { x }) => {
+                    let (_, _, dx) = layers::linear_backward(&cur, x, &fc.w, n, self.fc_in, self.arch.classes, true);
+                    // the linear layer's weight gradients are formed by the caller from x and dlogits
+                    cur = dx;
+                }
+                (Step::Drop(_), Saved::Drop { mask }) => {
+                    for (d, m) in cur.iter_mut().zip(mask) {
+                        *d *= m;
+                    }
+                }
+                (Step::Pool(_), Saved::Pool { idx }) => {
+                    cur = layers::maxpool_backward(&cur, idx, n, self.len_in(si));
+                }
+                (Step::Conv(i), Saved::Conv { act, .. }) => {
+                    layers::leaky_backward(act, self.arch.slope, &mut cur);
+                    let dy = std::mem::take(&mut cur);
+                    if i > 0 {
+                        cur = layers::conv_input_grad(&self.geoms[i], &self.layers[i].w, &dy, n);
+                    }
+                    conv_dy[i] = dy;
+                }
+                _ => unreachable!("tape does not match the steps"),
+            }
+        }
+        OutGrads { conv: conv_dy, fc: dlogits }
+    }
+
+    /// Gradients summed over the batch, per layer (weight, bias), from a tape and its output grads.
+    pub fn summed_grads(&self, tape: &Tape, g: &OutGrads) -> Vec<(Vec<f32>, Vec<f32>)> {
+        let mut out = Vec::new();
+        let mut ci = 0;
+        for s in &tape.saved {
+            if let Saved::Conv { cols, .. } = s {
+                out.push(layers::conv_weight_grad(&self.geoms[ci], &g.conv[ci], cols, tape.n));
+                ci += 1;
+            }
+        }
+        let Some(Saved::Fc { x }) = tape.saved.last() else {
+            unreachable!("tape ends with fc")
+        };
+        let fc = self.layers.last().unwrap();
+        let (dw, db, _) = layers::linear_backward(&g.fc, x, &fc.w, tape.n, self.fc_in, self.arch.classes, false);
+        out.push((dw, db));
+        out
+    }
+
+    /// Saves the parameters as safetensors (`conv1.weight [16,1,3,3]`, `conv1.bias`, ...,
+    /// `fc.weight [classes, fc_in]`, `fc.bias`), written to a temp file then renamed.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        use candle_core::{Device, Tensor};
+        let mut map = HashMap::new();
+        for l in &self.layers {
+            map.insert(format!("{}.weight", l.name), Tensor::from_vec(l.w.clone(), l.w_shape.as_slice(), &Device::Cpu)?);
+            map.insert(format!("{}.bias", l.name), Tensor::from_vec(l.b.clone(), l.b.len(), &Device::Cpu)?);
+        }
+        let tmp = path.with_extension("safetensors.tmp");
+        candle_core::safetensors::save(&map, &tmp)?;
+        std::fs::rename(&tmp, path).map_err(|source| Error::Io { path: path.into(), source })
+    }
+
+    /// Loads parameters saved by [`Net::save`] into a net of architecture `arch`.
+    pub fn load(arch: Arch, path: &Path) -> Result<Net> {
+        use rand::SeedableRng;
+        let mut net = Net::new(arch, &mut ChaCha8Rng::seed_from_u64(0));
+        let map = candle_core::safetensors::load(path, &candle_core::Device::Cpu).map_err(|e| Error::Format {
+            path: path.into(),
+            msg: e.to_string(),
+        })?;
+        for l in net.layers.iter_mut() {
+            for (suffix, shape, dst) in [
+                ("weight", l.w_shape.clone(), &mut l.w),
+                ("bias", vec![l.b.len()], &mut l.b),
+            ] {
+                let key = format!("{}.{suffix}", l.name);
+                let t = map.get(&key).ok_or_else(|| Error::Format {
+                    path: path.into(),
+                    msg: format!("tensor {key} is missing"),
+                })?;
+                if t.dims() != shape.as_slice() {
+                    return Err(Error::Format {
+                        path: path.into(),
+                        msg: format!("tensor {key} has shape {:?}, the config's model needs {shape:?}", t.dims()),
+                    });
+                }
+                *dst = t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+            }
+        }
+        Ok(net)
+    }
+}
+
+/// Row-wise softmax of logits [n, k] in f64 → f32.
+pub fn softmax(logits: &[f32], k: usize) -> Vec<f32> {
+    let mut out = vec![0f32; logits.len()];
+    for (row, o) in logits.chunks(k).zip(out.chunks_mut(k)) {
+        let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let s: f64 = row.iter().map(|&v| ((v - m) as f64).exp()).sum();
+        for (o, &v) in o.iter_mut().zip(row) {
+            *o = (((v - m) as f64).exp() / s) as f32;
+        }
+    }
+    out
+}
+
+/// Index of the largest entry of each row (first on ties).
+pub fn argmax_rows(x: &[f32], k: usize) -> Vec<u32> {
+    x.chunks(k)
+        .map(|r| {
+            let mut b = 0;
+            for (i, v) in r.iter().enumerate() {
+                if *v > r[b] {
+                    b = i;
+                }
+            }
+            b as u32
+        })
+        .collect()
+}

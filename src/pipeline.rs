@@ -1,0 +1,260 @@
+//! The whole run, stage by stage (data → train → features → meta → eval → report), passing typed
+//! values between stages and writing the run folder at the edges.
+
+use crate::config::Config;
+use crate::data::{self, stage_rng, Dataset, LoadCtx, Source};
+use crate::error::{Error, Result};
+use crate::eval::{self, MetaParams};
+use crate::features::{self, FeatureParams, FeatureTable};
+use crate::meta::nn::NnParams;
+use crate::meta::FeatureGroup;
+use crate::model::{evaluate, Arch, Net, TrainParams, Trained};
+use crate::runfolder::RunFolder;
+use rand::seq::SliceRandom;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Options of `metaclf run` beyond the config.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub out: Option<PathBuf>,
+    pub force: bool,
+}
+
+/// What a run reports back.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub folder: PathBuf,
+    pub test_accuracy: f64,
+    pub epochs: usize,
+    pub stage_seconds: Vec<(String, f64)>,
+}
+
+/// Train/validation/test data as the config describes it.
+pub struct Splits {
+    pub train: Dataset,
+    pub val: Dataset,
+    pub test: Dataset,
+}
+
+/// Loads the in-distribution data: class subset, transpose, limits, validation split.
+pub fn load_splits(cfg: &Config) -> Result<Splits> {
+    let d = &cfg.data;
+    let ctx = LoadCtx { data_dir: d.data_dir.clone(), seed: cfg.run.seed, count: 0, stage: "data".into() };
+    let mut train = data::load(&d.train, &ctx)?;
+    let mut test = data::load(&d.test, &ctx)?;
+    for ds in [&mut train, &mut test] {
+        if ds.labels.is_none() {
+            return Err(Error::Data { name: ds.name.clone(), msg: "in-distribution data needs labels (data.train, data.test)".into() });
+        }
+        if !d.classes.is_empty() {
+            *ds = ds.keep_classes(&d.classes)?;
+        }
+        if d.transpose {
+            ds.transpose();
+        }
+    }
+    let mut rng = stage_rng(cfg.run.seed, "data/split");
+    let mut idx: Vec<usize> = (0..train.len()).collect();
+    idx.shuffle(&mut rng);
+    if d.train_limit > 0 && d.train_limit < idx.len() {
+        idx.truncate(d.train_limit);
+    }
+    let nv = ((idx.len() as f64) * d.val_fraction).round() as usize;
+    let (mut v, mut t) = (idx[..nv].to_vec(), idx[nv..].to_vec());
+    v.sort_unstable();
+    t.sort_unstable();
+    let val = train.select(&v);
+    let train = train.select(&t);
+    if d.test_limit > 0 && d.test_limit < test.len() {
+        test = test.select(&(0..d.test_limit).collect::<Vec<_>>());
+    }
+    if train.is_empty() || test.is_empty() {
+        return Err(Error::Data { name: d.train.clone(), msg: "no training or test images left after data.classes / limits".into() });
+    }
+    Ok(Splits { train, val, test })
+}
+
+/// The number of classes of the classifier.
+pub fn num_classes(cfg: &Config, s: &Splits) -> usize {
+    if cfg.data.classes.is_empty() {
+        s.train.num_classes().max(s.test.num_classes())
+    } else {
+        cfg.data.classes.len()
+    }
+}
+
+/// History as CSV.
+pub fn history_csv(t: &Trained) -> String {
+    let mut s = String::from("epoch,lr,train_loss,train_acc,val_loss,val_acc,seconds\n");
+    for r in &t.history {
+        s.push_str(&format!("{},{},{},{},{},{},{:.3}\n", r.epoch, r.lr, r.train_loss, r.train_acc, r.val_loss, r.val_acc, r.seconds));
+    }
+    s
+}
+
+/// Scores the test set, every OOD set and the known unknowns.
+pub fn score_all(cfg: &Config, net: &Net, test: &Dataset, sets: &mut Vec<serde_json::Value>) -> Result<FeatureTable> {
+    let fp = FeatureParams { mc_samples: cfg.features.mc_samples, batch_size: cfg.features.batch_size, seed: cfg.run.seed };
+    let mut table = features::score(net, test, "id-test", &fp)?;
+    let mut extra: Vec<(String, String, usize, &str)> = cfg.ood.sets.iter().map(|s| (format!("ood-{}", Source::short_name(s)), s.clone(), cfg.ood.count, "ood")).collect();
+    if !cfg.known_unknowns.source.is_empty() {
+        let s = &cfg.known_unknowns.source;
+        extra.push((format!("known-unknown-{}", Source::short_name(s)), s.clone(), cfg.known_unknowns.count, "known-unknowns"));
+    }
+    for (set, spec, count, stage) in extra {
+        let ctx = LoadCtx { data_dir: cfg.data.data_dir.clone(), seed: cfg.run.seed, count, stage: stage.into() };
+        let ds = data::load(&spec, &ctx)?;
+        let ds = if count > 0 && ds.len() > count { ds.select(&(0..count).collect::<Vec<_>>()) } else { ds };
+        tracing::info!("scoring {set}: {} images", ds.len());
+        sets.push(json!({"role": set, "spec": spec, "images": ds.len(), "sha256": ds.sha256}));
+        table.append(features::score(net, &ds, &set, &fp)?)?;
+    }
+    Ok(table)
+}
+
+/// Meta-experiment settings from the config.
+pub fn meta_params(cfg: &Config) -> Result<MetaParams> {
+    let m = &cfg.meta;
+    let convs = cfg.conv_names();
+    let groups = m
+        .groups
+        .iter()
+        .map(|g| FeatureGroup::parse(g, &convs).map_err(|e| crate::error::cfg("meta.groups", e)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(MetaParams {
+        repetitions: m.repetitions,
+        test_fraction: m.test_fraction,
+        models: m.models.clone(),
+        groups,
+        alpha: m.alpha,
+        lambda: if m.lambda < 0.0 { None } else { Some(m.lambda) },
+        cv_folds: m.cv_folds,
+        n_lambda: m.n_lambda,
+        nn: NnParams { hidden: m.nn_hidden, epochs: m.nn_epochs, lr: m.nn_lr, weight_decay: m.nn_weight_decay, patience: 20, seed: cfg.run.seed },
+        seed: cfg.run.seed,
+        known_unknowns: (!cfg.known_unknowns.source.is_empty()).then(|| Source::short_name(&cfg.known_unknowns.source)),
+        keep_scores: m.score_repetitions,
+    })
+}
+
+/// Writes the meta results into the run folder.
+pub fn write_meta(folder: &RunFolder, t: &FeatureTable, r: &eval::MetaResults) -> Result<()> {
+    let metrics = json!({"definitions": eval::DEFINITIONS, "results": r.records, "warnings": r.warnings});
+    folder.write("metrics.json", serde_json::to_string_pretty(&metrics).map_err(|e| Error::Other(e.to_string()))?)?;
+    folder.write("metrics.csv", eval::records_csv(&r.records))?;
+    let mut s = String::from("rep,model,features,known_unknowns,set,index,target,score\n");
+    for x in &r.scores {
+        s.push_str(&format!("{},{},{},{},{},{},{},{}\n", x.rep, x.model, x.features, x.known_unknowns, t.set[x.row], t.index[x.row], x.target, x.score));
+    }
+    folder.write("meta_scores.csv", s)?;
+    let mut c = String::from("rep,model,features,known_unknowns,term,coef_original,coef_standardized,lambda\n");
+    for x in &r.coefs {
+        c.push_str(&format!("{},{},{},{},{},{},{},{}\n", x.rep, x.model, x.features, x.known_unknowns, x.term, x.original, x.standardized, x.lambda));
+    }
+    folder.write("coefficients.csv", c)?;
+    let (csv, md) = eval::ablation(&r.records);
+    folder.write("ablation.csv", csv)?;
+    folder.write("ablation.md", md)
+}
+
+/// Runs the whole pipeline and writes the run folder.
+pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
+    let t_all = Instant::now();
+    let dir = opts.out.clone().unwrap_or_else(|| cfg.run.out_dir.join(&cfg.run.name));
+    let folder = RunFolder::create(&dir, opts.force)?;
+    crate::runfolder::attach_log(&folder.file("run.log"))?;
+    let result = run_in(cfg, &folder, t_all);
+    if let Err(e) = &result {
+        tracing::error!("run failed: {e}");
+    }
+    crate::runfolder::detach_log();
+    result
+}
+
+fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary> {
+    let mut times: Vec<(String, f64)> = Vec::new();
+    folder.write("config.toml", cfg.to_toml())?;
+    let mut run_json = json!({
+        "metaclf_version": env!("CARGO_PKG_VERSION"),
+        "seed": cfg.run.seed,
+        "status": "running",
+    });
+    folder.write("run.json", serde_json::to_string_pretty(&run_json).unwrap_or_default())?;
+
+    let t = Instant::now();
+    let splits = load_splits(cfg)?;
+    let classes = num_classes(cfg, &splits);
+    times.push(("data".into(), t.elapsed().as_secs_f64()));
+    tracing::info!("data: {} train, {} validation, {} test images, {classes} classes", splits.train.len(), splits.val.len(), splits.test.len());
+
+    let t = Instant::now();
+    let arch = Arch::from_config(cfg, classes);
+    let net = Net::new(arch, &mut stage_rng(cfg.run.seed, "init"));
+    tracing::info!("model: {} parameters, steps {:?}", net.num_params(), net.steps);
+    let trained = TrainParams::from_config(cfg).fit(net, &splits.train, &splits.val)?;
+    trained.net.save(&folder.file("model.safetensors"))?;
+    folder.write("history.csv", history_csv(&trained))?;
+    times.push(("train".into(), t.elapsed().as_secs_f64()));
+    let (test_loss, test_acc) = evaluate(&trained.net, &splits.test, 512)?;
+    tracing::info!("test accuracy {test_acc:.4} (loss {test_loss:.4}), best epoch {}", trained.best_epoch);
+
+    let t = Instant::now();
+    let mut sets = vec![
+        json!({"role": "train", "spec": cfg.data.train, "images": splits.train.len(), "sha256": splits.train.sha256}),
+        json!({"role": "validation", "spec": cfg.data.train, "images": splits.val.len(), "sha256": splits.val.sha256}),
+        json!({"role": "id-test", "spec": cfg.data.test, "images": splits.test.len(), "sha256": splits.test.sha256}),
+    ];
+    let table = score_all(cfg, &trained.net, &splits.test, &mut sets)?;
+    folder.write("features.csv", table.to_csv())?;
+    times.push(("features".into(), t.elapsed().as_secs_f64()));
+
+    let t = Instant::now();
+    let mp = meta_params(cfg)?;
+    let results = eval::run_meta(&table, &mp).map_err(|e| Error::Other(format!("meta classifiers: {e}")))?;
+    for w in &results.warnings {
+        tracing::warn!("{w}");
+    }
+    write_meta(folder, &table, &results)?;
+    times.push(("meta".into(), t.elapsed().as_secs_f64()));
+
+    run_json = json!({
+        "metaclf_version": env!("CARGO_PKG_VERSION"),
+        "status": "done",
+        "seed": cfg.run.seed,
+        "data": sets,
+        "classes": classes,
+        "parameters": trained.net.num_params(),
+        "epochs": trained.history.len(),
+        "best_epoch": trained.best_epoch,
+        "test_accuracy": test_acc,
+        "test_loss": test_loss,
+        "stage_seconds": times.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "total_seconds": t_all.elapsed().as_secs_f64(),
+    });
+    folder.write("run.json", serde_json::to_string_pretty(&run_json).unwrap_or_default())?;
+
+    let t = Instant::now();
+    crate::report::build(&folder.path)?;
+    times.push(("report".into(), t.elapsed().as_secs_f64()));
+    run_json["stage_seconds"]["report"] = json!(times.last().map(|x| x.1));
+    run_json["total_seconds"] = json!(t_all.elapsed().as_secs_f64());
+    folder.write("run.json", serde_json::to_string_pretty(&run_json).unwrap_or_default())?;
+    Ok(RunSummary { folder: folder.path.clone(), test_accuracy: test_acc, epochs: trained.history.len(), stage_seconds: times })
+}
+
+/// `metaclf features`: scores a data set with a finished run's model.
+pub fn features_for(run_dir: &Path, spec: &str, out: &Path, count: usize) -> Result<usize> {
+    let cfg = Config::load(&run_dir.join("config.toml"))?;
+    let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("run.json")).map_err(|source| Error::Io { path: run_dir.join("run.json"), source })?)
+        .map_err(|e| Error::Format { path: run_dir.join("run.json"), msg: e.to_string() })?;
+    let classes = run["classes"].as_u64().ok_or_else(|| Error::Format { path: run_dir.join("run.json"), msg: "no `classes` (the run did not finish)".into() })? as usize;
+    let net = Net::load(Arch::from_config(&cfg, classes), &run_dir.join("model.safetensors"))?;
+    let ctx = LoadCtx { data_dir: cfg.data.data_dir.clone(), seed: cfg.run.seed, count, stage: "features".into() };
+    let ds = data::load(spec, &ctx)?;
+    let fp = FeatureParams { mc_samples: cfg.features.mc_samples, batch_size: cfg.features.batch_size, seed: cfg.run.seed };
+    let t = features::score(&net, &ds, &Source::short_name(spec), &fp)?;
+    crate::runfolder::write_atomic(out, t.to_csv().as_bytes())?;
+    Ok(t.len())
+}
