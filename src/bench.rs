@@ -43,7 +43,11 @@ pub fn run(seed: u64) -> candle_core::Result<BenchResult> {
         net.forward(&x, n, None, false);
     });
     let ds = Dataset::new("bench", x.clone(), None);
-    let fp = FeatureParams { mc_samples: 50, batch_size: n, seed };
+    let fp = FeatureParams {
+        mc_samples: 50,
+        batch_size: n,
+        seed,
+    };
     // MC dropout alone: score() minus the gradient part, measured as the difference
     let t_grad = rate(n, || {
         grad_stats_batch(&net, &x, n);
@@ -64,5 +68,12 @@ pub fn run(seed: u64) -> candle_core::Result<BenchResult> {
     let train = rate(128, || {
         train_step(&mut tnet, &mut opt, &x[..128 * PIXELS], &y, 0.01, &mut rng);
     });
-    Ok(BenchResult { forward, mc_dropout, grad_batched: t_grad, grad_naive, train_step: train, threads: rayon::current_num_threads() })
+    Ok(BenchResult {
+        forward,
+        mc_dropout,
+        grad_batched: t_grad,
+        grad_naive,
+        train_step: train,
+        threads: rayon::current_num_threads(),
+    })
 }

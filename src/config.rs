@@ -307,7 +307,10 @@ impl Config {
         if m.channels.is_empty() || m.channels.contains(&0) {
             return Err(cfg(
                 "model.channels",
-                format!("{:?}: need at least one conv layer, each with ≥ 1 channel", m.channels),
+                format!(
+                    "{:?}: need at least one conv layer, each with ≥ 1 channel",
+                    m.channels
+                ),
             ));
         }
         if m.kernel == 0 || m.kernel % 2 == 0 || m.kernel > 9 {
@@ -400,7 +403,10 @@ impl Config {
             crate::data::Source::parse(&r.known_unknowns.source)
                 .map_err(|m| cfg("known_unknowns.source", m))?;
             if r.known_unknowns.count == 0 {
-                return Err(cfg("known_unknowns.count", "0: must be ≥ 1 when a source is set"));
+                return Err(cfg(
+                    "known_unknowns.count",
+                    "0: must be ≥ 1 when a source is set",
+                ));
             }
         }
         let me = &r.meta;
@@ -499,7 +505,10 @@ mod tests {
             ("[train]\nlr = 0.0", "train.lr"),
             ("[model]\ndropout = 1.0", "model.dropout"),
             ("[model]\ndropout = -0.1", "model.dropout"),
-            ("[model]\ndropout_after = [\"conv9\"]", "model.dropout_after"),
+            (
+                "[model]\ndropout_after = [\"conv9\"]",
+                "model.dropout_after",
+            ),
             ("[data]\ntrain = \"nope\"", "data.train"),
             ("[meta]\nmodels = [\"svm\"]", "meta.models"),
             ("[meta]\ngroups = [\"grad-conv7\"]", "meta.groups"),

@@ -27,7 +27,9 @@ pub enum Error {
         expected: String,
         actual: String,
     },
-    #[error("run folder {0} already exists; pass --force to overwrite it or --out to choose another")]
+    #[error(
+        "run folder {0} already exists; pass --force to overwrite it or --out to choose another"
+    )]
     RunExists(PathBuf),
     #[error("model: {0}")]
     Model(String),

@@ -81,7 +81,12 @@ pub fn average_precision(pos: &[bool], s: &[f64]) -> Option<f64> {
 
 /// Fraction of negatives scoring ≥ the largest threshold that keeps ≥ 95% of the positives.
 pub fn fpr_at_95(pos: &[bool], s: &[f64]) -> Option<f64> {
-    let mut ps: Vec<f64> = s.iter().zip(pos).filter(|(_, &p)| p).map(|(v, _)| *v).collect();
+    let mut ps: Vec<f64> = s
+        .iter()
+        .zip(pos)
+        .filter(|(_, &p)| p)
+        .map(|(v, _)| *v)
+        .collect();
     let nn = pos.len() - ps.len();
     if ps.is_empty() || nn == 0 {
         return None;
@@ -97,14 +102,23 @@ pub fn fpr_at_95(pos: &[bool], s: &[f64]) -> Option<f64> {
 pub fn detection_metrics(pos: &[bool], s: &[f64]) -> Option<[f64; 4]> {
     let neg: Vec<bool> = pos.iter().map(|p| !p).collect();
     let ns: Vec<f64> = s.iter().map(|v| -v).collect();
-    Some([auroc(pos, s)?, average_precision(pos, s)?, average_precision(&neg, &ns)?, fpr_at_95(pos, s)?])
+    Some([
+        auroc(pos, s)?,
+        average_precision(pos, s)?,
+        average_precision(&neg, &ns)?,
+        fpr_at_95(pos, s)?,
+    ])
 }
 
 pub const METRICS: [&str; 4] = ["auroc", "aupr_in", "aupr_out", "fpr95"];
 
 /// Expected and maximum calibration error over `bins` equal-width confidence bins:
 /// ECE = Σ_b (n_b/N)|acc_b − conf_b|, MCE = max_b |acc_b − conf_b| over non-empty bins.
-pub fn calibration(conf: &[f64], correct: &[bool], bins: usize) -> (f64, f64, Vec<(f64, f64, usize)>) {
+pub fn calibration(
+    conf: &[f64],
+    correct: &[bool],
+    bins: usize,
+) -> (f64, f64, Vec<(f64, f64, usize)>) {
     let mut acc = vec![(0f64, 0f64, 0usize); bins];
     for (c, ok) in conf.iter().zip(correct) {
         let b = ((c * bins as f64).ceil() as usize).clamp(1, bins) - 1;
@@ -227,7 +241,10 @@ fn design(t: &FeatureTable, rows: &[usize], cols: &[usize]) -> Vec<f64> {
 pub fn run_meta(t: &FeatureTable, p: &MetaParams) -> Result<MetaResults, String> {
     let id_rows: Vec<usize> = (0..t.len()).filter(|&r| t.set[r] == "id-test").collect();
     if id_rows.len() < 4 {
-        return Err(format!("only {} in-distribution rows; need at least 4", id_rows.len()));
+        return Err(format!(
+            "only {} in-distribution rows; need at least 4",
+            id_rows.len()
+        ));
     }
     let mut ood_sets: Vec<String> = Vec::new();
     for s in &t.set {
@@ -239,23 +256,41 @@ pub fn run_meta(t: &FeatureTable, p: &MetaParams) -> Result<MetaResults, String>
     }
     let ood_rows: Vec<(String, Vec<usize>)> = ood_sets
         .iter()
-        .map(|o| (o.clone(), (0..t.len()).filter(|&r| t.set[r] == format!("ood-{o}")).collect()))
+        .map(|o| {
+            (
+                o.clone(),
+                (0..t.len())
+                    .filter(|&r| t.set[r] == format!("ood-{o}"))
+                    .collect(),
+            )
+        })
         .collect();
     let ku_rows: Vec<usize> = match &p.known_unknowns {
-        Some(k) => (0..t.len()).filter(|&r| t.set[r] == format!("known-unknown-{k}")).collect(),
+        Some(k) => (0..t.len())
+            .filter(|&r| t.set[r] == format!("known-unknown-{k}"))
+            .collect(),
         None => vec![],
     };
     for g in &p.groups {
         for c in &g.columns {
             if t.col(c).is_none() {
-                return Err(format!("feature group {} needs column {c}, which the feature table lacks", g.name));
+                return Err(format!(
+                    "feature group {} needs column {c}, which the feature table lacks",
+                    g.name
+                ));
             }
         }
     }
-    let outs: Vec<Result<RepOut, String>> = (0..p.repetitions).into_par_iter().map(|rep| one_rep(t, p, rep, &id_rows, &ood_rows, &ku_rows)).collect();
+    let outs: Vec<Result<RepOut, String>> = (0..p.repetitions)
+        .into_par_iter()
+        .map(|rep| one_rep(t, p, rep, &id_rows, &ood_rows, &ku_rows))
+        .collect();
     let mut res = MetaResults::default();
     let mut keys: Vec<(String, Option<String>, String, String, bool, String)> = Vec::new();
-    let mut vals: std::collections::HashMap<(String, Option<String>, String, String, bool, String), Vec<f64>> = Default::default();
+    let mut vals: std::collections::HashMap<
+        (String, Option<String>, String, String, bool, String),
+        Vec<f64>,
+    > = Default::default();
     for o in outs {
         let o = o?;
         for (k, v) in o.values {
@@ -276,16 +311,37 @@ pub fn run_meta(t: &FeatureTable, p: &MetaParams) -> Result<MetaResults, String>
         let v = vals.remove(&k).unwrap_or_default();
         let mean = v.iter().sum::<f64>() / v.len() as f64;
         let std = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
-        res.records.push(Record { task: k.0, ood_set: k.1, model: k.2, features: k.3, known_unknowns: k.4, metric: k.5, mean, std, values: v });
+        res.records.push(Record {
+            task: k.0,
+            ood_set: k.1,
+            model: k.2,
+            features: k.3,
+            known_unknowns: k.4,
+            metric: k.5,
+            mean,
+            std,
+            values: v,
+        });
     }
     Ok(res)
 }
 
-fn one_rep(t: &FeatureTable, p: &MetaParams, rep: usize, id_rows: &[usize], ood_rows: &[(String, Vec<usize>)], ku_rows: &[usize]) -> Result<RepOut, String> {
+fn one_rep(
+    t: &FeatureTable,
+    p: &MetaParams,
+    rep: usize,
+    id_rows: &[usize],
+    ood_rows: &[(String, Vec<usize>)],
+    ku_rows: &[usize],
+) -> Result<RepOut, String> {
     let mut rng = stage_rng(p.seed, &format!("meta/split/{rep}"));
     let (mut train, mut test) = (Vec::new(), Vec::new());
     for ok in [true, false] {
-        let mut rows: Vec<usize> = id_rows.iter().cloned().filter(|&r| t.correct(r) == Some(ok)).collect();
+        let mut rows: Vec<usize> = id_rows
+            .iter()
+            .cloned()
+            .filter(|&r| t.correct(r) == Some(ok))
+            .collect();
         rows.shuffle(&mut rng);
         let nt = ((rows.len() as f64) * p.test_fraction).round() as usize;
         test.extend_from_slice(&rows[..nt]);
@@ -293,12 +349,36 @@ fn one_rep(t: &FeatureTable, p: &MetaParams, rep: usize, id_rows: &[usize], ood_
     }
     train.sort_unstable();
     test.sort_unstable();
-    let mut out = RepOut { values: Vec::new(), scores: Vec::new(), coefs: Vec::new(), warnings: Vec::new() };
-    let eval_rows: Vec<usize> = test.iter().cloned().chain(ood_rows.iter().flat_map(|(_, r)| r.iter().cloned())).collect();
+    let mut out = RepOut {
+        values: Vec::new(),
+        scores: Vec::new(),
+        coefs: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let eval_rows: Vec<usize> = test
+        .iter()
+        .cloned()
+        .chain(ood_rows.iter().flat_map(|(_, r)| r.iter().cloned()))
+        .collect();
     let target = |r: usize| -> u8 { (t.correct(r) == Some(true)) as u8 };
-    let cnn_acc = test.iter().filter(|&&r| t.correct(r) == Some(true)).count() as f64 / test.len().max(1) as f64;
-    let emit = |out: &mut RepOut, model: &str, feats: &str, ku: bool, score_of: &dyn Fn(usize) -> f64, s_eval: &[f64]| {
-        let key = |task: &str, o: Option<&str>, m: &str| (task.to_string(), o.map(String::from), model.to_string(), feats.to_string(), ku, m.to_string());
+    let cnn_acc = test.iter().filter(|&&r| t.correct(r) == Some(true)).count() as f64
+        / test.len().max(1) as f64;
+    let emit = |out: &mut RepOut,
+                model: &str,
+                feats: &str,
+                ku: bool,
+                score_of: &dyn Fn(usize) -> f64,
+                s_eval: &[f64]| {
+        let key = |task: &str, o: Option<&str>, m: &str| {
+            (
+                task.to_string(),
+                o.map(String::from),
+                model.to_string(),
+                feats.to_string(),
+                ku,
+                m.to_string(),
+            )
+        };
         let s_test: Vec<f64> = test.iter().map(|&r| score_of(r)).collect();
         let pos: Vec<bool> = test.iter().map(|&r| target(r) == 1).collect();
         if let Some(m) = detection_metrics(&pos, &s_test) {
@@ -307,14 +387,23 @@ fn one_rep(t: &FeatureTable, p: &MetaParams, rep: usize, id_rows: &[usize], ood_
             }
         }
         if !BASELINES.iter().any(|b| b.0 == model) {
-            let acc = pos.iter().zip(&s_test).filter(|(p, s)| (**s >= 0.5) == **p).count() as f64 / pos.len().max(1) as f64;
+            let acc = pos
+                .iter()
+                .zip(&s_test)
+                .filter(|(p, s)| (**s >= 0.5) == **p)
+                .count() as f64
+                / pos.len().max(1) as f64;
             out.values.push((key("error", None, "meta_acc"), acc));
         }
         out.values.push((key("error", None, "cnn_acc"), cnn_acc));
         for (name, rows) in ood_rows {
             let mut pos = vec![true; test.len()];
             pos.extend(std::iter::repeat_n(false, rows.len()));
-            let s: Vec<f64> = s_test.iter().cloned().chain(rows.iter().map(|&r| score_of(r))).collect();
+            let s: Vec<f64> = s_test
+                .iter()
+                .cloned()
+                .chain(rows.iter().map(|&r| score_of(r)))
+                .collect();
             if let Some(m) = detection_metrics(&pos, &s) {
                 for (mn, v) in METRICS.iter().zip(m) {
                     out.values.push((key("ood", Some(name), mn), v));
@@ -323,7 +412,15 @@ fn one_rep(t: &FeatureTable, p: &MetaParams, rep: usize, id_rows: &[usize], ood_
         }
         if rep < p.keep_scores {
             for (&r, &s) in eval_rows.iter().zip(s_eval) {
-                out.scores.push(ScoreRow { rep, model: model.into(), features: feats.into(), known_unknowns: ku, row: r, target: target(r), score: s });
+                out.scores.push(ScoreRow {
+                    rep,
+                    model: model.into(),
+                    features: feats.into(),
+                    known_unknowns: ku,
+                    row: r,
+                    target: target(r),
+                    score: s,
+                });
             }
         }
     };
@@ -334,9 +431,17 @@ fn one_rep(t: &FeatureTable, p: &MetaParams, rep: usize, id_rows: &[usize], ood_
         let s_eval: Vec<f64> = eval_rows.iter().map(|&r| f(r)).collect();
         emit(&mut out, name, name, false, &f, &s_eval);
     }
-    let ku_options: Vec<bool> = if ku_rows.is_empty() { vec![false] } else { vec![false, true] };
+    let ku_options: Vec<bool> = if ku_rows.is_empty() {
+        vec![false]
+    } else {
+        vec![false, true]
+    };
     for &ku in &ku_options {
-        let fit_rows: Vec<usize> = train.iter().cloned().chain(if ku { ku_rows.to_vec() } else { vec![] }).collect();
+        let fit_rows: Vec<usize> = train
+            .iter()
+            .cloned()
+            .chain(if ku { ku_rows.to_vec() } else { vec![] })
+            .collect();
         let y: Vec<f64> = fit_rows.iter().map(|&r| target(r) as f64).collect();
         for g in &p.groups {
             let cols: Vec<usize> = g.columns.iter().map(|c| t.col(c).unwrap()).collect();
@@ -344,8 +449,14 @@ fn one_rep(t: &FeatureTable, p: &MetaParams, rep: usize, id_rows: &[usize], ood_
             let xe = design(t, &eval_rows, &cols);
             for model in &p.models {
                 let s_eval: Vec<f64> = if model == "nn" {
-                    let nn = NnParams { seed: p.seed ^ (rep as u64 + 1), ..p.nn.clone() }.fit(&x, &y).map_err(|e| format!("nn meta classifier: {e}"))?;
-                    nn.predict(&xe).map_err(|e| format!("nn meta classifier: {e}"))?
+                    let nn = NnParams {
+                        seed: p.seed ^ (rep as u64 + 1),
+                        ..p.nn.clone()
+                    }
+                    .fit(&x, &y)
+                    .map_err(|e| format!("nn meta classifier: {e}"))?;
+                    nn.predict(&xe)
+                        .map_err(|e| format!("nn meta classifier: {e}"))?
                 } else {
                     let (alpha, lambda) = match model.as_str() {
                         "glm" => (1.0, Some(0.0)),
@@ -353,14 +464,32 @@ fn one_rep(t: &FeatureTable, p: &MetaParams, rep: usize, id_rows: &[usize], ood_
                         "ridge" => (0.0, p.lambda),
                         _ => (p.alpha, p.lambda),
                     };
-                    let lp = LogisticParams { n_lambda: p.n_lambda, cv_folds: p.cv_folds, seed: p.seed ^ (rep as u64 + 1), ..LogisticParams::new(alpha, lambda) };
+                    let lp = LogisticParams {
+                        n_lambda: p.n_lambda,
+                        cv_folds: p.cv_folds,
+                        seed: p.seed ^ (rep as u64 + 1),
+                        ..LogisticParams::new(alpha, lambda)
+                    };
                     let m = lp.fit(&x, &y)?;
                     for w in &m.warnings {
-                        out.warnings.push(format!("{model} on {}{}: {w}", g.name, if ku { " with known unknowns" } else { "" }));
+                        out.warnings.push(format!(
+                            "{model} on {}{}: {w}",
+                            g.name,
+                            if ku { " with known unknowns" } else { "" }
+                        ));
                     }
                     let (b0, orig) = m.original();
                     let mut push = |term: &str, o: f64, s: f64| {
-                        out.coefs.push(CoefRow { rep, model: model.clone(), features: g.name.clone(), known_unknowns: ku, term: term.into(), original: o, standardized: s, lambda: m.lambda })
+                        out.coefs.push(CoefRow {
+                            rep,
+                            model: model.clone(),
+                            features: g.name.clone(),
+                            known_unknowns: ku,
+                            term: term.into(),
+                            original: o,
+                            standardized: s,
+                            lambda: m.lambda,
+                        })
                     };
                     push("(intercept)", b0, m.intercept);
                     for (j, c) in g.columns.iter().enumerate() {
@@ -368,7 +497,8 @@ fn one_rep(t: &FeatureTable, p: &MetaParams, rep: usize, id_rows: &[usize], ood_
                     }
                     m.predict(&xe)
                 };
-                let pos_of: std::collections::HashMap<usize, usize> = eval_rows.iter().enumerate().map(|(i, &r)| (r, i)).collect();
+                let pos_of: std::collections::HashMap<usize, usize> =
+                    eval_rows.iter().enumerate().map(|(i, &r)| (r, i)).collect();
                 let f = |r: usize| s_eval[pos_of[&r]];
                 emit(&mut out, model, &g.name, ku, &f, &s_eval);
             }
@@ -424,28 +554,61 @@ pub fn ablation(records: &[Record]) -> (String, String) {
     }
     tables.insert(0, ("baseline".into(), false));
     let find = |model: &str, feats: &str, ku: bool, c: &(String, Option<String>, String)| {
-        records.iter().find(|r| r.model == model && r.features == feats && r.known_unknowns == ku && r.task == c.0 && r.ood_set == c.1 && r.metric == c.2)
+        records.iter().find(|r| {
+            r.model == model
+                && r.features == feats
+                && r.known_unknowns == ku
+                && r.task == c.0
+                && r.ood_set == c.1
+                && r.metric == c.2
+        })
     };
-    let mut csv = format!("model,known_unknowns,features,{}\n", cols.iter().map(|c| col_name(c)).collect::<Vec<_>>().join(","));
+    let mut csv = format!(
+        "model,known_unknowns,features,{}\n",
+        cols.iter()
+            .map(|c| col_name(c))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
     let mut md = String::from("# Ablation: feature groups\n\nMean ± std over repetitions; **bold** = best in its column within the table (lowest for fpr95, highest otherwise).\n");
     for (model, ku) in &tables {
         let rows: Vec<(String, String)> = if model == "baseline" {
-            BASELINES.iter().map(|b| (b.0.to_string(), b.0.to_string())).collect()
+            BASELINES
+                .iter()
+                .map(|b| (b.0.to_string(), b.0.to_string()))
+                .collect()
         } else {
             let mut v: Vec<(String, String)> = Vec::new();
-            for r in records.iter().filter(|r| &r.model == model && r.known_unknowns == *ku) {
+            for r in records
+                .iter()
+                .filter(|r| &r.model == model && r.known_unknowns == *ku)
+            {
                 if !v.iter().any(|x| x.1 == r.features) {
                     v.push((model.clone(), r.features.clone()));
                 }
             }
             v
         };
-        md.push_str(&format!("\n## {model}{}\n\n| features | {} |\n|---|{}\n", if *ku { " (with known unknowns)" } else { "" }, cols.iter().map(|c| col_name(c)).collect::<Vec<_>>().join(" | "), "---|".repeat(cols.len())));
+        md.push_str(&format!(
+            "\n## {model}{}\n\n| features | {} |\n|---|{}\n",
+            if *ku { " (with known unknowns)" } else { "" },
+            cols.iter()
+                .map(|c| col_name(c))
+                .collect::<Vec<_>>()
+                .join(" | "),
+            "---|".repeat(cols.len())
+        ));
         let best: Vec<Option<f64>> = cols
             .iter()
             .map(|c| {
-                let it = rows.iter().filter_map(|(m, f)| find(m, f, *ku, c).map(|r| r.mean));
-                if c.2 == "fpr95" { it.min_by(f64::total_cmp) } else { it.max_by(f64::total_cmp) }
+                let it = rows
+                    .iter()
+                    .filter_map(|(m, f)| find(m, f, *ku, c).map(|r| r.mean));
+                if c.2 == "fpr95" {
+                    it.min_by(f64::total_cmp)
+                } else {
+                    it.max_by(f64::total_cmp)
+                }
             })
             .collect();
         for (m, f) in &rows {
@@ -456,7 +619,11 @@ pub fn ablation(records: &[Record]) -> (String, String) {
                     Some(r) => {
                         let cell = format!("{:.4} ± {:.4}", r.mean, r.std);
                         let is_best = b.is_some_and(|b| b == r.mean);
-                        cells_md.push(if is_best { format!("**{cell}**") } else { cell.clone() });
+                        cells_md.push(if is_best {
+                            format!("**{cell}**")
+                        } else {
+                            cell.clone()
+                        });
                         cells_csv.push(if is_best { format!("{cell} *") } else { cell });
                     }
                     None => {
@@ -482,7 +649,9 @@ mod tests {
         let pos = [false, false, true, true];
         let s = [0.1, 0.4, 0.35, 0.8];
         assert!((auroc(&pos, &s).unwrap() - 0.75).abs() < 1e-12);
-        assert!((average_precision(&pos, &s).unwrap() - (0.5 * 1.0 + 0.5 * 2.0 / 3.0)).abs() < 1e-12);
+        assert!(
+            (average_precision(&pos, &s).unwrap() - (0.5 * 1.0 + 0.5 * 2.0 / 3.0)).abs() < 1e-12
+        );
         // ties count half
         assert!((auroc(&[true, false], &[1.0, 1.0]).unwrap() - 0.5).abs() < 1e-12);
         // fpr95 with 20 positives: keep 19 → threshold = 19th highest positive

@@ -89,8 +89,14 @@ impl FeatureTable {
         s.push('\n');
         for r in 0..self.len() {
             let lab = self.label[r].map(|l| l.to_string()).unwrap_or_default();
-            let cor = self.correct(r).map(|c| (c as u8).to_string()).unwrap_or_default();
-            s.push_str(&format!("{},{},{},{},{}", self.set[r], self.index[r], lab, self.pred[r], cor));
+            let cor = self
+                .correct(r)
+                .map(|c| (c as u8).to_string())
+                .unwrap_or_default();
+            s.push_str(&format!(
+                "{},{},{},{},{}",
+                self.set[r], self.index[r], lab, self.pred[r], cor
+            ));
             for v in self.row(r) {
                 s.push(',');
                 s.push_str(&v.to_string());
@@ -103,26 +109,52 @@ impl FeatureTable {
     /// Reads a features CSV written by [`FeatureTable::to_csv`].
     pub fn read_csv(path: &Path) -> Result<FeatureTable> {
         let text = std::fs::read_to_string(path).at(path)?;
-        let bad = |line: usize, msg: String| Error::Format { path: path.into(), msg: format!("line {line}: {msg}") };
+        let bad = |line: usize, msg: String| Error::Format {
+            path: path.into(),
+            msg: format!("line {line}: {msg}"),
+        };
         let mut lines = text.lines();
-        let head: Vec<&str> = lines.next().ok_or_else(|| bad(1, "empty file".into()))?.split(',').collect();
+        let head: Vec<&str> = lines
+            .next()
+            .ok_or_else(|| bad(1, "empty file".into()))?
+            .split(',')
+            .collect();
         if head.len() < 5 || head[..5] != ID_COLUMNS {
-            return Err(bad(1, format!("header must start with {}", ID_COLUMNS.join(","))));
+            return Err(bad(
+                1,
+                format!("header must start with {}", ID_COLUMNS.join(",")),
+            ));
         }
-        let mut t = FeatureTable { columns: head[5..].iter().map(|s| s.to_string()).collect(), ..Default::default() };
+        let mut t = FeatureTable {
+            columns: head[5..].iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
         for (i, line) in lines.enumerate() {
             let ln = i + 2;
             let f: Vec<&str> = line.split(',').collect();
             if f.len() != head.len() {
-                return Err(bad(ln, format!("{} fields, header has {}", f.len(), head.len())));
+                return Err(bad(
+                    ln,
+                    format!("{} fields, header has {}", f.len(), head.len()),
+                ));
             }
-            let num = |s: &str, what: &str| s.parse::<f64>().map_err(|_| bad(ln, format!("{what} {s:?} is not a number")));
+            let num = |s: &str, what: &str| {
+                s.parse::<f64>()
+                    .map_err(|_| bad(ln, format!("{what} {s:?} is not a number")))
+            };
             t.set.push(f[0].to_string());
             t.index.push(num(f[1], "index")? as usize);
-            t.label.push(if f[2].is_empty() { None } else { Some(num(f[2], "label")? as u32) });
+            t.label.push(if f[2].is_empty() {
+                None
+            } else {
+                Some(num(f[2], "label")? as u32)
+            });
             t.pred.push(num(f[3], "pred")? as u32);
             for v in &f[5..] {
-                t.values.push(v.parse::<f32>().map_err(|_| bad(ln, format!("value {v:?} is not a number")))?);
+                t.values.push(
+                    v.parse::<f32>()
+                        .map_err(|_| bad(ln, format!("value {v:?} is not a number")))?,
+                );
             }
         }
         Ok(t)
@@ -172,8 +204,16 @@ pub fn mc_stats(probs: &[f32], k: usize) -> [f64; 4] {
             c = i;
         }
     }
-    let h: f64 = mean.iter().filter(|&&v| v > 0.0).map(|&v| -v * v.ln()).sum();
-    let var = probs.chunks(k).map(|r| (r[c] as f64 - mean[c]).powi(2)).sum::<f64>() / t as f64;
+    let h: f64 = mean
+        .iter()
+        .filter(|&&v| v > 0.0)
+        .map(|&v| -v * v.ln())
+        .sum();
+    let var = probs
+        .chunks(k)
+        .map(|r| (r[c] as f64 - mean[c]).powi(2))
+        .sum::<f64>()
+        / t as f64;
     [mean[c], h, var.sqrt(), (h - mean_h).max(0.0)]
 }
 
@@ -192,7 +232,16 @@ pub struct Moments {
 }
 
 impl Moments {
-    pub const EMPTY: Moments = Moments { n: 0.0, mean: 0.0, m2: 0.0, m3: 0.0, m4: 0.0, l1: 0.0, min: f64::INFINITY, max: f64::NEG_INFINITY };
+    pub const EMPTY: Moments = Moments {
+        n: 0.0,
+        mean: 0.0,
+        m2: 0.0,
+        m3: 0.0,
+        m4: 0.0,
+        l1: 0.0,
+        min: f64::INFINITY,
+        max: f64::NEG_INFINITY,
+    };
 
     /// Two passes over the values (mean, then powered deviations), f64 throughout.
     pub fn of(values: &[f32]) -> Moments {
@@ -217,7 +266,16 @@ impl Moments {
             m3 += d2 * d;
             m4 += d2 * d2;
         }
-        Moments { n, mean, m2, m3, m4, l1, min: mn, max: mx }
+        Moments {
+            n,
+            mean,
+            m2,
+            m3,
+            m4,
+            l1,
+            min: mn,
+            max: mx,
+        }
     }
 
     /// From raw power sums S1..S4 of `n` values (used where the values factorise).
@@ -225,8 +283,19 @@ impl Moments {
         let mu = s[0] / n;
         let m2 = (s[1] - n * mu * mu).max(0.0);
         let m3 = s[2] - 3.0 * mu * s[1] + 3.0 * mu * mu * s[0] - n * mu.powi(3);
-        let m4 = (s[3] - 4.0 * mu * s[2] + 6.0 * mu * mu * s[1] - 4.0 * mu.powi(3) * s[0] + n * mu.powi(4)).max(0.0);
-        Moments { n, mean: mu, m2, m3, m4, l1, min, max }
+        let m4 = (s[3] - 4.0 * mu * s[2] + 6.0 * mu * mu * s[1] - 4.0 * mu.powi(3) * s[0]
+            + n * mu.powi(4))
+        .max(0.0);
+        Moments {
+            n,
+            mean: mu,
+            m2,
+            m3,
+            m4,
+            l1,
+            min,
+            max,
+        }
     }
 
     /// Moments of the union of two value sets.
@@ -242,20 +311,36 @@ impl Moments {
         let (na, nb) = (a.n, b.n);
         let mean = a.mean + d * nb / n;
         let m2 = a.m2 + b.m2 + d * d * na * nb / n;
-        let m3 = a.m3 + b.m3 + d.powi(3) * na * nb * (na - nb) / (n * n) + 3.0 * d * (na * b.m2 - nb * a.m2) / n;
+        let m3 = a.m3
+            + b.m3
+            + d.powi(3) * na * nb * (na - nb) / (n * n)
+            + 3.0 * d * (na * b.m2 - nb * a.m2) / n;
         let m4 = a.m4
             + b.m4
             + d.powi(4) * na * nb * (na * na - na * nb + nb * nb) / n.powi(3)
             + 6.0 * d * d * (na * na * b.m2 + nb * nb * a.m2) / (n * n)
             + 4.0 * d * (na * b.m3 - nb * a.m3) / n;
-        Moments { n, mean, m2, m3, m4, l1: a.l1 + b.l1, min: a.min.min(b.min), max: a.max.max(b.max) }
+        Moments {
+            n,
+            mean,
+            m2,
+            m3,
+            m4,
+            l1: a.l1 + b.l1,
+            min: a.min.min(b.min),
+            max: a.max.max(b.max),
+        }
     }
 
     /// [l1, l2, min, max, mean, skew, kurt] (population moments; skew and kurt 0 when m2 = 0).
     pub fn stats(&self) -> [f64; 7] {
         let l2 = (self.m2 + self.n * self.mean * self.mean).max(0.0).sqrt();
         let (c2, c3, c4) = (self.m2 / self.n, self.m3 / self.n, self.m4 / self.n);
-        let (skew, kurt) = if c2 > 0.0 { (c3 / c2.powf(1.5), c4 / (c2 * c2) - 3.0) } else { (0.0, 0.0) };
+        let (skew, kurt) = if c2 > 0.0 {
+            (c3 / c2.powf(1.5), c4 / (c2 * c2) - 3.0)
+        } else {
+            (0.0, 0.0)
+        };
         [self.l1, l2, self.min, self.max, self.mean, skew, kurt]
     }
 }
@@ -307,9 +392,16 @@ pub fn grad_stats_batch(net: &Net, x: &[f32], n: usize) -> (Vec<f32>, Vec<[f64; 
             conv_cols.push(cols);
         }
     }
-    let Some(Saved::Fc { x: fc_x }) = tape.saved.last() else { unreachable!("tape ends with fc") };
+    let Some(Saved::Fc { x: fc_x }) = tape.saved.last() else {
+        unreachable!("tape ends with fc")
+    };
     let nl = net.layers.len();
-    let max_w = net.geoms.iter().map(|g| g.cout * g.ckk()).max().unwrap_or(0);
+    let max_w = net
+        .geoms
+        .iter()
+        .map(|g| g.cout * g.ckk())
+        .max()
+        .unwrap_or(0);
     let stats: Vec<[f64; 7]> = (0..n)
         .into_par_iter()
         .map_init(
@@ -322,13 +414,27 @@ pub fn grad_stats_batch(net: &Net, x: &[f32], n: usize) -> (Vec<f32>, Vec<[f64; 
                     let dy = &g.conv[ci][s * ol..(s + 1) * ol];
                     let cols = &conv_cols[ci][s * cl..(s + 1) * cl];
                     let gw = &mut scratch[..wl];
-                    gemm(geo.cout, geo.hw(), geo.ckk(), dy, (geo.hw(), 1), cols, (1, geo.hw()), 0.0, gw, geo.ckk());
+                    gemm(
+                        geo.cout,
+                        geo.hw(),
+                        geo.ckk(),
+                        dy,
+                        (geo.hw(), 1),
+                        cols,
+                        (1, geo.hw()),
+                        0.0,
+                        gw,
+                        geo.ckk(),
+                    );
                     let gb: Vec<f32> = dy.chunks(geo.hw()).map(|r| r.iter().sum()).collect();
                     let m = Moments::combine(&Moments::of(gw), &Moments::of(&gb));
                     all = Moments::combine(&all, &m);
                     per.push(m.stats());
                 }
-                let m = linear_moments(&g.fc[s * k..(s + 1) * k], &fc_x[s * net.fc_in..(s + 1) * net.fc_in]);
+                let m = linear_moments(
+                    &g.fc[s * k..(s + 1) * k],
+                    &fc_x[s * net.fc_in..(s + 1) * net.fc_in],
+                );
                 all = Moments::combine(&all, &m);
                 per.push(m.stats());
                 per.push(all.stats());
@@ -352,8 +458,10 @@ pub fn score(net: &Net, ds: &Dataset, set: &str, p: &FeatureParams) -> Result<Fe
     let first_drop = net.first_dropout();
     let pb = indicatif::ProgressBar::new(n_total as u64);
     pb.set_style(
-        indicatif::ProgressStyle::with_template("features {msg} {bar:30} {pos}/{len} [{elapsed}<{eta}]")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "features {msg} {bar:30} {pos}/{len} [{elapsed}<{eta}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     pb.set_message(set.to_string());
     let bs = p.batch_size.max(1);
@@ -378,13 +486,15 @@ pub fn score(net: &Net, ds: &Dataset, set: &str, p: &FeatureParams) -> Result<Fe
                     for _ in 0..tc {
                         rep.extend_from_slice(&pre);
                     }
-                    let out = net.forward_steps(fd..net.steps.len(), &rep, tc * n, Some(&mut rng), false);
+                    let out =
+                        net.forward_steps(fd..net.steps.len(), &rep, tc * n, Some(&mut rng), false);
                     let pr = softmax(&out.logits, k);
                     // rows are pass-major: pass j, sample i at (j·n + i)
                     for j in 0..tc {
                         for i in 0..n {
                             let src = &pr[(j * n + i) * k..(j * n + i + 1) * k];
-                            mc[(i * t + done + j) * k..(i * t + done + j + 1) * k].copy_from_slice(src);
+                            mc[(i * t + done + j) * k..(i * t + done + j + 1) * k]
+                                .copy_from_slice(src);
                         }
                     }
                     done += tc;
@@ -394,7 +504,8 @@ pub fn score(net: &Net, ds: &Dataset, set: &str, p: &FeatureParams) -> Result<Fe
             None => {
                 for i in 0..n {
                     for j in 0..t {
-                        mc[(i * t + j) * k..(i * t + j + 1) * k].copy_from_slice(&probs[i * k..(i + 1) * k]);
+                        mc[(i * t + j) * k..(i * t + j + 1) * k]
+                            .copy_from_slice(&probs[i * k..(i + 1) * k]);
                     }
                 }
             }
@@ -454,7 +565,9 @@ mod tests {
 
     #[test]
     fn moments_combine_and_factorise() {
-        let a: Vec<f32> = (0..50).map(|i| ((i * 37 % 17) as f32 - 8.0) * 0.3).collect();
+        let a: Vec<f32> = (0..50)
+            .map(|i| ((i * 37 % 17) as f32 - 8.0) * 0.3)
+            .collect();
         let b: Vec<f32> = (0..31).map(|i| ((i * 11 % 7) as f32) * 1.7 + 2.0).collect();
         let both: Vec<f32> = a.iter().chain(&b).cloned().collect();
         let c = Moments::combine(&Moments::of(&a), &Moments::of(&b)).stats();

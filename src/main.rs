@@ -9,7 +9,11 @@ use std::process::ExitCode;
 use tracing_subscriber::{fmt, prelude::*, EnvFilter};
 
 #[derive(Parser)]
-#[command(name = "metaclf", version, about = "Tells a CNN classifier's users when not to trust it")]
+#[command(
+    name = "metaclf",
+    version,
+    about = "Tells a CNN classifier's users when not to trust it"
+)]
 struct Cli {
     /// More log output (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -82,8 +86,18 @@ fn main() -> ExitCode {
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     tracing_subscriber::registry()
-        .with(fmt::layer().with_writer(std::io::stderr).with_target(false).without_time())
-        .with(fmt::layer().with_writer(metaclf::runfolder::LogWriter).with_ansi(false).with_target(false))
+        .with(
+            fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                .without_time(),
+        )
+        .with(
+            fmt::layer()
+                .with_writer(metaclf::runfolder::LogWriter)
+                .with_ansi(false)
+                .with_target(false),
+        )
         .with(filter)
         .init();
     match dispatch(cli.cmd) {
@@ -102,9 +116,13 @@ fn dispatch(cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::Run { config, out, force } => {
             let cfg = Config::load(&config)?;
-            let s = pipeline::run(&cfg, &pipeline::RunOptions { out, force }).with_context(|| format!("run of {}", config.display()))?;
+            let s = pipeline::run(&cfg, &pipeline::RunOptions { out, force })
+                .with_context(|| format!("run of {}", config.display()))?;
             println!("run folder: {}", s.folder.display());
-            println!("test accuracy: {:.4} after {} epochs", s.test_accuracy, s.epochs);
+            println!(
+                "test accuracy: {:.4} after {} epochs",
+                s.test_accuracy, s.epochs
+            );
             for (stage, secs) in &s.stage_seconds {
                 println!("  {stage:<9} {secs:>8.1} s");
             }
@@ -130,7 +148,11 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 println!("\nspecs: {}", data::SPEC_HELP);
             }
             DataCmd::Fetch { names } => {
-                let names: Vec<String> = if names.is_empty() { data::NAMED.iter().map(|s| s.to_string()).collect() } else { names };
+                let names: Vec<String> = if names.is_empty() {
+                    data::NAMED.iter().map(|s| s.to_string()).collect()
+                } else {
+                    names
+                };
                 for n in &names {
                     if !data::NAMED.contains(&n.as_str()) {
                         anyhow::bail!("unknown data set {n:?} (known: {})", data::NAMED.join(", "));
@@ -142,7 +164,12 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 }
             }
         },
-        Cmd::Features { run, data, out, count } => {
+        Cmd::Features {
+            run,
+            data,
+            out,
+            count,
+        } => {
             let n = pipeline::features_for(&run, &data, &out, count)?;
             println!("{n} rows written to {}", out.display());
         }
@@ -155,8 +182,17 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
-                println!("images/s on {} threads (default net, random weights, MNIST-shaped input):", r.threads);
-                for (k, v) in [("forward (batch 256)", r.forward), ("MC dropout (T=50)", r.mc_dropout), ("grad metrics, batched", r.grad_batched), ("grad metrics, naive batch-1 candle", r.grad_naive), ("training step (batch 128)", r.train_step)] {
+                println!(
+                    "images/s on {} threads (default net, random weights, MNIST-shaped input):",
+                    r.threads
+                );
+                for (k, v) in [
+                    ("forward (batch 256)", r.forward),
+                    ("MC dropout (T=50)", r.mc_dropout),
+                    ("grad metrics, batched", r.grad_batched),
+                    ("grad metrics, naive batch-1 candle", r.grad_naive),
+                    ("training step (batch 128)", r.train_step),
+                ] {
                     println!("  {k:<36} {v:>10.0}");
                 }
             }
@@ -173,15 +209,22 @@ fn data_status(data_dir: &std::path::Path, spec: &str) -> Result<String> {
         data::Source::FashionMnist(_) => "fashion-mnist",
         data::Source::Letters => "letters",
         data::Source::GrayNatural => "gray-natural",
-        data::Source::UniformNoise | data::Source::NormalNoise => return Ok("generated from the seed".into()),
+        data::Source::UniformNoise | data::Source::NormalNoise => {
+            return Ok("generated from the seed".into())
+        }
         data::Source::Emnist(..) | data::Source::Idx { .. } | data::Source::Folder(_) => {
             return Ok("user files (checked when loaded)".into());
         }
     };
     Ok(match data::fetch::state(data_dir, named)? {
-        data::fetch::CacheState::Cached => format!("cached in {}", data::fetch::dir_of(data_dir, named).display()),
+        data::fetch::CacheState::Cached => format!(
+            "cached in {}",
+            data::fetch::dir_of(data_dir, named).display()
+        ),
         data::fetch::CacheState::Missing => "not cached (fetched on first use)".into(),
-        data::fetch::CacheState::Corrupt(why) => format!("damaged cache, will be re-fetched: {why}"),
+        data::fetch::CacheState::Corrupt(why) => {
+            format!("damaged cache, will be re-fetched: {why}")
+        }
         data::fetch::CacheState::Generated => "generated".into(),
     })
 }

@@ -41,12 +41,20 @@ pub struct Splits {
 /// Loads the in-distribution data: class subset, transpose, limits, validation split.
 pub fn load_splits(cfg: &Config) -> Result<Splits> {
     let d = &cfg.data;
-    let ctx = LoadCtx { data_dir: d.data_dir.clone(), seed: cfg.run.seed, count: 0, stage: "data".into() };
+    let ctx = LoadCtx {
+        data_dir: d.data_dir.clone(),
+        seed: cfg.run.seed,
+        count: 0,
+        stage: "data".into(),
+    };
     let mut train = data::load(&d.train, &ctx)?;
     let mut test = data::load(&d.test, &ctx)?;
     for ds in [&mut train, &mut test] {
         if ds.labels.is_none() {
-            return Err(Error::Data { name: ds.name.clone(), msg: "in-distribution data needs labels (data.train, data.test)".into() });
+            return Err(Error::Data {
+                name: ds.name.clone(),
+                msg: "in-distribution data needs labels (data.train, data.test)".into(),
+            });
         }
         if !d.classes.is_empty() {
             *ds = ds.keep_classes(&d.classes)?;
@@ -71,7 +79,10 @@ pub fn load_splits(cfg: &Config) -> Result<Splits> {
         test = test.select(&(0..d.test_limit).collect::<Vec<_>>());
     }
     if train.is_empty() || test.is_empty() {
-        return Err(Error::Data { name: d.train.clone(), msg: "no training or test images left after data.classes / limits".into() });
+        return Err(Error::Data {
+            name: d.train.clone(),
+            msg: "no training or test images left after data.classes / limits".into(),
+        });
     }
     Ok(Splits { train, val, test })
 }
@@ -89,24 +100,62 @@ pub fn num_classes(cfg: &Config, s: &Splits) -> usize {
 pub fn history_csv(t: &Trained) -> String {
     let mut s = String::from("epoch,lr,train_loss,train_acc,val_loss,val_acc,seconds\n");
     for r in &t.history {
-        s.push_str(&format!("{},{},{},{},{},{},{:.3}\n", r.epoch, r.lr, r.train_loss, r.train_acc, r.val_loss, r.val_acc, r.seconds));
+        s.push_str(&format!(
+            "{},{},{},{},{},{},{:.3}\n",
+            r.epoch, r.lr, r.train_loss, r.train_acc, r.val_loss, r.val_acc, r.seconds
+        ));
     }
     s
 }
 
 /// Scores the test set, every OOD set and the known unknowns.
-pub fn score_all(cfg: &Config, net: &Net, test: &Dataset, sets: &mut Vec<serde_json::Value>) -> Result<FeatureTable> {
-    let fp = FeatureParams { mc_samples: cfg.features.mc_samples, batch_size: cfg.features.batch_size, seed: cfg.run.seed };
+pub fn score_all(
+    cfg: &Config,
+    net: &Net,
+    test: &Dataset,
+    sets: &mut Vec<serde_json::Value>,
+) -> Result<FeatureTable> {
+    let fp = FeatureParams {
+        mc_samples: cfg.features.mc_samples,
+        batch_size: cfg.features.batch_size,
+        seed: cfg.run.seed,
+    };
     let mut table = features::score(net, test, "id-test", &fp)?;
-    let mut extra: Vec<(String, String, usize, &str)> = cfg.ood.sets.iter().map(|s| (format!("ood-{}", Source::short_name(s)), s.clone(), cfg.ood.count, "ood")).collect();
+    let mut extra: Vec<(String, String, usize, &str)> = cfg
+        .ood
+        .sets
+        .iter()
+        .map(|s| {
+            (
+                format!("ood-{}", Source::short_name(s)),
+                s.clone(),
+                cfg.ood.count,
+                "ood",
+            )
+        })
+        .collect();
     if !cfg.known_unknowns.source.is_empty() {
         let s = &cfg.known_unknowns.source;
-        extra.push((format!("known-unknown-{}", Source::short_name(s)), s.clone(), cfg.known_unknowns.count, "known-unknowns"));
+        extra.push((
+            format!("known-unknown-{}", Source::short_name(s)),
+            s.clone(),
+            cfg.known_unknowns.count,
+            "known-unknowns",
+        ));
     }
     for (set, spec, count, stage) in extra {
-        let ctx = LoadCtx { data_dir: cfg.data.data_dir.clone(), seed: cfg.run.seed, count, stage: stage.into() };
+        let ctx = LoadCtx {
+            data_dir: cfg.data.data_dir.clone(),
+            seed: cfg.run.seed,
+            count,
+            stage: stage.into(),
+        };
         let ds = data::load(&spec, &ctx)?;
-        let ds = if count > 0 && ds.len() > count { ds.select(&(0..count).collect::<Vec<_>>()) } else { ds };
+        let ds = if count > 0 && ds.len() > count {
+            ds.select(&(0..count).collect::<Vec<_>>())
+        } else {
+            ds
+        };
         tracing::info!("scoring {set}: {} images", ds.len());
         sets.push(json!({"role": set, "spec": spec, "images": ds.len(), "sha256": ds.sha256}));
         table.append(features::score(net, &ds, &set, &fp)?)?;
@@ -132,26 +181,60 @@ pub fn meta_params(cfg: &Config) -> Result<MetaParams> {
         lambda: if m.lambda < 0.0 { None } else { Some(m.lambda) },
         cv_folds: m.cv_folds,
         n_lambda: m.n_lambda,
-        nn: NnParams { hidden: m.nn_hidden, epochs: m.nn_epochs, lr: m.nn_lr, weight_decay: m.nn_weight_decay, patience: 20, seed: cfg.run.seed },
+        nn: NnParams {
+            hidden: m.nn_hidden,
+            epochs: m.nn_epochs,
+            lr: m.nn_lr,
+            weight_decay: m.nn_weight_decay,
+            patience: 20,
+            seed: cfg.run.seed,
+        },
         seed: cfg.run.seed,
-        known_unknowns: (!cfg.known_unknowns.source.is_empty()).then(|| Source::short_name(&cfg.known_unknowns.source)),
+        known_unknowns: (!cfg.known_unknowns.source.is_empty())
+            .then(|| Source::short_name(&cfg.known_unknowns.source)),
         keep_scores: m.score_repetitions,
     })
 }
 
 /// Writes the meta results into the run folder.
 pub fn write_meta(folder: &RunFolder, t: &FeatureTable, r: &eval::MetaResults) -> Result<()> {
-    let metrics = json!({"definitions": eval::DEFINITIONS, "results": r.records, "warnings": r.warnings});
-    folder.write("metrics.json", serde_json::to_string_pretty(&metrics).map_err(|e| Error::Other(e.to_string()))?)?;
+    let metrics =
+        json!({"definitions": eval::DEFINITIONS, "results": r.records, "warnings": r.warnings});
+    folder.write(
+        "metrics.json",
+        serde_json::to_string_pretty(&metrics).map_err(|e| Error::Other(e.to_string()))?,
+    )?;
     folder.write("metrics.csv", eval::records_csv(&r.records))?;
     let mut s = String::from("rep,model,features,known_unknowns,set,index,target,score\n");
     for x in &r.scores {
-        s.push_str(&format!("{},{},{},{},{},{},{},{}\n", x.rep, x.model, x.features, x.known_unknowns, t.set[x.row], t.index[x.row], x.target, x.score));
+        s.push_str(&format!(
+            "{},{},{},{},{},{},{},{}\n",
+            x.rep,
+            x.model,
+            x.features,
+            x.known_unknowns,
+            t.set[x.row],
+            t.index[x.row],
+            x.target,
+            x.score
+        ));
     }
     folder.write("meta_scores.csv", s)?;
-    let mut c = String::from("rep,model,features,known_unknowns,term,coef_original,coef_standardized,lambda\n");
+    let mut c = String::from(
+        "rep,model,features,known_unknowns,term,coef_original,coef_standardized,lambda\n",
+    );
     for x in &r.coefs {
-        c.push_str(&format!("{},{},{},{},{},{},{},{}\n", x.rep, x.model, x.features, x.known_unknowns, x.term, x.original, x.standardized, x.lambda));
+        c.push_str(&format!(
+            "{},{},{},{},{},{},{},{}\n",
+            x.rep,
+            x.model,
+            x.features,
+            x.known_unknowns,
+            x.term,
+            x.original,
+            x.standardized,
+            x.lambda
+        ));
     }
     folder.write("coefficients.csv", c)?;
     let (csv, md) = eval::ablation(&r.records);
@@ -162,7 +245,10 @@ pub fn write_meta(folder: &RunFolder, t: &FeatureTable, r: &eval::MetaResults) -
 /// Runs the whole pipeline and writes the run folder.
 pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
     let t_all = Instant::now();
-    let dir = opts.out.clone().unwrap_or_else(|| cfg.run.out_dir.join(&cfg.run.name));
+    let dir = opts
+        .out
+        .clone()
+        .unwrap_or_else(|| cfg.run.out_dir.join(&cfg.run.name));
     let folder = RunFolder::create(&dir, opts.force)?;
     crate::runfolder::attach_log(&folder.file("run.log"))?;
     let result = run_in(cfg, &folder, t_all);
@@ -181,24 +267,39 @@ fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary
         "seed": cfg.run.seed,
         "status": "running",
     });
-    folder.write("run.json", serde_json::to_string_pretty(&run_json).unwrap_or_default())?;
+    folder.write(
+        "run.json",
+        serde_json::to_string_pretty(&run_json).unwrap_or_default(),
+    )?;
 
     let t = Instant::now();
     let splits = load_splits(cfg)?;
     let classes = num_classes(cfg, &splits);
     times.push(("data".into(), t.elapsed().as_secs_f64()));
-    tracing::info!("data: {} train, {} validation, {} test images, {classes} classes", splits.train.len(), splits.val.len(), splits.test.len());
+    tracing::info!(
+        "data: {} train, {} validation, {} test images, {classes} classes",
+        splits.train.len(),
+        splits.val.len(),
+        splits.test.len()
+    );
 
     let t = Instant::now();
     let arch = Arch::from_config(cfg, classes);
     let net = Net::new(arch, &mut stage_rng(cfg.run.seed, "init"));
-    tracing::info!("model: {} parameters, steps {:?}", net.num_params(), net.steps);
+    tracing::info!(
+        "model: {} parameters, steps {:?}",
+        net.num_params(),
+        net.steps
+    );
     let trained = TrainParams::from_config(cfg).fit(net, &splits.train, &splits.val)?;
     trained.net.save(&folder.file("model.safetensors"))?;
     folder.write("history.csv", history_csv(&trained))?;
     times.push(("train".into(), t.elapsed().as_secs_f64()));
     let (test_loss, test_acc) = evaluate(&trained.net, &splits.test, 512)?;
-    tracing::info!("test accuracy {test_acc:.4} (loss {test_loss:.4}), best epoch {}", trained.best_epoch);
+    tracing::info!(
+        "test accuracy {test_acc:.4} (loss {test_loss:.4}), best epoch {}",
+        trained.best_epoch
+    );
 
     let t = Instant::now();
     let mut sets = vec![
@@ -212,7 +313,8 @@ fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary
 
     let t = Instant::now();
     let mp = meta_params(cfg)?;
-    let results = eval::run_meta(&table, &mp).map_err(|e| Error::Other(format!("meta classifiers: {e}")))?;
+    let results =
+        eval::run_meta(&table, &mp).map_err(|e| Error::Other(format!("meta classifiers: {e}")))?;
     for w in &results.warnings {
         tracing::warn!("{w}");
     }
@@ -233,27 +335,61 @@ fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary
         "stage_seconds": times.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
         "total_seconds": t_all.elapsed().as_secs_f64(),
     });
-    folder.write("run.json", serde_json::to_string_pretty(&run_json).unwrap_or_default())?;
+    folder.write(
+        "run.json",
+        serde_json::to_string_pretty(&run_json).unwrap_or_default(),
+    )?;
 
     let t = Instant::now();
     crate::report::build(&folder.path)?;
     times.push(("report".into(), t.elapsed().as_secs_f64()));
     run_json["stage_seconds"]["report"] = json!(times.last().map(|x| x.1));
     run_json["total_seconds"] = json!(t_all.elapsed().as_secs_f64());
-    folder.write("run.json", serde_json::to_string_pretty(&run_json).unwrap_or_default())?;
-    Ok(RunSummary { folder: folder.path.clone(), test_accuracy: test_acc, epochs: trained.history.len(), stage_seconds: times })
+    folder.write(
+        "run.json",
+        serde_json::to_string_pretty(&run_json).unwrap_or_default(),
+    )?;
+    Ok(RunSummary {
+        folder: folder.path.clone(),
+        test_accuracy: test_acc,
+        epochs: trained.history.len(),
+        stage_seconds: times,
+    })
 }
 
 /// `metaclf features`: scores a data set with a finished run's model.
 pub fn features_for(run_dir: &Path, spec: &str, out: &Path, count: usize) -> Result<usize> {
     let cfg = Config::load(&run_dir.join("config.toml"))?;
-    let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("run.json")).map_err(|source| Error::Io { path: run_dir.join("run.json"), source })?)
-        .map_err(|e| Error::Format { path: run_dir.join("run.json"), msg: e.to_string() })?;
-    let classes = run["classes"].as_u64().ok_or_else(|| Error::Format { path: run_dir.join("run.json"), msg: "no `classes` (the run did not finish)".into() })? as usize;
-    let net = Net::load(Arch::from_config(&cfg, classes), &run_dir.join("model.safetensors"))?;
-    let ctx = LoadCtx { data_dir: cfg.data.data_dir.clone(), seed: cfg.run.seed, count, stage: "features".into() };
+    let run: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run_dir.join("run.json")).map_err(|source| Error::Io {
+            path: run_dir.join("run.json"),
+            source,
+        })?,
+    )
+    .map_err(|e| Error::Format {
+        path: run_dir.join("run.json"),
+        msg: e.to_string(),
+    })?;
+    let classes = run["classes"].as_u64().ok_or_else(|| Error::Format {
+        path: run_dir.join("run.json"),
+        msg: "no `classes` (the run did not finish)".into(),
+    })? as usize;
+    let net = Net::load(
+        Arch::from_config(&cfg, classes),
+        &run_dir.join("model.safetensors"),
+    )?;
+    let ctx = LoadCtx {
+        data_dir: cfg.data.data_dir.clone(),
+        seed: cfg.run.seed,
+        count,
+        stage: "features".into(),
+    };
     let ds = data::load(spec, &ctx)?;
-    let fp = FeatureParams { mc_samples: cfg.features.mc_samples, batch_size: cfg.features.batch_size, seed: cfg.run.seed };
+    let fp = FeatureParams {
+        mc_samples: cfg.features.mc_samples,
+        batch_size: cfg.features.batch_size,
+        seed: cfg.run.seed,
+    };
     let t = features::score(&net, &ds, &Source::short_name(spec), &fp)?;
     crate::runfolder::write_atomic(out, t.to_csv().as_bytes())?;
     Ok(t.len())

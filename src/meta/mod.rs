@@ -24,7 +24,12 @@ impl FeatureGroup {
         let mut layers: Vec<String> = conv_names.to_vec();
         layers.push("fc".into());
         layers.push("all".into());
-        let grad_cols = |layer: &str| -> Vec<String> { GRAD_STATS.iter().map(|s| format!("grad_{layer}_{s}")).collect() };
+        let grad_cols = |layer: &str| -> Vec<String> {
+            GRAD_STATS
+                .iter()
+                .map(|s| format!("grad_{layer}_{s}"))
+                .collect()
+        };
         let mut columns: Vec<String> = Vec::new();
         for part in name.split('+') {
             let cols: Vec<String> = match part {
@@ -51,7 +56,10 @@ impl FeatureGroup {
                 }
             }
         }
-        Ok(FeatureGroup { name: name.to_string(), columns })
+        Ok(FeatureGroup {
+            name: name.to_string(),
+            columns,
+        })
     }
 }
 
@@ -66,9 +74,18 @@ mod tests {
         assert_eq!(g.columns.len(), 4 * 7 + 2);
         assert_eq!(g.columns[0], "grad_conv1_l1");
         assert!(g.columns.contains(&"msp".to_string()));
-        assert_eq!(FeatureGroup::parse("all", &convs).unwrap().columns.len(), 6 + 28);
-        assert_eq!(FeatureGroup::parse("grad-fc", &convs).unwrap().columns[6], "grad_fc_kurt");
+        assert_eq!(
+            FeatureGroup::parse("all", &convs).unwrap().columns.len(),
+            6 + 28
+        );
+        assert_eq!(
+            FeatureGroup::parse("grad-fc", &convs).unwrap().columns[6],
+            "grad_fc_kurt"
+        );
         assert!(FeatureGroup::parse("grad-conv3", &convs).is_err());
-        assert_eq!(FeatureGroup::parse("mc+mc", &convs).unwrap().columns.len(), 4);
+        assert_eq!(
+            FeatureGroup::parse("mc+mc", &convs).unwrap().columns.len(),
+            4
+        );
     }
 }

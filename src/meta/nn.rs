@@ -31,17 +31,28 @@ pub struct Nn {
 
 impl std::fmt::Debug for Nn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Nn {{ inputs: {}, epochs_run: {} }}", self.mean.len(), self.epochs_run)
+        write!(
+            f,
+            "Nn {{ inputs: {}, epochs_run: {} }}",
+            self.mean.len(),
+            self.epochs_run
+        )
     }
 }
 
 fn to_tensor(z: &[f64], n: usize, p: usize) -> candle_core::Result<Tensor> {
-    Tensor::from_vec(z.iter().map(|&v| v as f32).collect::<Vec<f32>>(), (n, p), &Device::Cpu)
+    Tensor::from_vec(
+        z.iter().map(|&v| v as f32).collect::<Vec<f32>>(),
+        (n, p),
+        &Device::Cpu,
+    )
 }
 
 impl Nn {
     fn logits(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.l2.forward(&self.l1.forward(x)?.relu()?)?.squeeze(D::Minus1)
+        self.l2
+            .forward(&self.l1.forward(x)?.relu()?)?
+            .squeeze(D::Minus1)
     }
 
     /// P(target = 1) of each row (row-major, p columns).
@@ -50,7 +61,17 @@ impl Nn {
         let n = x.len() / p.max(1);
         let z: Vec<f64> = x
             .chunks(p.max(1))
-            .flat_map(|r| (0..p).map(|j| if self.scale[j] > 0.0 { (r[j] - self.mean[j]) / self.scale[j] } else { 0.0 }).collect::<Vec<_>>())
+            .flat_map(|r| {
+                (0..p)
+                    .map(|j| {
+                        if self.scale[j] > 0.0 {
+                            (r[j] - self.mean[j]) / self.scale[j]
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            })
             .collect();
         let s = candle_nn::ops::sigmoid(&self.logits(&to_tensor(&z, n, p)?)?)?;
         Ok(s.to_vec1::<f32>()?.into_iter().map(f64::from).collect())
@@ -74,9 +95,15 @@ impl NnParams {
         let nv = if n >= 10 { n / 5 } else { 0 };
         let (val, tr) = idx.split_at(nv);
         let pick = |rows: &[usize]| -> candle_core::Result<(Tensor, Tensor)> {
-            let zz: Vec<f64> = rows.iter().flat_map(|&i| z[i * p..(i + 1) * p].to_vec()).collect();
+            let zz: Vec<f64> = rows
+                .iter()
+                .flat_map(|&i| z[i * p..(i + 1) * p].to_vec())
+                .collect();
             let yy: Vec<f32> = rows.iter().map(|&i| y[i] as f32).collect();
-            Ok((to_tensor(&zz, rows.len(), p)?, Tensor::from_vec(yy, rows.len(), &Device::Cpu)?))
+            Ok((
+                to_tensor(&zz, rows.len(), p)?,
+                Tensor::from_vec(yy, rows.len(), &Device::Cpu)?,
+            ))
         };
         let (xt, yt) = pick(tr)?;
         let vm = VarMap::new();
@@ -91,17 +118,33 @@ impl NnParams {
             names.sort();
             for name in names {
                 let v = &data[&name];
-                let fan_in = if name.starts_with("l1") { p } else { self.hidden } as f64;
+                let fan_in = if name.starts_with("l1") {
+                    p
+                } else {
+                    self.hidden
+                } as f64;
                 let bound = (1.0 / fan_in).sqrt() as f32;
-                let vals: Vec<f32> = (0..v.elem_count()).map(|_| rng.gen_range(-bound..bound)).collect();
+                let vals: Vec<f32> = (0..v.elem_count())
+                    .map(|_| rng.gen_range(-bound..bound))
+                    .collect();
                 v.set(&Tensor::from_vec(vals, v.shape(), &Device::Cpu)?)?;
             }
         }
         let mut opt = candle_nn::AdamW::new(
             vm.all_vars(),
-            candle_nn::ParamsAdamW { lr: self.lr, weight_decay: self.weight_decay, ..Default::default() },
+            candle_nn::ParamsAdamW {
+                lr: self.lr,
+                weight_decay: self.weight_decay,
+                ..Default::default()
+            },
         )?;
-        let mut model = Nn { mean, scale, l1, l2, epochs_run: 0 };
+        let mut model = Nn {
+            mean,
+            scale,
+            l1,
+            l2,
+            epochs_run: 0,
+        };
         let valset = if nv > 0 { Some(pick(val)?) } else { None };
         let mut best = (f64::INFINITY, Vec::new(), 0usize);
         for epoch in 0..self.epochs {
@@ -111,7 +154,11 @@ impl NnParams {
             if let Some((xv, yv)) = &valset {
                 let vl = bce(&model.logits(xv)?, yv)?.to_scalar::<f32>()? as f64;
                 if vl < best.0 - 1e-6 {
-                    let snap: Vec<Tensor> = vm.all_vars().iter().map(|v| v.as_tensor().copy()).collect::<candle_core::Result<_>>()?;
+                    let snap: Vec<Tensor> = vm
+                        .all_vars()
+                        .iter()
+                        .map(|v| v.as_tensor().copy())
+                        .collect::<candle_core::Result<_>>()?;
                     best = (vl, snap, epoch);
                 } else if epoch - best.2 > self.patience {
                     break;

@@ -163,13 +163,28 @@ pub fn conv_leaky_forward(
     let run = |xs: &[f32], ys: &mut [f32], cs: &mut [f32], keep: bool| {
         let m = xs.len() / il;
         for s in 0..m {
-            let c = if keep { &mut cs[s * cl..(s + 1) * cl] } else { &mut cs[..cl] };
+            let c = if keep {
+                &mut cs[s * cl..(s + 1) * cl]
+            } else {
+                &mut cs[..cl]
+            };
             g.im2col(&xs[s * il..(s + 1) * il], c);
             let out = &mut ys[s * ol..(s + 1) * ol];
             for (o, row) in out.chunks_mut(g.hw()).enumerate() {
                 row.fill(bias[o]);
             }
-            gemm(g.cout, g.ckk(), g.hw(), wgt, (g.ckk(), 1), c, (g.hw(), 1), 1.0, out, g.hw());
+            gemm(
+                g.cout,
+                g.ckk(),
+                g.hw(),
+                wgt,
+                (g.ckk(), 1),
+                c,
+                (g.hw(), 1),
+                1.0,
+                out,
+                g.hw(),
+            );
             for v in out.iter_mut() {
                 if *v < 0.0 {
                     *v *= slope;
@@ -218,7 +233,18 @@ pub fn conv_weight_grad(g: &ConvGeom, dy: &[f32], cols: &[f32], n: usize) -> (Ve
             let m = d.len() / ol;
             for s in 0..m {
                 let ds = &d[s * ol..(s + 1) * ol];
-                gemm(g.cout, g.hw(), g.ckk(), ds, (g.hw(), 1), &c[s * cl..(s + 1) * cl], (1, g.hw()), 1.0, &mut acc[..wl], g.ckk());
+                gemm(
+                    g.cout,
+                    g.hw(),
+                    g.ckk(),
+                    ds,
+                    (g.hw(), 1),
+                    &c[s * cl..(s + 1) * cl],
+                    (1, g.hw()),
+                    1.0,
+                    &mut acc[..wl],
+                    g.ckk(),
+                );
                 for (o, row) in ds.chunks(g.hw()).enumerate() {
                     acc[wl + o] += row.iter().sum::<f32>();
                 }
@@ -246,7 +272,18 @@ pub fn conv_input_grad(g: &ConvGeom, wgt: &[f32], dy: &[f32], n: usize) -> Vec<f
             || vec![0f32; cl],
             |dcols, (dxs, dys)| {
                 for s in 0..dxs.len() / il {
-                    gemm(g.ckk(), g.cout, g.hw(), wgt, (1, g.ckk()), &dys[s * ol..(s + 1) * ol], (g.hw(), 1), 0.0, dcols, g.hw());
+                    gemm(
+                        g.ckk(),
+                        g.cout,
+                        g.hw(),
+                        wgt,
+                        (1, g.ckk()),
+                        &dys[s * ol..(s + 1) * ol],
+                        (g.hw(), 1),
+                        0.0,
+                        dcols,
+                        g.hw(),
+                    );
                     g.col2im(dcols, &mut dxs[s * il..(s + 1) * il]);
                 }
             },
@@ -256,7 +293,14 @@ pub fn conv_input_grad(g: &ConvGeom, wgt: &[f32], dy: &[f32], n: usize) -> Vec<f
 
 /// Max pooling (window = stride = `p`, floor) of [n, c, h, w]; returns the output and, per
 /// output element, the index of its maximum within the sample's input.
-pub fn maxpool_forward(x: &[f32], n: usize, c: usize, h: usize, w: usize, p: usize) -> (Vec<f32>, Vec<u32>) {
+pub fn maxpool_forward(
+    x: &[f32],
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    p: usize,
+) -> (Vec<f32>, Vec<u32>) {
     let (oh, ow) = (h / p, w / p);
     let (il, ol) = (c * h * w, c * oh * ow);
     let mut y = vec![0f32; n * ol];
@@ -305,7 +349,14 @@ pub fn maxpool_backward(dy: &[f32], idx: &[u32], n: usize, in_len: usize) -> Vec
 }
 
 /// Linear forward: y [n, out] = x [n, inp] · Wᵀ + b, W [out, inp].
-pub fn linear_forward(x: &[f32], w: &[f32], b: &[f32], n: usize, inp: usize, out: usize) -> Vec<f32> {
+pub fn linear_forward(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    n: usize,
+    inp: usize,
+    out: usize,
+) -> Vec<f32> {
     let mut y = vec![0f32; n * out];
     for row in y.chunks_mut(out) {
         row.copy_from_slice(b);
@@ -320,7 +371,15 @@ pub fn linear_forward(x: &[f32], w: &[f32], b: &[f32], n: usize, inp: usize, out
 }
 
 /// Linear backward: (dW [out, inp] = dyᵀ·x, db = Σ dy, dx = dy·W).
-pub fn linear_backward(dy: &[f32], x: &[f32], w: &[f32], n: usize, inp: usize, out: usize, want_dx: bool) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+pub fn linear_backward(
+    dy: &[f32],
+    x: &[f32],
+    w: &[f32],
+    n: usize,
+    inp: usize,
+    out: usize,
+    want_dx: bool,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let mut dw = vec![0f32; out * inp];
     gemm(out, n, inp, dy, (1, out), x, (inp, 1), 0.0, &mut dw, inp);
     let mut db = vec![0f32; out];
@@ -359,7 +418,8 @@ mod tests {
                             for kx in 0..g.k {
                                 let sy = yy as isize + ky as isize - p;
                                 let sx = xx as isize + kx as isize - p;
-                                if sy >= 0 && sx >= 0 && (sy as usize) < g.h && (sx as usize) < g.w {
+                                if sy >= 0 && sx >= 0 && (sy as usize) < g.h && (sx as usize) < g.w
+                                {
                                     s += w[((o * g.cin + c) * g.k + ky) * g.k + kx]
                                         * x[c * g.hw() + sy as usize * g.w + sx as usize];
                                 }
@@ -375,10 +435,20 @@ mod tests {
 
     #[test]
     fn conv_matches_direct_definition() {
-        let g = ConvGeom { cin: 2, cout: 3, k: 3, h: 5, w: 4 };
-        let w: Vec<f32> = (0..g.cout * g.ckk()).map(|i| ((i * 7 % 11) as f32 - 5.0) / 7.0).collect();
+        let g = ConvGeom {
+            cin: 2,
+            cout: 3,
+            k: 3,
+            h: 5,
+            w: 4,
+        };
+        let w: Vec<f32> = (0..g.cout * g.ckk())
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) / 7.0)
+            .collect();
         let b = vec![0.1, -0.2, 0.3];
-        let x: Vec<f32> = (0..2 * g.in_len()).map(|i| ((i * 5 % 13) as f32 - 6.0) / 9.0).collect();
+        let x: Vec<f32> = (0..2 * g.in_len())
+            .map(|i| ((i * 5 % 13) as f32 - 6.0) / 9.0)
+            .collect();
         let y = conv_leaky_forward(&g, &w, &b, 1.0, &x, 2, None);
         for s in 0..2 {
             let d = conv_direct(&g, &w, &b, &x[s * g.in_len()..(s + 1) * g.in_len()]);
@@ -391,21 +461,37 @@ mod tests {
     #[test]
     fn col2im_is_adjoint_of_im2col() {
         // <im2col(x), c> == <x, col2im(c)> for any x, c
-        let g = ConvGeom { cin: 2, cout: 1, k: 3, h: 4, w: 6 };
+        let g = ConvGeom {
+            cin: 2,
+            cout: 1,
+            k: 3,
+            h: 4,
+            w: 6,
+        };
         let x: Vec<f32> = (0..g.in_len()).map(|i| (i as f32 * 0.37).sin()).collect();
         let c: Vec<f32> = (0..g.cols_len()).map(|i| (i as f32 * 0.11).cos()).collect();
         let mut cols = vec![0f32; g.cols_len()];
         g.im2col(&x, &mut cols);
         let mut back = vec![0f32; g.in_len()];
         g.col2im(&c, &mut back);
-        let l: f64 = cols.iter().zip(&c).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
-        let r: f64 = x.iter().zip(&back).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
+        let l: f64 = cols
+            .iter()
+            .zip(&c)
+            .map(|(a, b)| (*a as f64) * (*b as f64))
+            .sum();
+        let r: f64 = x
+            .iter()
+            .zip(&back)
+            .map(|(a, b)| (*a as f64) * (*b as f64))
+            .sum();
         assert!((l - r).abs() < 1e-4, "{l} vs {r}");
     }
 
     #[test]
     fn maxpool_picks_max_and_routes_back() {
-        let x = vec![1.0, 5.0, 2.0, 0.0, 3.0, 4.0, 9.0, 8.0, 7.0, 6.0, 1.0, 2.0, 0.0, 0.0, 3.0, 1.0];
+        let x = vec![
+            1.0, 5.0, 2.0, 0.0, 3.0, 4.0, 9.0, 8.0, 7.0, 6.0, 1.0, 2.0, 0.0, 0.0, 3.0, 1.0,
+        ];
         let (y, idx) = maxpool_forward(&x, 1, 1, 4, 4, 2);
         assert_eq!(y, vec![5.0, 9.0, 7.0, 3.0]);
         let dx = maxpool_backward(&[1.0, 2.0, 3.0, 4.0], &idx, 1, 16);

@@ -132,7 +132,13 @@ impl Net {
         let (mut c, mut h, mut w) = (1usize, 28usize, 28usize);
         let mut layers = Vec::new();
         for (i, &cout) in arch.channels.iter().enumerate() {
-            let g = ConvGeom { cin: c, cout, k: arch.kernel, h, w };
+            let g = ConvGeom {
+                cin: c,
+                cout,
+                k: arch.kernel,
+                h,
+                w,
+            };
             geoms.push(g);
             steps.push(Step::Conv(i));
             step_in.push((c, h, w));
@@ -141,7 +147,9 @@ impl Net {
             let bound = (6.0 / fan_in as f32).sqrt();
             layers.push(Layer {
                 name: format!("conv{}", i + 1),
-                w: (0..cout * fan_in).map(|_| rng.gen_range(-bound..bound)).collect(),
+                w: (0..cout * fan_in)
+                    .map(|_| rng.gen_range(-bound..bound))
+                    .collect(),
                 w_shape: vec![cout, g.cin, g.k, g.k],
                 b: vec![0.0; cout],
             });
@@ -162,11 +170,20 @@ impl Net {
         let bound = (6.0 / fc_in as f32).sqrt();
         layers.push(Layer {
             name: "fc".into(),
-            w: (0..arch.classes * fc_in).map(|_| rng.gen_range(-bound..bound)).collect(),
+            w: (0..arch.classes * fc_in)
+                .map(|_| rng.gen_range(-bound..bound))
+                .collect(),
             w_shape: vec![arch.classes, fc_in],
             b: vec![0.0; arch.classes],
         });
-        Net { arch, steps, geoms, step_in, fc_in, layers }
+        Net {
+            arch,
+            steps,
+            geoms,
+            step_in,
+            fc_in,
+            layers,
+        }
     }
 
     /// Names of the parameterised layers (`conv1`, ..., `fc`).
@@ -191,22 +208,54 @@ impl Net {
     /// Runs the steps in `range` on `x` (the input of the range's first step, `n` samples).
     /// Dropout is applied when `rng` is given (masks drawn in sample-major order), identity
     /// otherwise. With `keep`, everything the backward needs is recorded.
-    pub fn forward_steps(&self, range: std::ops::Range<usize>, x: &[f32], n: usize, mut rng: Option<&mut ChaCha8Rng>, keep: bool) -> Tape {
+    pub fn forward_steps(
+        &self,
+        range: std::ops::Range<usize>,
+        x: &[f32],
+        n: usize,
+        mut rng: Option<&mut ChaCha8Rng>,
+        keep: bool,
+    ) -> Tape {
         let mut cur: Vec<f32> = x.to_vec();
         let mut saved = Vec::new();
         let cl = self.layers.len() - 1;
-        for (si, step) in self.steps.iter().enumerate().take(range.end).skip(range.start) {
+        for (si, step) in self
+            .steps
+            .iter()
+            .enumerate()
+            .take(range.end)
+            .skip(range.start)
+        {
             match *step {
                 Step::Conv(i) => {
                     let g = &self.geoms[i];
                     let l = &self.layers[i];
                     if keep {
                         let mut cols = vec![0f32; n * g.cols_len()];
-                        let y = layers::conv_leaky_forward(g, &l.w, &l.b, self.arch.slope, &cur, n, Some(&mut cols));
+                        let y = layers::conv_leaky_forward(
+                            g,
+                            &l.w,
+                            &l.b,
+                            self.arch.slope,
+                            &cur,
+                            n,
+                            Some(&mut cols),
+                        );
                         cur = y;
-                        saved.push(Saved::Conv { cols, act: cur.clone() });
+                        saved.push(Saved::Conv {
+                            cols,
+                            act: cur.clone(),
+                        });
                     } else {
-                        cur = layers::conv_leaky_forward(g, &l.w, &l.b, self.arch.slope, &cur, n, None);
+                        cur = layers::conv_leaky_forward(
+                            g,
+                            &l.w,
+                            &l.b,
+                            self.arch.slope,
+                            &cur,
+                            n,
+                            None,
+                        );
                     }
                 }
                 Step::Pool(_) => {
@@ -231,20 +280,29 @@ impl Net {
                             saved.push(Saved::Drop { mask });
                         }
                     } else if keep {
-                        saved.push(Saved::Drop { mask: vec![1.0; cur.len()] });
+                        saved.push(Saved::Drop {
+                            mask: vec![1.0; cur.len()],
+                        });
                     }
                 }
                 Step::Fc => {
                     let l = &self.layers[cl];
-                    let y = layers::linear_forward(&cur, &l.w, &l.b, n, self.fc_in, self.arch.classes);
+                    let y =
+                        layers::linear_forward(&cur, &l.w, &l.b, n, self.fc_in, self.arch.classes);
                     if keep {
-                        saved.push(Saved::Fc { x: std::mem::take(&mut cur) });
+                        saved.push(Saved::Fc {
+                            x: std::mem::take(&mut cur),
+                        });
                     }
                     cur = y;
                 }
             }
         }
-        Tape { n, saved, logits: cur }
+        Tape {
+            n,
+            saved,
+            logits: cur,
+        }
     }
 
     /// Runs steps `..to` (exclusive) without dropout and without a tape: the deterministic
@@ -267,7 +325,15 @@ impl Net {
         for (si, step) in self.steps.iter().enumerate().rev() {
             match (*step, &tape.saved[si]) {
                 (Step::Fc, Saved::Fc { x }) => {
-                    let (_, _, dx) = layers::linear_backward(&cur, x, &fc.w, n, self.fc_in, self.arch.classes, true);
+                    let (_, _, dx) = layers::linear_backward(
+                        &cur,
+                        x,
+                        &fc.w,
+                        n,
+                        self.fc_in,
+                        self.arch.classes,
+                        true,
+                    );
                     // the linear layer's weight gradients are formed by the caller from x and dlogits
                     cur = dx;
                 }
@@ -290,7 +356,10 @@ impl Net {
                 _ => unreachable!("tape does not match the steps"),
             }
         }
-        OutGrads { conv: conv_dy, fc: dlogits }
+        OutGrads {
+            conv: conv_dy,
+            fc: dlogits,
+        }
     }
 
     /// Gradients summed over the batch, per layer (weight, bias), from a tape and its output grads.
@@ -299,7 +368,12 @@ impl Net {
         let mut ci = 0;
         for s in &tape.saved {
             if let Saved::Conv { cols, .. } = s {
-                out.push(layers::conv_weight_grad(&self.geoms[ci], &g.conv[ci], cols, tape.n));
+                out.push(layers::conv_weight_grad(
+                    &self.geoms[ci],
+                    &g.conv[ci],
+                    cols,
+                    tape.n,
+                ));
                 ci += 1;
             }
         }
@@ -307,7 +381,15 @@ impl Net {
             unreachable!("tape ends with fc")
         };
         let fc = self.layers.last().unwrap();
-        let (dw, db, _) = layers::linear_backward(&g.fc, x, &fc.w, tape.n, self.fc_in, self.arch.classes, false);
+        let (dw, db, _) = layers::linear_backward(
+            &g.fc,
+            x,
+            &fc.w,
+            tape.n,
+            self.fc_in,
+            self.arch.classes,
+            false,
+        );
         out.push((dw, db));
         out
     }
@@ -318,21 +400,32 @@ impl Net {
         use candle_core::{Device, Tensor};
         let mut map = HashMap::new();
         for l in &self.layers {
-            map.insert(format!("{}.weight", l.name), Tensor::from_vec(l.w.clone(), l.w_shape.as_slice(), &Device::Cpu)?);
-            map.insert(format!("{}.bias", l.name), Tensor::from_vec(l.b.clone(), l.b.len(), &Device::Cpu)?);
+            map.insert(
+                format!("{}.weight", l.name),
+                Tensor::from_vec(l.w.clone(), l.w_shape.as_slice(), &Device::Cpu)?,
+            );
+            map.insert(
+                format!("{}.bias", l.name),
+                Tensor::from_vec(l.b.clone(), l.b.len(), &Device::Cpu)?,
+            );
         }
         let tmp = path.with_extension("safetensors.tmp");
         candle_core::safetensors::save(&map, &tmp)?;
-        std::fs::rename(&tmp, path).map_err(|source| Error::Io { path: path.into(), source })
+        std::fs::rename(&tmp, path).map_err(|source| Error::Io {
+            path: path.into(),
+            source,
+        })
     }
 
     /// Loads parameters saved by [`Net::save`] into a net of architecture `arch`.
     pub fn load(arch: Arch, path: &Path) -> Result<Net> {
         use rand::SeedableRng;
         let mut net = Net::new(arch, &mut ChaCha8Rng::seed_from_u64(0));
-        let map = candle_core::safetensors::load(path, &candle_core::Device::Cpu).map_err(|e| Error::Format {
-            path: path.into(),
-            msg: e.to_string(),
+        let map = candle_core::safetensors::load(path, &candle_core::Device::Cpu).map_err(|e| {
+            Error::Format {
+                path: path.into(),
+                msg: e.to_string(),
+            }
         })?;
         for l in net.layers.iter_mut() {
             for (suffix, shape, dst) in [
@@ -347,10 +440,16 @@ impl Net {
                 if t.dims() != shape.as_slice() {
                     return Err(Error::Format {
                         path: path.into(),
-                        msg: format!("tensor {key} has shape {:?}, the config's model needs {shape:?}", t.dims()),
+                        msg: format!(
+                            "tensor {key} has shape {:?}, the config's model needs {shape:?}",
+                            t.dims()
+                        ),
                     });
                 }
-                *dst = t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+                *dst = t
+                    .flatten_all()?
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_vec1()?;
             }
         }
         Ok(net)
@@ -383,4 +482,226 @@ pub fn argmax_rows(x: &[f32], k: usize) -> Vec<u32> {
             b as u32
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::oracle::{per_sample_grads_naive, CandleNet};
+    use super::*;
+    use rand::SeedableRng;
+
+    fn close(a: &[f32], b: &[f32], rel: f32) {
+        let scale = b.iter().map(|v| v.abs()).fold(0f32, f32::max).max(1e-12);
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= rel * scale.max(y.abs()),
+                "entry {i}: {x} vs {y} (scale {scale})"
+            );
+        }
+    }
+
+    fn inputs(n: usize, seed: u64) -> Vec<f32> {
+        let mut r = ChaCha8Rng::seed_from_u64(seed);
+        (0..n * 784).map(|_| r.gen::<f32>()).collect()
+    }
+
+    #[test]
+    fn training_gradients_match_candle_autograd() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let net = Net::new(Arch::paper(), &mut rng);
+        let n = 5;
+        let x = inputs(n, 2);
+        let y: Vec<u32> = vec![3, 1, 4, 1, 5];
+        let tape = net.forward(&x, n, Some(&mut rng), true);
+        let masks: Vec<Vec<f32>> = tape
+            .saved
+            .iter()
+            .filter_map(|s| {
+                if let Saved::Drop { mask } = s {
+                    Some(mask.clone())
+                } else {
+                    None
+                }
+            })
+            .collect();
+        assert_eq!(masks.len(), 2);
+        let (d, _, _) = super::super::train::ce_grad(&tape.logits, &y, 10);
+        let g = net.backward(&tape, d);
+        let ours = net.summed_grads(&tape, &g);
+        let c = CandleNet::new(&net).unwrap();
+        let logits: Vec<f32> = c
+            .logits(&x, n, Some(&masks))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        close(&tape.logits, &logits, 1e-5);
+        let theirs = c.grads(&x, n, &y, 1.0 / n as f32, Some(&masks)).unwrap();
+        for ((gw, gb), (tw, tb)) in ours.iter().zip(&theirs) {
+            close(gw, tw, 1e-5);
+            close(gb, tb, 1e-5);
+        }
+    }
+
+    #[test]
+    fn other_architectures_match_too() {
+        // single dropout before the last layer, no pooling after conv1, 5×5 kernels, 3 classes
+        let arch = Arch {
+            channels: vec![4, 6],
+            kernel: 5,
+            slope: 0.1,
+            dropout: 0.5,
+            dropout_after: vec![false, true],
+            pool_after: vec![false, true],
+            pool: 2,
+            classes: 3,
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let net = Net::new(arch, &mut rng);
+        let n = 3;
+        let x = inputs(n, 4);
+        let y = vec![0, 2, 1];
+        let tape = net.forward(&x, n, Some(&mut rng), true);
+        let masks: Vec<Vec<f32>> = tape
+            .saved
+            .iter()
+            .filter_map(|s| {
+                if let Saved::Drop { mask } = s {
+                    Some(mask.clone())
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let (d, _, _) = super::super::train::ce_grad(&tape.logits, &y, 3);
+        let ours = net.summed_grads(&tape, &net.backward(&tape, d));
+        let theirs = CandleNet::new(&net)
+            .unwrap()
+            .grads(&x, n, &y, 1.0 / n as f32, Some(&masks))
+            .unwrap();
+        for ((gw, gb), (tw, tb)) in ours.iter().zip(&theirs) {
+            close(gw, tw, 1e-5);
+            close(gb, tb, 1e-5);
+        }
+    }
+
+    #[test]
+    fn finite_differences_on_a_tiny_net() {
+        let arch = Arch {
+            channels: vec![2],
+            kernel: 3,
+            slope: 0.01,
+            dropout: 0.0,
+            dropout_after: vec![false],
+            pool_after: vec![true],
+            pool: 2,
+            classes: 3,
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let net = Net::new(arch, &mut rng);
+        let x = inputs(1, 6);
+        let loss = |n: &Net| -> f64 {
+            let t = n.forward(&x, 1, None, false);
+            let p = softmax(&t.logits, 3);
+            -(p[1] as f64).ln()
+        };
+        let tape = net.forward(&x, 1, None, true);
+        let mut d = softmax(&tape.logits, 3);
+        d[1] -= 1.0;
+        let g = net.summed_grads(&tape, &net.backward(&tape, d));
+        let eps = 1e-3f32;
+        for (li, (gw, _)) in g.iter().enumerate() {
+            for wi in [0, 3, 7, gw.len() - 1] {
+                let mut plus = net.clone();
+                plus.layers[li].w[wi] += eps;
+                let mut minus = net.clone();
+                minus.layers[li].w[wi] -= eps;
+                let fd = (loss(&plus) - loss(&minus)) / (2.0 * eps as f64);
+                let an = gw[wi] as f64;
+                assert!(
+                    (fd - an).abs() <= 3e-4 + 3e-2 * an.abs(),
+                    "layer {li} weight {wi}: fd {fd} vs {an}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn per_sample_stats_match_naive_candle_loop() {
+        use crate::features::{grad_stats_batch, Moments};
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let net = Net::new(Arch::paper(), &mut rng);
+        let n = 6;
+        let x = inputs(n, 8);
+        let (_, stats) = grad_stats_batch(&net, &x, n);
+        let nl = net.layers.len() + 1;
+        for s in 0..n {
+            let g = per_sample_grads_naive(&net, &x[s * 784..(s + 1) * 784]).unwrap();
+            let mut all: Vec<f32> = Vec::new();
+            for (l, (w, b)) in g.iter().enumerate() {
+                let vals: Vec<f32> = w.iter().chain(b).cloned().collect();
+                all.extend_from_slice(&vals);
+                check(&stats[s * nl + l], &vals, &format!("sample {s} layer {l}"));
+            }
+            check(&stats[s * nl + nl - 1], &all, &format!("sample {s} all"));
+        }
+        fn check(ours: &[f64; 7], vals: &[f32], what: &str) {
+            let e = Moments::of(vals).stats();
+            let rms =
+                (vals.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / vals.len() as f64).sqrt();
+            for (i, (a, b)) in ours.iter().zip(&e).enumerate() {
+                // mean is near zero for fc (softmax − one-hot sums to zero): compare on the RMS scale
+                let tol = if i == 4 {
+                    1e-6 * rms + 1e-5 * b.abs()
+                } else {
+                    1e-5 * b.abs().max(1e-3) + 1e-6 * rms
+                };
+                assert!(
+                    (a - b).abs() <= tol.max(1e-12),
+                    "{what} stat {i}: {a} vs {b}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn mc_prefix_suffix_equals_full_passes() {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let net = Net::new(Arch::paper(), &mut rng);
+        let n = 4;
+        let x = inputs(n, 10);
+        let fd = net.first_dropout().unwrap();
+        let pre = net.forward_prefix(&x, n, fd);
+        let rep: Vec<f32> = pre.iter().chain(&pre).cloned().collect();
+        let xr: Vec<f32> = x.iter().chain(&x).cloned().collect();
+        let a = net.forward_steps(
+            fd..net.steps.len(),
+            &rep,
+            2 * n,
+            Some(&mut ChaCha8Rng::seed_from_u64(11)),
+            false,
+        );
+        let b = net.forward(&xr, 2 * n, Some(&mut ChaCha8Rng::seed_from_u64(11)), false);
+        assert_eq!(a.logits, b.logits);
+        // dropout really changes something
+        assert_ne!(b.logits, net.forward(&xr, 2 * n, None, false).logits);
+    }
+
+    #[test]
+    fn save_load_round_trip() {
+        let mut rng = ChaCha8Rng::seed_from_u64(12);
+        let net = Net::new(Arch::paper(), &mut rng);
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("m.safetensors");
+        net.save(&p).unwrap();
+        let back = Net::load(Arch::paper(), &p).unwrap();
+        assert_eq!(back.layers, net.layers);
+        let other = Arch {
+            channels: vec![8, 16, 16],
+            ..Arch::paper()
+        };
+        let e = Net::load(other, &p).unwrap_err().to_string();
+        assert!(e.contains("conv1.weight") && e.contains("shape"), "{e}");
+    }
 }

@@ -29,7 +29,12 @@ impl<'a> CandleNet<'a> {
 
     /// Logits [n, classes]; `masks` (one per dropout step, each n × that step's size) applied
     /// when given, dropout off otherwise.
-    pub fn logits(&self, x: &[f32], n: usize, masks: Option<&[Vec<f32>]>) -> candle_core::Result<Tensor> {
+    pub fn logits(
+        &self,
+        x: &[f32],
+        n: usize,
+        masks: Option<&[Vec<f32>]>,
+    ) -> candle_core::Result<Tensor> {
         let a = &self.net.arch;
         let mut t = Tensor::from_vec(x.to_vec(), (n, 1, 28, 28), &Device::Cpu)?;
         let mut di = 0;
@@ -42,7 +47,15 @@ impl<'a> CandleNet<'a> {
                     t = t.broadcast_add(&b.as_tensor().reshape((1, b.dims()[0], 1, 1))?)?;
                     t = candle_nn::ops::leaky_relu(&t, a.slope as f64)?;
                 }
-                Step::Pool(_) => t = t.max_pool2d(a.pool)?,
+                Step::Pool(_) => {
+                    // Not `Tensor::max_pool2d`: candle 0.11's backward of it scales the gradient
+                    // by 1/(window area) (found by this project's tests), so the oracle pools
+                    // with a reshape and two max reductions, whose backward is right.
+                    let (b, c, h, w) = t.dims4()?;
+                    let (oh, ow) = (h / a.pool, w / a.pool);
+                    t = t.narrow(2, 0, oh * a.pool)?.narrow(3, 0, ow * a.pool)?;
+                    t = t.reshape((b, c, oh, a.pool, ow, a.pool))?.max(5)?.max(3)?;
+                }
                 Step::Drop(_) => {
                     if let Some(m) = masks {
                         let mask = Tensor::from_vec(m[di].clone(), t.shape(), &Device::Cpu)?;
@@ -53,7 +66,9 @@ impl<'a> CandleNet<'a> {
                 Step::Fc => {
                     let (w, b) = self.vars.last().unwrap();
                     t = t.flatten_from(1)?;
-                    t = t.matmul(&w.as_tensor().t()?)?.broadcast_add(b.as_tensor())?;
+                    t = t
+                        .matmul(&w.as_tensor().t()?)?
+                        .broadcast_add(b.as_tensor())?;
                 }
             }
         }
@@ -61,7 +76,14 @@ impl<'a> CandleNet<'a> {
     }
 
     /// Gradients of Σ_i w_i · (−log softmax(f(x_i))_{y_i}) with respect to every parameter.
-    pub fn grads(&self, x: &[f32], n: usize, labels: &[u32], weight: f32, masks: Option<&[Vec<f32>]>) -> candle_core::Result<Vec<(Vec<f32>, Vec<f32>)>> {
+    pub fn grads(
+        &self,
+        x: &[f32],
+        n: usize,
+        labels: &[u32],
+        weight: f32,
+        masks: Option<&[Vec<f32>]>,
+    ) -> candle_core::Result<Vec<(Vec<f32>, Vec<f32>)>> {
         let logits = self.logits(x, n, masks)?;
         let lsm = candle_nn::ops::log_softmax(&logits, 1)?;
         let idx = Tensor::from_vec(labels.to_vec(), (n, 1), &Device::Cpu)?;
@@ -84,7 +106,10 @@ impl<'a> CandleNet<'a> {
 }
 
 /// The naive per-sample gradient: one batch-1 candle backward per image, at the predicted label.
-pub fn per_sample_grads_naive(net: &Net, x: &[f32]) -> candle_core::Result<Vec<(Vec<f32>, Vec<f32>)>> {
+pub fn per_sample_grads_naive(
+    net: &Net,
+    x: &[f32],
+) -> candle_core::Result<Vec<(Vec<f32>, Vec<f32>)>> {
     let c = CandleNet::new(net)?;
     let logits = c.logits(x, 1, None)?;
     let row: Vec<f32> = logits.flatten_all()?.to_vec1()?;

@@ -113,12 +113,21 @@ impl Sgd {
         Sgd {
             momentum: momentum as f32,
             weight_decay: weight_decay as f32,
-            velocity: net.layers.iter().map(|l| (vec![0.0; l.w.len()], vec![0.0; l.b.len()])).collect(),
+            velocity: net
+                .layers
+                .iter()
+                .map(|l| (vec![0.0; l.w.len()], vec![0.0; l.b.len()]))
+                .collect(),
         }
     }
 
     pub fn step(&mut self, net: &mut Net, grads: &[(Vec<f32>, Vec<f32>)], lr: f32) {
-        for ((layer, (gw, gb)), (vw, vb)) in net.layers.iter_mut().zip(grads).zip(self.velocity.iter_mut()) {
+        for ((layer, (gw, gb)), (vw, vb)) in net
+            .layers
+            .iter_mut()
+            .zip(grads)
+            .zip(self.velocity.iter_mut())
+        {
             for ((w, g), v) in layer.w.iter_mut().zip(gw).zip(vw.iter_mut()) {
                 *v = self.momentum * *v + g + self.weight_decay * *w;
                 *w -= lr * *v;
@@ -132,7 +141,14 @@ impl Sgd {
 }
 
 /// One training step on a batch; returns (summed loss, hits).
-pub fn train_step(net: &mut Net, opt: &mut Sgd, x: &[f32], y: &[u32], lr: f32, rng: &mut rand_chacha::ChaCha8Rng) -> (f64, usize) {
+pub fn train_step(
+    net: &mut Net,
+    opt: &mut Sgd,
+    x: &[f32],
+    y: &[u32],
+    lr: f32,
+    rng: &mut rand_chacha::ChaCha8Rng,
+) -> (f64, usize) {
     let n = y.len();
     let tape = net.forward(x, n, Some(rng), true);
     let (d, loss, hits) = ce_grad(&tape.logits, y, net.arch.classes);
@@ -150,7 +166,10 @@ impl TrainParams {
             msg: "training data needs labels".into(),
         })?;
         if train.is_empty() {
-            return Err(Error::Data { name: train.name.clone(), msg: "no training images".into() });
+            return Err(Error::Data {
+                name: train.name.clone(),
+                msg: "no training images".into(),
+            });
         }
         let mut rng = stage_rng(self.seed, "train");
         let mut opt = Sgd::new(&net, self.momentum, self.weight_decay);
@@ -165,8 +184,10 @@ impl TrainParams {
         let mut yb = Vec::with_capacity(bs);
         let pb = indicatif::ProgressBar::new((self.epochs * train.len().div_ceil(bs)) as u64);
         pb.set_style(
-            indicatif::ProgressStyle::with_template("training {bar:30} {pos}/{len} batches, {msg} [{elapsed}<{eta}]")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "training {bar:30} {pos}/{len} batches, {msg} [{elapsed}<{eta}]",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         for epoch in 1..=self.epochs {
             let t0 = std::time::Instant::now();
@@ -185,7 +206,11 @@ impl TrainParams {
                 pb.inc(1);
             }
             let n = train.len() as f64;
-            let (val_loss, val_acc) = if val.is_empty() { (loss / n, hits as f64 / n) } else { evaluate(&net, val, 512)? };
+            let (val_loss, val_acc) = if val.is_empty() {
+                (loss / n, hits as f64 / n)
+            } else {
+                evaluate(&net, val, 512)?
+            };
             if !val_loss.is_finite() {
                 return Err(Error::Model(format!(
                     "training diverged in epoch {epoch} (validation loss {val_loss}); lower train.lr (now {})",
@@ -219,7 +244,9 @@ impl TrainParams {
                 if since_best > self.patience {
                     let new = (lr * self.factor).max(self.min_lr);
                     if new < lr {
-                        tracing::info!("validation loss plateaued: learning rate {lr:.2e} → {new:.2e}");
+                        tracing::info!(
+                            "validation loss plateaued: learning rate {lr:.2e} → {new:.2e}"
+                        );
                     }
                     lr = new;
                     since_best = 0;
@@ -227,6 +254,10 @@ impl TrainParams {
             }
         }
         pb.finish_and_clear();
-        Ok(Trained { net: best.1, history, best_epoch: best.2 })
+        Ok(Trained {
+            net: best.1,
+            history,
+            best_epoch: best.2,
+        })
     }
 }
