@@ -313,7 +313,7 @@ impl Config {
                 ),
             ));
         }
-        if m.kernel == 0 || m.kernel % 2 == 0 || m.kernel > 9 {
+        if m.kernel == 0 || m.kernel.is_multiple_of(2) || m.kernel > 9 {
             return Err(cfg(
                 "model.kernel",
                 format!("{} must be odd and between 1 and 9", m.kernel),

@@ -218,9 +218,12 @@ pub struct MetaResults {
     pub warnings: Vec<String>,
 }
 
+/// (task, ood_set, model, features, known_unknowns, metric)
+type Key = (String, Option<String>, String, String, bool, String);
+
 struct RepOut {
     /// (task, ood_set, model, features, ku, metric) → value
-    values: Vec<((String, Option<String>, String, String, bool, String), f64)>,
+    values: Vec<(Key, f64)>,
     scores: Vec<ScoreRow>,
     coefs: Vec<CoefRow>,
     warnings: Vec<String>,
@@ -286,11 +289,8 @@ pub fn run_meta(t: &FeatureTable, p: &MetaParams) -> Result<MetaResults, String>
         .map(|rep| one_rep(t, p, rep, &id_rows, &ood_rows, &ku_rows))
         .collect();
     let mut res = MetaResults::default();
-    let mut keys: Vec<(String, Option<String>, String, String, bool, String)> = Vec::new();
-    let mut vals: std::collections::HashMap<
-        (String, Option<String>, String, String, bool, String),
-        Vec<f64>,
-    > = Default::default();
+    let mut keys: Vec<Key> = Vec::new();
+    let mut vals: std::collections::HashMap<Key, Vec<f64>> = Default::default();
     for o in outs {
         let o = o?;
         for (k, v) in o.values {
@@ -565,10 +565,7 @@ pub fn ablation(records: &[Record]) -> (String, String) {
     };
     let mut csv = format!(
         "model,known_unknowns,features,{}\n",
-        cols.iter()
-            .map(|c| col_name(c))
-            .collect::<Vec<_>>()
-            .join(",")
+        cols.iter().map(&col_name).collect::<Vec<_>>().join(",")
     );
     let mut md = String::from("# Ablation: feature groups\n\nMean ± std over repetitions; **bold** = best in its column within the table (lowest for fpr95, highest otherwise).\n");
     for (model, ku) in &tables {
@@ -592,10 +589,7 @@ pub fn ablation(records: &[Record]) -> (String, String) {
         md.push_str(&format!(
             "\n## {model}{}\n\n| features | {} |\n|---|{}\n",
             if *ku { " (with known unknowns)" } else { "" },
-            cols.iter()
-                .map(|c| col_name(c))
-                .collect::<Vec<_>>()
-                .join(" | "),
+            cols.iter().map(&col_name).collect::<Vec<_>>().join(" | "),
             "---|".repeat(cols.len())
         ));
         let best: Vec<Option<f64>> = cols

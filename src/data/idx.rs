@@ -148,7 +148,7 @@ pub fn read_images(path: &Path) -> Result<(Vec<u8>, usize)> {
             path,
             format!(
                 "header says {n} images ({} MiB as f32), more than the {} MiB of memory available",
-                bytes * 4 >> 20,
+                (bytes * 4) >> 20,
                 budget >> 20
             ),
         ));

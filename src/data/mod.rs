@@ -13,6 +13,9 @@ use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
+/// Largest number of classes accepted from user IDX files (EMNIST byclass has 62).
+pub const MAX_CLASSES: u32 = 62;
+
 /// Pixels per image.
 pub const PIXELS: usize = 784;
 
@@ -322,7 +325,7 @@ pub fn load(spec: &str, ctx: &LoadCtx) -> Result<Dataset> {
         }
         Source::UniformNoise => render::uniform_noise(count(2000), &mut rng),
         Source::NormalNoise => render::normal_noise(count(2000), &mut rng),
-        Source::Idx { images, labels } => load_idx(&name, &images, labels.as_deref(), 256)?,
+        Source::Idx { images, labels } => load_idx(&name, &images, labels.as_deref(), MAX_CLASSES)?,
         Source::Folder(path) => render::folder(&path)?,
     };
     if ds.is_empty() {

