@@ -2,8 +2,8 @@
 //! per-sample gradient metrics, the naive batch-1 candle-autograd loop, and a training step, on
 //! MNIST-shaped random input with the default architecture and random weights.
 
-use crate::data::{stage_rng, Dataset, PIXELS};
-use crate::features::{grad_stats_batch, score, FeatureParams};
+use crate::data::{stage_rng, PIXELS};
+use crate::features::{grad_stats_batch, mc_dropout_probs};
 use crate::model::net::{Arch, Net};
 use crate::model::oracle::per_sample_grads_naive;
 use crate::model::train::{train_step, Sgd};
@@ -33,7 +33,7 @@ fn rate(n: usize, f: impl FnMut()) -> f64 {
     (n * reps) as f64 / t.elapsed().as_secs_f64()
 }
 
-/// Runs every benchmark; `quick` shortens nothing but the naive loop's sample.
+/// Runs every benchmark.
 pub fn run(seed: u64) -> candle_core::Result<BenchResult> {
     let mut rng = stage_rng(seed, "bench");
     let net = Net::new(Arch::paper(), &mut rng);
@@ -42,20 +42,14 @@ pub fn run(seed: u64) -> candle_core::Result<BenchResult> {
     let forward = rate(n, || {
         net.forward(&x, n, None, false);
     });
-    let ds = Dataset::new("bench", x.clone(), None);
-    let fp = FeatureParams {
-        mc_samples: 50,
-        batch_size: n,
-        seed,
-    };
-    // MC dropout alone: score() minus the gradient part, measured as the difference
+    let probs = crate::model::softmax(&net.forward(&x, n, None, false).logits, 10);
+    let mut mrng = stage_rng(seed, "bench/mc");
+    let mc_dropout = rate(n, || {
+        mc_dropout_probs(&net, &x, n, 50, &mut mrng, &probs);
+    });
     let t_grad = rate(n, || {
         grad_stats_batch(&net, &x, n);
     });
-    let t_all = rate(n, || {
-        score(&net, &ds, "bench", &fp).expect("scoring");
-    });
-    let mc_dropout = 1.0 / (1.0 / t_all - 1.0 / t_grad).max(1e-9);
     let m = 64;
     let grad_naive = rate(m, || {
         for i in 0..m {
@@ -76,4 +70,23 @@ pub fn run(seed: u64) -> candle_core::Result<BenchResult> {
         train_step: train,
         threads: rayon::current_num_threads(),
     })
+}
+
+/// Runs `bench/reference_jax.py` (if python3 with jax is there) and returns its JSON object.
+pub fn reference(script: &std::path::Path) -> Result<serde_json::Value, String> {
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .output()
+        .map_err(|e| format!("cannot run python3 {}: {e}", script.display()))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(format!(
+            "{} failed: {}",
+            script.display(),
+            err.lines().last().unwrap_or("")
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().unwrap_or(""))
+        .map_err(|e| format!("{}: not JSON ({e})", script.display()))
 }

@@ -386,10 +386,10 @@ pub fn grad_stats_batch(net: &Net, x: &[f32], n: usize) -> (Vec<f32>, Vec<[f64; 
         d[i * k + pred[i] as usize] -= 1.0;
     }
     let g = net.backward(&tape, d);
-    let mut conv_cols = Vec::new();
+    let mut conv_in = Vec::new();
     for s in &tape.saved {
-        if let Saved::Conv { cols, .. } = s {
-            conv_cols.push(cols);
+        if let Saved::Conv { input, .. } = s {
+            conv_in.push(input);
         }
     }
     let Some(Saved::Fc { x: fc_x }) = tape.saved.last() else {
@@ -402,17 +402,25 @@ pub fn grad_stats_batch(net: &Net, x: &[f32], n: usize) -> (Vec<f32>, Vec<[f64; 
         .map(|g| g.cout * g.ckk())
         .max()
         .unwrap_or(0);
+    let max_c = net.geoms.iter().map(|g| g.cols_len()).max().unwrap_or(0);
     let stats: Vec<[f64; 7]> = (0..n)
         .into_par_iter()
         .map_init(
-            || vec![0f32; max_w],
-            |scratch, s| {
+            || (vec![0f32; max_w], vec![0f32; max_c]),
+            |(scratch, cols_buf), s| {
                 let mut per = Vec::with_capacity(nl + 1);
                 let mut all = Moments::EMPTY;
                 for (ci, geo) in net.geoms.iter().enumerate() {
-                    let (ol, cl, wl) = (geo.out_len(), geo.cols_len(), geo.cout * geo.ckk());
+                    let (il, ol, cl, wl) = (
+                        geo.in_len(),
+                        geo.out_len(),
+                        geo.cols_len(),
+                        geo.cout * geo.ckk(),
+                    );
                     let dy = &g.conv[ci][s * ol..(s + 1) * ol];
-                    let cols = &conv_cols[ci][s * cl..(s + 1) * cl];
+                    let cols = &mut cols_buf[..cl];
+                    geo.im2col(&conv_in[ci][s * il..(s + 1) * il], cols);
+                    let cols = &*cols;
                     let gw = &mut scratch[..wl];
                     gemm(
                         geo.cout,
@@ -446,6 +454,53 @@ pub fn grad_stats_batch(net: &Net, x: &[f32], n: usize) -> (Vec<f32>, Vec<[f64; 
     (p, stats)
 }
 
+/// MC-dropout probabilities of `n` images over `t` passes, laid out [n, t, classes]. The layers
+/// before the first dropout are deterministic, so they run once; the rest runs for all passes
+/// as one larger batch (in slices of ≤ 4096 rows to bound memory). Identical to `t` full passes
+/// under the same masks. Without dropout every pass equals `eval_probs`.
+pub fn mc_dropout_probs(
+    net: &Net,
+    x: &[f32],
+    n: usize,
+    t: usize,
+    rng: &mut rand_chacha::ChaCha8Rng,
+    eval_probs: &[f32],
+) -> Vec<f32> {
+    let k = net.arch.classes;
+    let mut mc = vec![0f32; n * t * k];
+    let Some(fd) = net.first_dropout() else {
+        for i in 0..n {
+            for j in 0..t {
+                mc[(i * t + j) * k..(i * t + j + 1) * k]
+                    .copy_from_slice(&eval_probs[i * k..(i + 1) * k]);
+            }
+        }
+        return mc;
+    };
+    let pre = net.forward_prefix(x, n, fd);
+    let per = (4096 / n.max(1)).clamp(1, t.max(1));
+    let mut done = 0;
+    let mut rep = Vec::with_capacity(per * pre.len());
+    while done < t {
+        let tc = per.min(t - done);
+        rep.clear();
+        for _ in 0..tc {
+            rep.extend_from_slice(&pre);
+        }
+        let out = net.forward_steps(fd..net.steps.len(), &rep, tc * n, Some(rng), false);
+        let pr = softmax(&out.logits, k);
+        // rows are pass-major: pass j, sample i at (j·n + i)
+        for j in 0..tc {
+            for i in 0..n {
+                let src = &pr[(j * n + i) * k..(j * n + i + 1) * k];
+                mc[(i * t + done + j) * k..(i * t + done + j + 1) * k].copy_from_slice(src);
+            }
+        }
+        done += tc;
+    }
+    mc
+}
+
 /// Scores a data set: one feature row per image. `set` names the rows (`id-test`, `ood-<name>`).
 pub fn score(net: &Net, ds: &Dataset, set: &str, p: &FeatureParams) -> Result<FeatureTable> {
     let k = net.arch.classes;
@@ -455,7 +510,6 @@ pub fn score(net: &Net, ds: &Dataset, set: &str, p: &FeatureParams) -> Result<Fe
     let mut values = vec![0f32; n_total * nc];
     let mut preds = vec![0u32; n_total];
     let mut rng = stage_rng(p.seed, &format!("mc/{set}"));
-    let first_drop = net.first_dropout();
     let pb = indicatif::ProgressBar::new(n_total as u64);
     pb.set_style(
         indicatif::ProgressStyle::with_template(
@@ -471,45 +525,8 @@ pub fn score(net: &Net, ds: &Dataset, set: &str, p: &FeatureParams) -> Result<Fe
         let n = end - start;
         let x = &ds.images[start * PIXELS..end * PIXELS];
         let (probs, gstats) = grad_stats_batch(net, x, n);
-        // MC dropout: the deterministic prefix once, the rest T times as one larger batch
         let t = p.mc_samples;
-        let mut mc = vec![0f32; n * t * k];
-        match first_drop {
-            Some(fd) => {
-                let pre = net.forward_prefix(x, n, fd);
-                let plen = pre.len() / n;
-                let per = (4096 / n).clamp(1, t);
-                let mut done = 0;
-                while done < t {
-                    let tc = per.min(t - done);
-                    let mut rep = Vec::with_capacity(tc * pre.len());
-                    for _ in 0..tc {
-                        rep.extend_from_slice(&pre);
-                    }
-                    let out =
-                        net.forward_steps(fd..net.steps.len(), &rep, tc * n, Some(&mut rng), false);
-                    let pr = softmax(&out.logits, k);
-                    // rows are pass-major: pass j, sample i at (j·n + i)
-                    for j in 0..tc {
-                        for i in 0..n {
-                            let src = &pr[(j * n + i) * k..(j * n + i + 1) * k];
-                            mc[(i * t + done + j) * k..(i * t + done + j + 1) * k]
-                                .copy_from_slice(src);
-                        }
-                    }
-                    done += tc;
-                    let _ = plen;
-                }
-            }
-            None => {
-                for i in 0..n {
-                    for j in 0..t {
-                        mc[(i * t + j) * k..(i * t + j + 1) * k]
-                            .copy_from_slice(&probs[i * k..(i + 1) * k]);
-                    }
-                }
-            }
-        }
+        let mc = mc_dropout_probs(net, x, n, t, &mut rng, &probs);
         for i in 0..n {
             let pi = &probs[i * k..(i + 1) * k];
             let pred = argmax_rows(pi, k)[0];

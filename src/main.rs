@@ -66,6 +66,10 @@ enum Cmd {
         /// One JSON object instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also run this reference script (e.g. bench/reference_jax.py) in the same run and
+        /// report the ratios.
+        #[arg(long)]
+        reference: Option<PathBuf>,
     },
 }
 
@@ -177,10 +181,18 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             metaclf::report::build(&run_dir)?;
             println!("{}", run_dir.join("report.html").display());
         }
-        Cmd::Bench { json } => {
+        Cmd::Bench { json, reference } => {
             let r = metaclf::bench::run(42)?;
+            let refv = match &reference {
+                Some(p) => Some(metaclf::bench::reference(p).map_err(anyhow::Error::msg)?),
+                None => None,
+            };
             if json {
-                println!("{}", serde_json::to_string(&r)?);
+                let mut v = serde_json::to_value(&r)?;
+                if let Some(rv) = &refv {
+                    v["reference"] = rv.clone();
+                }
+                println!("{}", serde_json::to_string(&v)?);
             } else {
                 println!(
                     "images/s on {} threads (default net, random weights, MNIST-shaped input):",
@@ -194,6 +206,23 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                     ("training step (batch 128)", r.train_step),
                 ] {
                     println!("  {k:<36} {v:>10.0}");
+                }
+                println!(
+                    "  batched / naive gradient metrics: {:.1}×",
+                    r.grad_batched / r.grad_naive
+                );
+                if let Some(rv) = &refv {
+                    let g = rv["grad_jax"].as_f64().unwrap_or(f64::NAN);
+                    let t = rv["train_jax"].as_f64().unwrap_or(f64::NAN);
+                    println!(
+                        "reference ({}):",
+                        reference
+                            .as_ref()
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_default()
+                    );
+                    println!("  grad metrics jit(vmap(grad))          {g:>10.0}   metaclf/reference {:.2}×", r.grad_batched / g);
+                    println!("  training step (batch 128)             {t:>10.0}   metaclf/reference {:.2}×", r.train_step / t);
                 }
             }
         }
@@ -228,3 +257,9 @@ fn data_status(data_dir: &std::path::Path, spec: &str) -> Result<String> {
         data::fetch::CacheState::Generated => "generated".into(),
     })
 }
+
+// The per-batch buffers are large (tens of MB); glibc's malloc hands them back to the kernel
+// after every batch, and the page faults and TLB shootdowns that follow cost ~15% of the
+// gradient-feature time. mimalloc keeps them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

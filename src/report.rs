@@ -1,34 +1,1126 @@
-//! Reports: plots (SVG) and one self-contained `report.html`, built only from the run folder's
-//! files, so `metaclf report RUN_DIR` rebuilds them without recomputing anything.
+//! Reports: the plots (each as SVG and PNG under `plots/`) and one self-contained `report.html`,
+//! built only from the run folder's files (run.json, history.csv, features.csv, metrics.json,
+//! meta_scores.csv, coefficients.csv, ablation.md), so `metaclf report RUN_DIR` rebuilds them
+//! without recomputing anything.
 
 use crate::error::{Error, IoContext, Result};
+use crate::eval::{self, Record};
+use crate::features::FeatureTable;
 use crate::runfolder::write_atomic;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use std::collections::BTreeMap;
 use std::path::Path;
 
-fn html_escape(s: &str) -> String {
+/// Okabe–Ito colour-blind-safe palette.
+const PALETTE: [RGBColor; 8] = [
+    RGBColor(0, 114, 178),
+    RGBColor(230, 159, 0),
+    RGBColor(0, 158, 115),
+    RGBColor(204, 121, 167),
+    RGBColor(86, 180, 233),
+    RGBColor(213, 94, 0),
+    RGBColor(240, 228, 66),
+    RGBColor(0, 0, 0),
+];
+const FONT: &str = "sans-serif";
+const W: u32 = 760;
+const H: u32 = 440;
+
+static FONT_BYTES: &[u8] = include_bytes!("../assets/fonts/LiberationSans-Regular.ttf");
+
+fn register_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = plotters::style::register_font(FONT, FontStyle::Normal, FONT_BYTES);
+    });
+}
+
+fn perr<E: std::fmt::Debug>(e: E) -> Error {
+    Error::Other(format!("plotting: {e:?}"))
+}
+
+/// A plot drawn twice: into SVG text and into an RGB buffer saved as PNG.
+struct Plot {
+    name: String,
+    title: String,
+    how: String,
+    svg: String,
+}
+
+fn render(
+    dir: &Path,
+    name: &str,
+    draw: &dyn Fn(DrawingArea<SVGBackend, Shift>) -> Result<()>,
+    draw_png: &dyn Fn(DrawingArea<BitMapBackend, Shift>) -> Result<()>,
+) -> Result<String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (W, H)).into_drawing_area();
+        root.fill(&WHITE).map_err(perr)?;
+        draw(root.clone())?;
+        root.present().map_err(perr)?;
+    }
+    let mut buf = vec![255u8; (W * H * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (W, H)).into_drawing_area();
+        root.fill(&WHITE).map_err(perr)?;
+        draw_png(root.clone())?;
+        root.present().map_err(perr)?;
+    }
+    let plots = dir.join("plots");
+    write_atomic(&plots.join(format!("{name}.svg")), svg.as_bytes())?;
+    let mut png = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut png)
+        .write_image(&buf, W, H, image::ExtendedColorType::Rgb8)
+        .map_err(|e| Error::Other(format!("png: {e}")))?;
+    write_atomic(&plots.join(format!("{name}.png")), &png)?;
+    Ok(svg)
+}
+use image::ImageEncoder;
+
+macro_rules! both {
+    ($dir:expr, $name:expr, |$root:ident| $body:block) => {{
+        let svg = render(
+            $dir,
+            $name,
+            &|$root: DrawingArea<SVGBackend, Shift>| -> Result<()> { $body },
+            &|$root: DrawingArea<BitMapBackend, Shift>| -> Result<()> { $body },
+        )?;
+        svg
+    }};
+}
+
+/// Gaussian kernel density at `xs` with Silverman's rule-of-thumb bandwidth
+/// h = 0.9 · min(σ, IQR/1.34) · n^(−1/5) (σ alone when the IQR is 0).
+pub fn kde(data: &[f64], xs: &[f64]) -> (Vec<f64>, f64) {
+    let n = data.len() as f64;
+    let h = silverman(data);
+    let c = 1.0 / (n * h * (2.0 * std::f64::consts::PI).sqrt());
+    let ys = xs
+        .iter()
+        .map(|x| {
+            c * data
+                .iter()
+                .map(|d| (-0.5 * ((x - d) / h).powi(2)).exp())
+                .sum::<f64>()
+        })
+        .collect();
+    (ys, h)
+}
+
+/// Silverman's bandwidth (see [`kde`]); a small positive floor keeps constant data drawable.
+pub fn silverman(data: &[f64]) -> f64 {
+    let n = data.len() as f64;
+    let mean = data.iter().sum::<f64>() / n;
+    let sd = (data.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
+    let mut s = data.to_vec();
+    s.sort_by(f64::total_cmp);
+    let iqr = quantile(&s, 0.75) - quantile(&s, 0.25);
+    let a = if iqr > 0.0 { sd.min(iqr / 1.34) } else { sd };
+    (0.9 * a * n.powf(-0.2)).max(1e-9 * (1.0 + mean.abs()))
+}
+
+/// Linear-interpolated quantile of sorted data (numpy's default).
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let pos = q * (sorted.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+}
+
+/// ROC points (fpr, tpr) from positives and scores, thresholds from high to low.
+pub fn roc_points(pos: &[bool], s: &[f64]) -> Vec<(f64, f64)> {
+    let np = pos.iter().filter(|p| **p).count().max(1) as f64;
+    let nn = pos.iter().filter(|p| !**p).count().max(1) as f64;
+    let mut idx: Vec<usize> = (0..s.len()).collect();
+    idx.sort_by(|&a, &b| s[b].total_cmp(&s[a]));
+    let (mut tp, mut fp) = (0f64, 0f64);
+    let mut pts = vec![(0.0, 0.0)];
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && s[idx[j + 1]] == s[idx[i]] {
+            j += 1;
+        }
+        for &k in &idx[i..=j] {
+            if pos[k] {
+                tp += 1.0
+            } else {
+                fp += 1.0
+            }
+        }
+        pts.push((fp / nn, tp / np));
+        i = j + 1;
+    }
+    pts
+}
+
+/// Precision–recall points (recall, precision) at each distinct threshold.
+pub fn pr_points(pos: &[bool], s: &[f64]) -> Vec<(f64, f64)> {
+    let np = pos.iter().filter(|p| **p).count().max(1) as f64;
+    let mut idx: Vec<usize> = (0..s.len()).collect();
+    idx.sort_by(|&a, &b| s[b].total_cmp(&s[a]));
+    let (mut tp, mut fp) = (0f64, 0f64);
+    let mut pts = Vec::new();
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && s[idx[j + 1]] == s[idx[i]] {
+            j += 1;
+        }
+        for &k in &idx[i..=j] {
+            if pos[k] {
+                tp += 1.0
+            } else {
+                fp += 1.0
+            }
+        }
+        pts.push((tp / np, tp / (tp + fp)));
+        i = j + 1;
+    }
+    pts
+}
+
+/// Accuracy of the kept predictions when the `x` fraction with the lowest scores is rejected,
+/// for x = 0, 1/steps, ..., (steps−1)/steps.
+pub fn rejection_curve(correct: &[bool], s: &[f64], steps: usize) -> Vec<(f64, f64)> {
+    let mut idx: Vec<usize> = (0..s.len()).collect();
+    idx.sort_by(|&a, &b| s[b].total_cmp(&s[a]));
+    let n = idx.len();
+    (0..steps)
+        .map(|k| {
+            let rej = k as f64 / steps as f64;
+            let keep = ((n as f64) * (1.0 - rej)).round().max(1.0) as usize;
+            let acc =
+                idx[..keep.min(n)].iter().filter(|&&i| correct[i]).count() as f64 / keep as f64;
+            (rej, acc)
+        })
+        .collect()
+}
+
+fn read_csv(path: &Path) -> Result<(Vec<String>, Vec<Vec<String>>)> {
+    let text = std::fs::read_to_string(path).at(path)?;
+    let mut lines = text.lines();
+    let head = lines
+        .next()
+        .unwrap_or_default()
+        .split(',')
+        .map(String::from)
+        .collect();
+    Ok((
+        head,
+        lines
+            .map(|l| l.split(',').map(String::from).collect())
+            .collect(),
+    ))
+}
+
+fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Markdown tables (as ablation.md writes them) to HTML, keeping **bold** cells.
+fn md_to_html(md: &str) -> String {
+    let mut out = String::new();
+    let mut in_table = false;
+    for line in md.lines() {
+        if line.starts_with('|') {
+            let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+            if cells.iter().all(|c| c.chars().all(|ch| ch == '-')) {
+                continue;
+            }
+            if !in_table {
+                out.push_str("<div class=\"scroll\"><table>");
+                in_table = true;
+                out.push_str("<tr>");
+                for c in &cells {
+                    out.push_str(&format!("<th>{}</th>", esc(c)));
+                }
+                out.push_str("</tr>");
+                continue;
+            }
+            out.push_str("<tr>");
+            for c in cells {
+                match c.strip_prefix("**").and_then(|c| c.strip_suffix("**")) {
+                    Some(b) => out.push_str(&format!("<td class=\"best\">{}</td>", esc(b))),
+                    None => out.push_str(&format!("<td>{}</td>", esc(c))),
+                }
+            }
+            out.push_str("</tr>");
+        } else {
+            if in_table {
+                out.push_str("</table></div>");
+                in_table = false;
+            }
+            if let Some(h) = line.strip_prefix("## ") {
+                out.push_str(&format!("<h3>{}</h3>", esc(h)));
+            } else if !line.starts_with("# ") && !line.trim().is_empty() {
+                out.push_str(&format!(
+                    "<p>{}</p>",
+                    esc(line).replace("**bold**", "<b>bold</b>")
+                ));
+            }
+        }
+    }
+    if in_table {
+        out.push_str("</table></div>");
+    }
+    out
+}
+
+fn style(size: u32) -> TextStyle<'static> {
+    (FONT, size).into_font().into()
+}
+
+/// Line chart of several named series.
+fn lines<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+    xl: &str,
+    yl: &str,
+    x: (f64, f64),
+    y: (f64, f64),
+    series: &[(String, Vec<(f64, f64)>, bool)],
+    legend_pos: SeriesLabelPosition,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, style(20))
+        .margin(12)
+        .x_label_area_size(42)
+        .y_label_area_size(58)
+        .build_cartesian_2d(x.0..x.1, y.0..y.1)
+        .map_err(perr)?;
+    chart
+        .configure_mesh()
+        .x_desc(xl)
+        .y_desc(yl)
+        .label_style(style(13))
+        .axis_desc_style(style(15))
+        .light_line_style(RGBColor(235, 235, 235))
+        .draw()
+        .map_err(perr)?;
+    for (i, (name, pts, dashed)) in series.iter().enumerate() {
+        let c = PALETTE[i % PALETTE.len()];
+        let st = c.stroke_width(if *dashed { 1 } else { 2 });
+        if *dashed {
+            chart
+                .draw_series(DashedLineSeries::new(pts.iter().cloned(), 6, 4, st))
+                .map_err(perr)?
+                .label(name.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(1))
+                });
+        } else {
+            chart
+                .draw_series(LineSeries::new(pts.iter().cloned(), st))
+                .map_err(perr)?
+                .label(name.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
+                });
+        }
+    }
+    chart
+        .configure_series_labels()
+        .position(legend_pos)
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(180, 180, 180))
+        .label_font(style(13))
+        .draw()
+        .map_err(perr)?;
+    Ok(())
+}
+
+/// Violin plot: one KDE outline per group, with the quartiles marked.
+fn violin<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+    yl: &str,
+    groups: &[(String, Vec<f64>)],
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let all: Vec<f64> = groups
+        .iter()
+        .flat_map(|g| g.1.iter().cloned())
+        .filter(|v| v.is_finite())
+        .collect();
+    let (mut lo, mut hi) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, v| {
+        (a.0.min(*v), a.1.max(*v))
+    });
+    if !lo.is_finite() {
+        (lo, hi) = (0.0, 1.0);
+    }
+    if hi - lo < 1e-12 {
+        hi = lo + 1.0;
+    }
+    let pad = (hi - lo) * 0.05;
+    let k = groups.len().max(1);
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, style(20))
+        .margin(12)
+        .x_label_area_size(60)
+        .y_label_area_size(70)
+        .build_cartesian_2d(-0.5f64..(k as f64 - 0.5), (lo - pad)..(hi + pad))
+        .map_err(perr)?;
+    let names: Vec<String> = groups
+        .iter()
+        .map(|g| format!("{} (n={})", g.0, g.1.len()))
+        .collect();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(k)
+        .x_label_formatter(&|x| {
+            let i = x.round();
+            if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < names.len() {
+                names[i as usize].clone()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc(yl)
+        .label_style(style(11))
+        .axis_desc_style(style(15))
+        .light_line_style(RGBColor(235, 235, 235))
+        .draw()
+        .map_err(perr)?;
+    let grid: Vec<f64> = (0..=120)
+        .map(|i| lo - pad + (hi - lo + 2.0 * pad) * i as f64 / 120.0)
+        .collect();
+    for (gi, (_, vals)) in groups.iter().enumerate() {
+        let v: Vec<f64> = vals.iter().cloned().filter(|x| x.is_finite()).collect();
+        if v.len() < 2 {
+            continue;
+        }
+        let (dens, _) = kde(&v, &grid);
+        let m = dens.iter().cloned().fold(0.0, f64::max).max(1e-300);
+        let c = PALETTE[gi % PALETTE.len()];
+        let x0 = gi as f64;
+        let mut outline: Vec<(f64, f64)> = grid
+            .iter()
+            .zip(&dens)
+            .map(|(y, d)| (x0 + 0.42 * d / m, *y))
+            .collect();
+        outline.extend(
+            grid.iter()
+                .zip(&dens)
+                .rev()
+                .map(|(y, d)| (x0 - 0.42 * d / m, *y)),
+        );
+        chart
+            .draw_series(std::iter::once(Polygon::new(outline.clone(), c.mix(0.35))))
+            .map_err(perr)?;
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                outline,
+                c.stroke_width(1),
+            )))
+            .map_err(perr)?;
+        let mut s = v.clone();
+        s.sort_by(f64::total_cmp);
+        for (q, w) in [(0.25, 0.12), (0.5, 0.22), (0.75, 0.12)] {
+            let y = quantile(&s, q);
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(x0 - w, y), (x0 + w, y)],
+                    BLACK.stroke_width(if q == 0.5 { 3 } else { 1 }),
+                )))
+                .map_err(perr)?;
+        }
+    }
+    Ok(())
+}
+
+/// Horizontal-less bar chart: values per label, several series side by side.
+fn bars<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+    yl: &str,
+    labels: &[String],
+    series: &[(String, Vec<f64>)],
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let vals: Vec<f64> = series
+        .iter()
+        .flat_map(|s| s.1.iter().cloned())
+        .filter(|v| v.is_finite())
+        .collect();
+    let lo = vals.iter().cloned().fold(0.0, f64::min);
+    let hi = vals.iter().cloned().fold(0.0, f64::max);
+    let pad = ((hi - lo) * 0.08).max(1e-6);
+    let k = labels.len().max(1);
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, style(20))
+        .margin(12)
+        .x_label_area_size(110)
+        .y_label_area_size(64)
+        .build_cartesian_2d(-0.5f64..(k as f64 - 0.5), (lo - pad)..(hi + pad))
+        .map_err(perr)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(k.min(60))
+        .x_label_formatter(&|x| {
+            let i = x.round();
+            if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < labels.len() {
+                labels[i as usize].clone()
+            } else {
+                String::new()
+            }
+        })
+        .x_label_style(style(10).transform(FontTransform::Rotate90))
+        .y_desc(yl)
+        .label_style(style(11))
+        .axis_desc_style(style(15))
+        .draw()
+        .map_err(perr)?;
+    let ns = series.len().max(1) as f64;
+    for (si, (name, v)) in series.iter().enumerate() {
+        let c = PALETTE[si % PALETTE.len()];
+        let w = 0.8 / ns;
+        chart
+            .draw_series(
+                v.iter()
+                    .enumerate()
+                    .filter(|(_, y)| y.is_finite())
+                    .map(|(i, y)| {
+                        let x0 = i as f64 - 0.4 + si as f64 * w;
+                        Rectangle::new([(x0, 0.0), (x0 + w * 0.9, *y)], c.filled())
+                    }),
+            )
+            .map_err(perr)?
+            .label(name.clone())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .label_font(style(13))
+        .draw()
+        .map_err(perr)?;
+    Ok(())
+}
+
+/// Rows of meta_scores.csv grouped by scorer: (rep 0 only) → (set, target, score) lists.
+type Scores = BTreeMap<(String, String, bool), Vec<(String, u8, f64)>>;
+
+fn read_scores(dir: &Path) -> Result<Scores> {
+    let (_, rows) = read_csv(&dir.join("meta_scores.csv"))?;
+    let mut out: Scores = BTreeMap::new();
+    for r in rows {
+        if r.len() < 8 || r[0] != "0" {
+            continue;
+        }
+        let score: f64 = r[7].parse().unwrap_or(f64::NAN);
+        out.entry((r[1].clone(), r[2].clone(), r[3] == "true"))
+            .or_default()
+            .push((r[4].clone(), r[6].parse().unwrap_or(0), score));
+    }
+    Ok(out)
+}
+
+fn find<'a>(
+    recs: &'a [Record],
+    model: &str,
+    feats: &str,
+    ku: bool,
+    task: &str,
+    ood: Option<&str>,
+    metric: &str,
+) -> Option<&'a Record> {
+    recs.iter().find(|r| {
+        r.model == model
+            && r.features == feats
+            && r.known_unknowns == ku
+            && r.task == task
+            && r.ood_set.as_deref() == ood
+            && r.metric == metric
+    })
 }
 
 /// Builds `plots/` and `report.html` in a finished run folder.
 pub fn build(dir: &Path) -> Result<()> {
-    let run: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("run.json")).at(dir.join("run.json"))?,
-    )
-    .map_err(|e| Error::Format {
-        path: dir.join("run.json"),
+    register_font();
+    let t0 = std::time::Instant::now();
+    let rj = dir.join("run.json");
+    let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&rj).at(&rj)?)
+        .map_err(|e| Error::Format {
+            path: rj.clone(),
+            msg: e.to_string(),
+        })?;
+    let mj = dir.join("metrics.json");
+    let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&mj).at(&mj)?)
+        .map_err(|e| Error::Format {
+        path: mj.clone(),
         msg: e.to_string(),
     })?;
+    let recs: Vec<Record> =
+        serde_json::from_value(metrics["results"].clone()).map_err(|e| Error::Format {
+            path: mj.clone(),
+            msg: e.to_string(),
+        })?;
+    let table = FeatureTable::read_csv(&dir.join("features.csv"))?;
+    let scores = read_scores(dir)?;
+    let mut plots: Vec<(String, Vec<Plot>)> = Vec::new();
+
+    // training curves
+    let (_, hist) = read_csv(&dir.join("history.csv"))?;
+    let h: Vec<Vec<f64>> = hist
+        .iter()
+        .map(|r| r.iter().map(|v| v.parse().unwrap_or(f64::NAN)).collect())
+        .collect();
+    if !h.is_empty() {
+        let ep = h.len() as f64;
+        let maxl = h.iter().flat_map(|r| [r[2], r[4]]).fold(0.0, f64::max) * 1.05;
+        let mut series = vec![
+            (
+                "train loss".to_string(),
+                h.iter().map(|r| (r[0], r[2])).collect::<Vec<_>>(),
+                false,
+            ),
+            (
+                "validation loss".to_string(),
+                h.iter().map(|r| (r[0], r[4])).collect(),
+                false,
+            ),
+            (
+                "train error (1 − acc)".to_string(),
+                h.iter().map(|r| (r[0], 1.0 - r[3])).collect(),
+                false,
+            ),
+            (
+                "validation error (1 − acc)".to_string(),
+                h.iter().map(|r| (r[0], 1.0 - r[5])).collect(),
+                false,
+            ),
+        ];
+        for w in h.windows(2) {
+            if w[1][1] < w[0][1] {
+                series.push((
+                    format!("lr cut → {:.1e} (epoch {})", w[1][1], w[1][0]),
+                    vec![(w[1][0], 0.0), (w[1][0], maxl)],
+                    true,
+                ));
+            }
+        }
+        let svg = both!(dir, "training", |root| {
+            lines(
+                &root,
+                "Training curves",
+                "epoch",
+                "cross-entropy loss (nats) / error rate",
+                (0.5, ep + 0.5),
+                (0.0, maxl.max(0.05)),
+                &series,
+                SeriesLabelPosition::UpperRight,
+            )
+        });
+        plots.push(("Training".into(), vec![Plot { name: "training".into(), title: "Loss and error per epoch".into(), how: "Validation loss should fall and flatten; dashed lines mark learning-rate cuts on plateaus. The weights of the best validation epoch are kept.".into(), svg }]));
+    }
+
+    // violin plots by group: ID correct, ID wrong, each OOD set
+    let mut groups: Vec<(String, Vec<usize>)> =
+        vec![("ID correct".into(), vec![]), ("ID wrong".into(), vec![])];
+    for r in 0..table.len() {
+        let s = &table.set[r];
+        if s == "id-test" {
+            groups[if table.correct(r) == Some(true) { 0 } else { 1 }]
+                .1
+                .push(r);
+        } else if let Some(o) = s.strip_prefix("ood-") {
+            match groups.iter_mut().find(|g| g.0 == o) {
+                Some(g) => g.1.push(r),
+                None => groups.push((o.to_string(), vec![r])),
+            }
+        }
+    }
+    let mut keys: Vec<String> = ["msp", "entropy", "mc_pmax", "mc_entropy", "mc_std", "mc_mi"]
+        .map(String::from)
+        .to_vec();
+    keys.extend(
+        crate::features::GRAD_STATS
+            .iter()
+            .map(|s| format!("grad_all_{s}")),
+    );
+    keys.extend(
+        table
+            .columns
+            .iter()
+            .filter(|c| c.starts_with("grad_") && c.ends_with("_l2") && !c.starts_with("grad_all"))
+            .cloned(),
+    );
+    let mut vplots = Vec::new();
+    for key in keys {
+        let Some(c) = table.col(&key) else { continue };
+        let log = key.starts_with("grad_") && (key.ends_with("_l1") || key.ends_with("_l2"));
+        let gv: Vec<(String, Vec<f64>)> = groups
+            .iter()
+            .map(|(name, rows)| {
+                (
+                    name.clone(),
+                    rows.iter()
+                        .map(|&r| {
+                            let v = table.row(r)[c] as f64;
+                            if log {
+                                v.max(1e-12).log10()
+                            } else {
+                                v
+                            }
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        let yl = if log {
+            format!("log10 {key}")
+        } else {
+            key.clone()
+        };
+        let name = format!("violin_{key}");
+        let svg = both!(dir, &name, |root| {
+            violin(&root, &format!("{key} by group"), &yl, &gv)
+        });
+        vplots.push(Plot { name, title: key.clone(), how: "Kernel densities (Silverman bandwidth), thick line = median, thin lines = quartiles. A feature separates well when the ID-correct violin sits apart from ID-wrong and OOD.".into(), svg });
+    }
+    plots.push(("Feature distributions".into(), vplots));
+
+    // ROC and PR per task: best meta classifier per feature group vs msp and entropy baselines
+    let mut tasks: Vec<(String, Option<String>)> = vec![("error".into(), None)];
+    for r in &recs {
+        if r.task == "ood" && !tasks.iter().any(|t| t.1 == r.ood_set) {
+            tasks.push(("ood".into(), r.ood_set.clone()));
+        }
+    }
+    let feature_groups: Vec<String> = {
+        let mut v: Vec<String> = Vec::new();
+        for r in &recs {
+            if !eval::BASELINES.iter().any(|b| b.0 == r.model) && !v.contains(&r.features) {
+                v.push(r.features.clone());
+            }
+        }
+        v
+    };
+    let best_for = |task: &str, ood: Option<&str>, feats: &str| -> Option<(String, f64)> {
+        recs.iter()
+            .filter(|r| {
+                r.task == task
+                    && r.ood_set.as_deref() == ood
+                    && r.features == feats
+                    && !r.known_unknowns
+                    && r.metric == "auroc"
+            })
+            .max_by(|a, b| a.mean.total_cmp(&b.mean))
+            .map(|r| (r.model.clone(), r.mean))
+    };
+    let mut curve_plots = Vec::new();
+    for (task, ood) in &tasks {
+        let label = ood
+            .clone()
+            .map(|o| format!("OOD: {o}"))
+            .unwrap_or_else(|| "error detection".into());
+        let mut scorers: Vec<(String, String, String)> = vec![
+            ("msp".into(), "msp".into(), "msp baseline".into()),
+            (
+                "entropy".into(),
+                "entropy".into(),
+                "entropy baseline".into(),
+            ),
+        ];
+        for g in &feature_groups {
+            if let Some((m, _)) = best_for(task, ood.as_deref(), g) {
+                scorers.push((m.clone(), g.clone(), format!("{m} on {g}")));
+            }
+        }
+        let mut roc = Vec::new();
+        let mut pr = Vec::new();
+        for (model, feats, name) in &scorers {
+            let Some(rows) = scores.get(&(model.clone(), feats.clone(), false)) else {
+                continue;
+            };
+            let sel: Vec<&(String, u8, f64)> = rows
+                .iter()
+                .filter(|(set, _, _)| {
+                    set == "id-test" || ood.as_ref().is_some_and(|o| set == &format!("ood-{o}"))
+                })
+                .collect();
+            let (pos, s): (Vec<bool>, Vec<f64>) = sel
+                .iter()
+                .map(|(set, t, s)| {
+                    (
+                        if ood.is_some() {
+                            set == "id-test"
+                        } else {
+                            *t == 1
+                        },
+                        *s,
+                    )
+                })
+                .unzip();
+            let auroc = find(&recs, model, feats, false, task, ood.as_deref(), "auroc")
+                .map(|r| r.mean)
+                .unwrap_or(f64::NAN);
+            let ap = find(&recs, model, feats, false, task, ood.as_deref(), "aupr_in")
+                .map(|r| r.mean)
+                .unwrap_or(f64::NAN);
+            roc.push((
+                format!("{name} (AUROC {auroc:.3})"),
+                roc_points(&pos, &s),
+                false,
+            ));
+            pr.push((
+                format!("{name} (AUPR-In {ap:.3})"),
+                pr_points(&pos, &s),
+                false,
+            ));
+        }
+        let slug = ood.clone().unwrap_or_else(|| "error".into());
+        let n1 = format!("roc_{slug}");
+        let svg = both!(dir, &n1, |root| {
+            lines(
+                &root,
+                &format!("ROC, {label}"),
+                "false positive rate",
+                "true positive rate",
+                (0.0, 1.0),
+                (0.0, 1.0),
+                &roc,
+                SeriesLabelPosition::LowerRight,
+            )
+        });
+        curve_plots.push(Plot { name: n1, title: format!("ROC — {label}"), how: "Positive = trustworthy (correct / in-distribution). Higher and further left is better; legend values are means over repetitions, curves are repetition 0.".into(), svg });
+        let n2 = format!("pr_{slug}");
+        let ymin = pr
+            .iter()
+            .flat_map(|s| s.1.iter().map(|p| p.1))
+            .fold(1.0, f64::min)
+            .max(0.0);
+        let svg = both!(dir, &n2, |root| {
+            lines(
+                &root,
+                &format!("Precision–recall, {label}"),
+                "recall (positives kept)",
+                "precision",
+                (0.0, 1.0),
+                (ymin, 1.0),
+                &pr,
+                SeriesLabelPosition::LowerLeft,
+            )
+        });
+        curve_plots.push(Plot {
+            name: n2,
+            title: format!("Precision–recall — {label}"),
+            how: "Precision of the kept (trusted) images as the threshold falls.".into(),
+            svg,
+        });
+    }
+    plots.push(("ROC and PR curves".into(), curve_plots));
+
+    // reliability diagram: softmax and MC-dropout confidence on the ID test set
+    let id_rows: Vec<usize> = (0..table.len())
+        .filter(|&r| table.set[r] == "id-test")
+        .collect();
+    let correct: Vec<bool> = id_rows
+        .iter()
+        .map(|&r| table.correct(r) == Some(true))
+        .collect();
+    let mut rel_series = vec![(
+        "perfect calibration".to_string(),
+        vec![(0.0, 0.0), (1.0, 1.0)],
+        true,
+    )];
+    let mut cal_text = Vec::new();
+    for (col, name) in [("msp", "softmax"), ("mc_pmax", "MC dropout")] {
+        let Some(c) = table.col(col) else { continue };
+        let conf: Vec<f64> = id_rows.iter().map(|&r| table.row(r)[c] as f64).collect();
+        let (ece, mce, bins) = eval::calibration(&conf, &correct, 15);
+        rel_series.push((
+            format!("{name}: ECE {ece:.4}, MCE {mce:.4}"),
+            bins.iter()
+                .filter(|b| b.2 > 0)
+                .map(|b| (b.0, b.1))
+                .collect(),
+            false,
+        ));
+        cal_text.push(format!("{name}: ECE {ece:.4}, MCE {mce:.4}"));
+    }
+    let svg = both!(dir, "reliability", |root| {
+        lines(
+            &root,
+            "Reliability diagram (15 bins, ID test set)",
+            "confidence (predicted probability of the predicted class)",
+            "accuracy",
+            (0.0, 1.0),
+            (0.0, 1.0),
+            &rel_series,
+            SeriesLabelPosition::UpperLeft,
+        )
+    });
+    let mut cal_plots = vec![Plot {
+        name: "reliability".into(),
+        title: "Reliability diagram".into(),
+        how: format!(
+            "Points below the diagonal are over-confident bins. {}",
+            cal_text.join("; ")
+        ),
+        svg,
+    }];
+
+    // accuracy vs rejection
+    let mut rej = Vec::new();
+    for (col, sign) in [("msp", 1.0), ("entropy", -1.0), ("mc_pmax", 1.0)] {
+        if let Some(c) = table.col(col) {
+            let s: Vec<f64> = id_rows
+                .iter()
+                .map(|&r| sign * table.row(r)[c] as f64)
+                .collect();
+            rej.push((col.to_string(), rejection_curve(&correct, &s, 100), false));
+        }
+    }
+    for g in &feature_groups {
+        if let Some((m, _)) = best_for("error", None, g) {
+            if let Some(rows) = scores.get(&(m.clone(), g.clone(), false)) {
+                let (ok, s): (Vec<bool>, Vec<f64>) = rows
+                    .iter()
+                    .filter(|r| r.0 == "id-test")
+                    .map(|r| (r.1 == 1, r.2))
+                    .unzip();
+                rej.push((
+                    format!("{m} on {g} (meta-test half)"),
+                    rejection_curve(&ok, &s, 100),
+                    false,
+                ));
+            }
+        }
+    }
+    let ymin = rej
+        .iter()
+        .flat_map(|s| s.1.iter().map(|p| p.1))
+        .fold(1.0, f64::min);
+    let svg = both!(dir, "rejection", |root| {
+        lines(
+            &root,
+            "Accuracy of the kept predictions vs rejected fraction",
+            "fraction rejected (least trustworthy first)",
+            "accuracy of kept predictions",
+            (0.0, 1.0),
+            (ymin.min(0.999), 1.0),
+            &rej,
+            SeriesLabelPosition::LowerRight,
+        )
+    });
+    cal_plots.push(Plot { name: "rejection".into(), title: "Accuracy vs rejection".into(), how: "Reject the x% least trustworthy predictions and measure the accuracy of the rest: a steeper rise means a better trust score.".into(), svg });
+    plots.push(("Calibration and rejection".into(), cal_plots));
+
+    // LASSO coefficients (mean standardised coefficient over repetitions, largest group)
+    let (_, coefs) = read_csv(&dir.join("coefficients.csv")).unwrap_or_default();
+    let mut model_plots = Vec::new();
+    let lasso_group = feature_groups
+        .iter()
+        .max_by_key(|g| {
+            coefs
+                .iter()
+                .filter(|r| r.len() > 4 && r[1] == "lasso" && &r[2] == *g && r[3] == "false")
+                .count()
+        })
+        .cloned();
+    if let Some(g) = lasso_group {
+        let mut terms: Vec<String> = Vec::new();
+        let mut sum: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+        for r in coefs
+            .iter()
+            .filter(|r| r.len() > 6 && r[1] == "lasso" && r[2] == g && r[4] != "(intercept)")
+        {
+            let ku = r[3] == "true";
+            if !terms.contains(&r[4]) {
+                terms.push(r[4].clone());
+            }
+            let e = sum.entry(format!("{}|{ku}", r[4])).or_default();
+            e.0 += r[6].parse::<f64>().unwrap_or(0.0);
+            e.1 += 1.0;
+        }
+        let series: Vec<(String, Vec<f64>)> = [
+            (false, "without known unknowns"),
+            (true, "with known unknowns"),
+        ]
+        .iter()
+        .filter(|(ku, _)| sum.keys().any(|k| k.ends_with(&format!("|{ku}"))))
+        .map(|(ku, name)| {
+            (
+                name.to_string(),
+                terms
+                    .iter()
+                    .map(|t| {
+                        sum.get(&format!("{t}|{ku}"))
+                            .map(|(s, n)| s / n)
+                            .unwrap_or(f64::NAN)
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+        if !terms.is_empty() {
+            let svg = both!(dir, "lasso_coefficients", |root| {
+                bars(
+                    &root,
+                    &format!("LASSO coefficients on '{g}' (standardised, mean over reps)"),
+                    "coefficient (per SD of the feature)",
+                    &terms,
+                    &series,
+                )
+            });
+            model_plots.push(Plot { name: "lasso_coefficients".into(), title: "LASSO coefficients".into(), how: "Features the LASSO keeps have non-zero bars; the sign says whether larger values mean more (+) or less (−) trustworthy.".into(), svg });
+        }
+    }
+    // known unknowns on/off: OOD AUROC per set for the best group of the best model
+    let ku_model = recs
+        .iter()
+        .filter(|r| r.known_unknowns && r.metric == "auroc" && r.task == "ood")
+        .max_by(|a, b| a.mean.total_cmp(&b.mean))
+        .map(|r| (r.model.clone(), r.features.clone()));
+    if let Some((m, g)) = ku_model {
+        let sets: Vec<String> = tasks.iter().filter_map(|t| t.1.clone()).collect();
+        let series: Vec<(String, Vec<f64>)> = [false, true]
+            .iter()
+            .map(|&ku| {
+                (
+                    format!(
+                        "{m} on {g}, known unknowns {}",
+                        if ku { "on" } else { "off" }
+                    ),
+                    sets.iter()
+                        .map(|s| {
+                            find(&recs, &m, &g, ku, "ood", Some(s), "auroc")
+                                .map(|r| r.mean)
+                                .unwrap_or(f64::NAN)
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        let svg = both!(dir, "known_unknowns", |root| {
+            bars(
+                &root,
+                "OOD AUROC with and without known unknowns",
+                "AUROC",
+                &sets,
+                &series,
+            )
+        });
+        model_plots.push(Plot { name: "known_unknowns".into(), title: "Known unknowns on/off".into(), how: "Does adding outside images (here the configured known-unknown source) to meta-train as untrustworthy help detect other OOD sets?".into(), svg });
+    }
+    plots.push(("Meta classifiers".into(), model_plots));
+
+    // the page
     let ablation = std::fs::read_to_string(dir.join("ablation.md")).unwrap_or_default();
-    let mut html = String::from("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>metaclf report</title></head><body>");
+    let mut html = String::from("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>metaclf report</title><style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em;color:#222}svg{max-width:100%;height:auto}.plot{margin:1em 0;border-top:1px solid #ddd}.how{color:#555;font-size:0.9em}table{border-collapse:collapse;font-size:0.8em}td,th{border:1px solid #ccc;padding:2px 6px;white-space:nowrap}td.best{font-weight:bold;background:#e8f3ff}.scroll{overflow-x:auto}code{background:#f4f4f4}</style></head><body>");
+    html.push_str("<h1>metaclf report</h1>");
+    let g = |k: &str| run[k].to_string();
     html.push_str(&format!(
-        "<h1>metaclf report</h1><pre>{}</pre>",
-        html_escape(&serde_json::to_string_pretty(&run).unwrap_or_default())
+        "<h2>Run summary</h2><table><tr><th>metaclf version</th><td>{}</td></tr><tr><th>seed</th><td>{}</td></tr><tr><th>test accuracy</th><td>{}</td></tr><tr><th>epochs (best)</th><td>{} ({})</td></tr><tr><th>parameters</th><td>{}</td></tr><tr><th>wall time per stage (s)</th><td>{}</td></tr></table>",
+        esc(&g("metaclf_version")),
+        esc(&g("seed")),
+        run["test_accuracy"].as_f64().map(|a| format!("{:.4}", a)).unwrap_or_default(),
+        esc(&g("epochs")),
+        esc(&g("best_epoch")),
+        esc(&g("parameters")),
+        esc(&run["stage_seconds"].as_object().map(|o| o.iter().map(|(k, v)| format!("{k} {:.1}", v.as_f64().unwrap_or(0.0))).collect::<Vec<_>>().join(", ")).unwrap_or_default()),
     ));
+    html.push_str(
+        "<h3>Data</h3><table><tr><th>role</th><th>source</th><th>images</th><th>sha256</th></tr>",
+    );
+    for d in run["data"].as_array().cloned().unwrap_or_default() {
+        html.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+            esc(d["role"].as_str().unwrap_or("")),
+            esc(d["spec"].as_str().unwrap_or("")),
+            d["images"],
+            esc(&d["sha256"]
+                .as_str()
+                .unwrap_or("")
+                .chars()
+                .take(16)
+                .collect::<String>())
+        ));
+    }
+    html.push_str("</table>");
     html.push_str(&format!(
-        "<pre>{}</pre></body></html>",
-        html_escape(&ablation)
+        "<h2>Metric definitions</h2><p class=\"how\">{}</p>",
+        esc(metrics["definitions"].as_str().unwrap_or(""))
     ));
+    html.push_str("<h2>Ablation: which feature groups detect errors and unknown inputs</h2><p class=\"how\">How to read: each table is one meta classifier (baselines first); rows are feature groups, columns task:metric; the best value per column is highlighted.</p>");
+    html.push_str(&md_to_html(&ablation));
+    for (section, ps) in &plots {
+        html.push_str(&format!("<h2>{}</h2>", esc(section)));
+        for p in ps {
+            html.push_str(&format!(
+                "<div class=\"plot\" id=\"{}\"><h3>{}</h3><p class=\"how\">{}</p>{}</div>",
+                esc(&p.name),
+                esc(&p.title),
+                esc(&p.how),
+                p.svg
+            ));
+        }
+    }
+    html.push_str(&format!("<p class=\"how\">Report built in {:.1} s from the files of this run folder.</p></body></html>", t0.elapsed().as_secs_f64()));
     write_atomic(&dir.join("report.html"), html.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kde_by_hand() {
+        // data {0, 1}: sd = 0.7071, IQR = 0.5 → a = min(0.7071, 0.3731) = 0.3731; h = 0.9·a·2^-0.2
+        let (y, h) = kde(&[0.0, 1.0], &[0.0, 0.5]);
+        let a = 0.5f64 / 1.34;
+        let he = 0.9 * a * 2f64.powf(-0.2);
+        assert!((h - he).abs() < 1e-12);
+        let phi = |z: f64| (-0.5 * z * z).exp() / (2.0 * std::f64::consts::PI).sqrt();
+        assert!((y[0] - (phi(0.0) + phi(1.0 / he)) / (2.0 * he)).abs() < 1e-12);
+        assert!((y[1] - 2.0 * phi(0.5 / he) / (2.0 * he)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn curves_agree_with_metrics() {
+        let pos = [true, false, true, true, false, true, false, true];
+        let s = [0.9, 0.8, 0.7, 0.7, 0.3, 0.6, 0.1, 0.2];
+        // trapezoid area under the ROC points = AUROC (ties included)
+        let r = roc_points(&pos, &s);
+        let area: f64 = r
+            .windows(2)
+            .map(|w| (w[1].0 - w[0].0) * (w[1].1 + w[0].1) / 2.0)
+            .sum();
+        assert!((area - eval::auroc(&pos, &s).unwrap()).abs() < 1e-12);
+        // step sum over PR points = average precision
+        let p = pr_points(&pos, &s);
+        let mut last = 0.0;
+        let ap: f64 = p
+            .iter()
+            .map(|(rc, pr)| {
+                let v = (rc - last) * pr;
+                last = *rc;
+                v
+            })
+            .sum();
+        assert!((ap - eval::average_precision(&pos, &s).unwrap()).abs() < 1e-12);
+        // rejecting nothing keeps the plain accuracy; rejecting the worst half raises it
+        let c = rejection_curve(&pos, &s, 2);
+        assert!((c[0].1 - 5.0 / 8.0).abs() < 1e-12);
+        assert!((c[1].1 - 0.75).abs() < 1e-12);
+    }
 }

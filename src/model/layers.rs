@@ -221,25 +221,28 @@ pub fn leaky_backward(act: &[f32], slope: f32, dy: &mut [f32]) {
         });
 }
 
-/// Summed weight and bias gradients of a conv layer: dW = Σ_n dy_n · cols_nᵀ, db = Σ dy_n.
+/// Summed weight and bias gradients of a conv layer: dW = Σ_n dy_n · cols_nᵀ, db = Σ dy_n, with
+/// cols_n = im2col(x_n) formed per sample from the layer's input `x`.
 /// Returns (dW [cout · ckk], db [cout]).
-pub fn conv_weight_grad(g: &ConvGeom, dy: &[f32], cols: &[f32], n: usize) -> (Vec<f32>, Vec<f32>) {
-    let (ol, cl, wl) = (g.out_len(), g.cols_len(), g.cout * g.ckk());
+pub fn conv_weight_grad(g: &ConvGeom, dy: &[f32], x: &[f32], n: usize) -> (Vec<f32>, Vec<f32>) {
+    let (il, ol, cl, wl) = (g.in_len(), g.out_len(), g.cols_len(), g.cout * g.ckk());
     let partials: Vec<Vec<f32>> = dy[..n * ol]
         .par_chunks(CHUNK * ol)
-        .zip(cols.par_chunks(CHUNK * cl))
-        .map(|(d, c)| {
+        .zip(x.par_chunks(CHUNK * il))
+        .map(|(d, xs)| {
             let mut acc = vec![0f32; wl + g.cout];
+            let mut c = vec![0f32; cl];
             let m = d.len() / ol;
             for s in 0..m {
                 let ds = &d[s * ol..(s + 1) * ol];
+                g.im2col(&xs[s * il..(s + 1) * il], &mut c);
                 gemm(
                     g.cout,
                     g.hw(),
                     g.ckk(),
                     ds,
                     (g.hw(), 1),
-                    &c[s * cl..(s + 1) * cl],
+                    &c,
                     (1, g.hw()),
                     1.0,
                     &mut acc[..wl],

@@ -101,10 +101,21 @@ pub struct Net {
 /// What a step saved for the backward.
 #[derive(Debug, Clone)]
 pub enum Saved {
-    Conv { cols: Vec<f32>, act: Vec<f32> },
-    Pool { idx: Vec<u32> },
-    Drop { mask: Vec<f32> },
-    Fc { x: Vec<f32> },
+    /// The layer's input (unfolded again per sample when weight gradients are formed: the
+    /// input is k² times smaller than its unfolded columns) and its activated output.
+    Conv {
+        input: Vec<f32>,
+        act: Vec<f32>,
+    },
+    Pool {
+        idx: Vec<u32>,
+    },
+    Drop {
+        mask: Vec<f32>,
+    },
+    Fc {
+        x: Vec<f32>,
+    },
 }
 
 /// A recorded forward pass over `n` samples.
@@ -230,32 +241,14 @@ impl Net {
                 Step::Conv(i) => {
                     let g = &self.geoms[i];
                     let l = &self.layers[i];
+                    let y =
+                        layers::conv_leaky_forward(g, &l.w, &l.b, self.arch.slope, &cur, n, None);
+                    let input = std::mem::replace(&mut cur, y);
                     if keep {
-                        let mut cols = vec![0f32; n * g.cols_len()];
-                        let y = layers::conv_leaky_forward(
-                            g,
-                            &l.w,
-                            &l.b,
-                            self.arch.slope,
-                            &cur,
-                            n,
-                            Some(&mut cols),
-                        );
-                        cur = y;
                         saved.push(Saved::Conv {
-                            cols,
+                            input,
                             act: cur.clone(),
                         });
-                    } else {
-                        cur = layers::conv_leaky_forward(
-                            g,
-                            &l.w,
-                            &l.b,
-                            self.arch.slope,
-                            &cur,
-                            n,
-                            None,
-                        );
                     }
                 }
                 Step::Pool(_) => {
@@ -367,11 +360,11 @@ impl Net {
         let mut out = Vec::new();
         let mut ci = 0;
         for s in &tape.saved {
-            if let Saved::Conv { cols, .. } = s {
+            if let Saved::Conv { input, .. } = s {
                 out.push(layers::conv_weight_grad(
                     &self.geoms[ci],
                     &g.conv[ci],
-                    cols,
+                    input,
                     tape.n,
                 ));
                 ci += 1;
