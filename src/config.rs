@@ -221,6 +221,9 @@ pub struct MetaSection {
     /// Repetitions whose per-row scores go to meta_scores.csv (every row of every repetition is
     /// large: ~15,000 rows × 65 scorers per repetition for MNIST).
     pub score_repetitions: usize,
+    /// CNNs trained (seeds run.seed, run.seed+1, ...); each gets `repetitions` splits and the
+    /// metrics pool all of them.
+    pub cnn_seeds: usize,
 }
 
 impl Default for MetaSection {
@@ -243,6 +246,7 @@ impl Default for MetaSection {
             nn_weight_decay: 1e-4,
             nn_lr: 0.01,
             score_repetitions: 1,
+            cnn_seeds: 1,
         }
     }
 }
@@ -444,6 +448,9 @@ impl Config {
         }
         if me.n_lambda < 2 {
             return Err(cfg("meta.n_lambda", format!("{} must be ≥ 2", me.n_lambda)));
+        }
+        if me.cnn_seeds == 0 {
+            return Err(cfg("meta.cnn_seeds", "0: must be ≥ 1"));
         }
         if me.nn_hidden == 0 {
             return Err(cfg("meta.nn_hidden", "0: must be ≥ 1"));

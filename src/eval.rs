@@ -507,6 +507,34 @@ fn one_rep(
     Ok(out)
 }
 
+/// Pools the repetitions of another CNN's results into `a` (same grid): values are appended,
+/// mean and std recomputed. Scores and coefficients of `a` are kept as they are.
+pub fn pool(a: &mut MetaResults, b: MetaResults) {
+    for rb in b.records {
+        match a.records.iter_mut().find(|r| {
+            r.task == rb.task
+                && r.ood_set == rb.ood_set
+                && r.model == rb.model
+                && r.features == rb.features
+                && r.known_unknowns == rb.known_unknowns
+                && r.metric == rb.metric
+        }) {
+            Some(r) => {
+                r.values.extend(rb.values);
+                let n = r.values.len() as f64;
+                r.mean = r.values.iter().sum::<f64>() / n;
+                r.std = (r.values.iter().map(|x| (x - r.mean).powi(2)).sum::<f64>() / n).sqrt();
+            }
+            None => a.records.push(rb),
+        }
+    }
+    for w in b.warnings {
+        if !a.warnings.contains(&w) {
+            a.warnings.push(w);
+        }
+    }
+}
+
 /// Records as CSV (values joined by ';').
 pub fn records_csv(records: &[Record]) -> String {
     let mut s = String::from("task,ood_set,model,features,known_unknowns,metric,mean,std,values\n");
@@ -656,6 +684,35 @@ mod tests {
         // threshold = 2.0 → negatives ≥ 2: 2.0, 2.5, 30 → 3/4
         assert!((fpr_at_95(&pos, &s).unwrap() - 0.75).abs() < 1e-12);
         assert!(auroc(&[true, true], &[0.1, 0.2]).is_none());
+    }
+
+    #[test]
+    fn pooling_appends_values() {
+        let rec = |v: Vec<f64>| Record {
+            task: "error".into(),
+            ood_set: None,
+            model: "glm".into(),
+            features: "softmax".into(),
+            known_unknowns: false,
+            metric: "auroc".into(),
+            mean: 0.0,
+            std: 0.0,
+            values: v,
+        };
+        let mut a = MetaResults {
+            records: vec![rec(vec![0.5, 0.7])],
+            ..Default::default()
+        };
+        pool(
+            &mut a,
+            MetaResults {
+                records: vec![rec(vec![0.9])],
+                ..Default::default()
+            },
+        );
+        assert_eq!(a.records[0].values, vec![0.5, 0.7, 0.9]);
+        assert!((a.records[0].mean - 0.7).abs() < 1e-12);
+        assert!((a.records[0].std - (0.08f64 / 3.0).sqrt()).abs() < 1e-12);
     }
 
     #[test]

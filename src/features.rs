@@ -626,3 +626,36 @@ mod tests {
         assert!(t.to_csv().contains("ood-noise,0,,4,,"));
     }
 }
+
+#[cfg(test)]
+mod score_tests {
+    use super::*;
+    use crate::model::net::Arch;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn pred_and_msp_do_not_depend_on_t_and_seed_repeats() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let net = Net::new(Arch::paper(), &mut rng);
+        let x: Vec<f32> = (0..30 * PIXELS).map(|_| rng.gen::<f32>()).collect();
+        let ds = Dataset::new("t", x, None);
+        let p = |t: usize, bs: usize| FeatureParams {
+            mc_samples: t,
+            batch_size: bs,
+            seed: 3,
+        };
+        let a = score(&net, &ds, "s", &p(2, 7)).unwrap();
+        let b = score(&net, &ds, "s", &p(40, 7)).unwrap();
+        assert_eq!(a.pred, b.pred);
+        assert_eq!(a.column("msp"), b.column("msp"));
+        assert_eq!(a.column("grad_all_l2"), b.column("grad_all_l2"));
+        assert_ne!(a.column("mc_std"), b.column("mc_std"));
+        // same seed, same everything: identical
+        assert_eq!(a, score(&net, &ds, "s", &p(2, 7)).unwrap());
+        // msp is the probability of pred; entropy is bounded by ln 10
+        for r in 0..a.len() {
+            let row = a.row(r);
+            assert!(row[0] >= 0.1 && row[0] <= 1.0 && row[1] >= 0.0 && row[1] <= 10f32.ln() + 1e-5);
+        }
+    }
+}

@@ -59,6 +59,14 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         count: usize,
     },
+    /// Refits the meta classifiers of a finished run from its features.csv (optionally with the
+    /// [meta] section of another config) and rebuilds metrics, ablation and report.
+    Meta {
+        run_dir: PathBuf,
+        /// Config whose [meta] and [known_unknowns] sections to use (default: the run's own).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Rebuilds plots and report.html of a run folder from its files.
     Report { run_dir: PathBuf },
     /// Measures images/s of forward, MC dropout, gradient metrics, the naive loop and training.
@@ -82,6 +90,13 @@ enum DataCmd {
 }
 
 fn main() -> ExitCode {
+    // metaclf parallelises over batches and repetitions itself (rayon); candle's own thread
+    // pool busy-waits at every op and fights it (measured: ~35% of the meta stage spinning),
+    // so candle runs single-threaded inside those tasks unless the user says otherwise.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+    }
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => "info",
@@ -176,6 +191,14 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         } => {
             let n = pipeline::features_for(&run, &data, &out, count)?;
             println!("{n} rows written to {}", out.display());
+        }
+        Cmd::Meta { run_dir, config } => {
+            let cfg = Config::load(&config.unwrap_or_else(|| run_dir.join("config.toml")))?;
+            let secs = pipeline::refit_meta(&run_dir, &cfg)?;
+            println!(
+                "meta classifiers refitted in {secs:.1} s; {}",
+                run_dir.join("report.html").display()
+            );
         }
         Cmd::Report { run_dir } => {
             metaclf::report::build(&run_dir)?;

@@ -313,8 +313,32 @@ fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary
 
     let t = Instant::now();
     let mp = meta_params(cfg)?;
-    let results =
+    let mut results =
         eval::run_meta(&table, &mp).map_err(|e| Error::Other(format!("meta classifiers: {e}")))?;
+    // more CNNs: retrain with the next seeds, score, fit, and pool the repetitions
+    let mut extra_acc = Vec::new();
+    for k in 1..cfg.meta.cnn_seeds {
+        let mut raw = cfg.raw.clone();
+        raw.run.seed = cfg.run.seed.wrapping_add(k as u64);
+        let c2 = Config::validate(raw)?;
+        tracing::info!(
+            "CNN {} of {}: seed {}",
+            k + 1,
+            cfg.meta.cnn_seeds,
+            c2.run.seed
+        );
+        let s2 = load_splits(&c2)?;
+        let net2 = Net::new(
+            Arch::from_config(&c2, classes),
+            &mut stage_rng(c2.run.seed, "init"),
+        );
+        let t2 = TrainParams::from_config(&c2).fit(net2, &s2.train, &s2.val)?;
+        extra_acc.push(evaluate(&t2.net, &s2.test, 512)?.1);
+        let table2 = score_all(&c2, &t2.net, &s2.test, &mut Vec::new())?;
+        let r2 = eval::run_meta(&table2, &meta_params(&c2)?)
+            .map_err(|e| Error::Other(format!("meta classifiers (seed {}): {e}", c2.run.seed)))?;
+        eval::pool(&mut results, r2);
+    }
     for w in &results.warnings {
         tracing::warn!("{w}");
     }
@@ -332,6 +356,7 @@ fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary
         "best_epoch": trained.best_epoch,
         "test_accuracy": test_acc,
         "test_loss": test_loss,
+        "extra_cnn_test_accuracy": extra_acc,
         "stage_seconds": times.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
         "total_seconds": t_all.elapsed().as_secs_f64(),
     });
@@ -393,4 +418,24 @@ pub fn features_for(run_dir: &Path, spec: &str, out: &Path, count: usize) -> Res
     let t = features::score(&net, &ds, &Source::short_name(spec), &fp)?;
     crate::runfolder::write_atomic(out, t.to_csv().as_bytes())?;
     Ok(t.len())
+}
+
+/// `metaclf meta`: refits the meta classifiers of a finished run from its features.csv (with the
+/// `[meta]` and `[known_unknowns]` sections of `cfg`), rewriting the meta results and the report.
+/// Returns the seconds the fitting took.
+pub fn refit_meta(run_dir: &Path, cfg: &Config) -> Result<f64> {
+    let table = FeatureTable::read_csv(&run_dir.join("features.csv"))?;
+    let t = Instant::now();
+    let results = eval::run_meta(&table, &meta_params(cfg)?)
+        .map_err(|e| Error::Other(format!("meta classifiers: {e}")))?;
+    let secs = t.elapsed().as_secs_f64();
+    for w in &results.warnings {
+        tracing::warn!("{w}");
+    }
+    let folder = RunFolder {
+        path: run_dir.to_path_buf(),
+    };
+    write_meta(&folder, &table, &results)?;
+    crate::report::build(run_dir)?;
+    Ok(secs)
 }

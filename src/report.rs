@@ -54,16 +54,26 @@ fn render(
     draw: &dyn Fn(DrawingArea<SVGBackend, Shift>) -> Result<()>,
     draw_png: &dyn Fn(DrawingArea<BitMapBackend, Shift>) -> Result<()>,
 ) -> Result<String> {
+    render_sized(dir, name, (W, H), draw, draw_png)
+}
+
+fn render_sized(
+    dir: &Path,
+    name: &str,
+    (w, h): (u32, u32),
+    draw: &dyn Fn(DrawingArea<SVGBackend, Shift>) -> Result<()>,
+    draw_png: &dyn Fn(DrawingArea<BitMapBackend, Shift>) -> Result<()>,
+) -> Result<String> {
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (W, H)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (w, h)).into_drawing_area();
         root.fill(&WHITE).map_err(perr)?;
         draw(root.clone())?;
         root.present().map_err(perr)?;
     }
-    let mut buf = vec![255u8; (W * H * 3) as usize];
+    let mut buf = vec![255u8; (w * h * 3) as usize];
     {
-        let root = BitMapBackend::with_buffer(&mut buf, (W, H)).into_drawing_area();
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
         root.fill(&WHITE).map_err(perr)?;
         draw_png(root.clone())?;
         root.present().map_err(perr)?;
@@ -72,7 +82,7 @@ fn render(
     write_atomic(&plots.join(format!("{name}.svg")), svg.as_bytes())?;
     let mut png = Vec::new();
     image::codecs::png::PngEncoder::new(&mut png)
-        .write_image(&buf, W, H, image::ExtendedColorType::Rgb8)
+        .write_image(&buf, w, h, image::ExtendedColorType::Rgb8)
         .map_err(|e| Error::Other(format!("png: {e}")))?;
     write_atomic(&plots.join(format!("{name}.png")), &png)?;
     Ok(svg)
@@ -373,10 +383,7 @@ where
         .y_label_area_size(70)
         .build_cartesian_2d(-0.5f64..(k as f64 - 0.5), (lo - pad)..(hi + pad))
         .map_err(perr)?;
-    let names: Vec<String> = groups
-        .iter()
-        .map(|g| format!("{} (n={})", g.0, g.1.len()))
-        .collect();
+    let names: Vec<String> = groups.iter().map(|g| g.0.clone()).collect();
     chart
         .configure_mesh()
         .disable_x_mesh()
@@ -465,7 +472,7 @@ where
     let mut chart = ChartBuilder::on(root)
         .caption(title, style(20))
         .margin(12)
-        .x_label_area_size(110)
+        .x_label_area_size(40)
         .y_label_area_size(64)
         .build_cartesian_2d(-0.5f64..(k as f64 - 0.5), (lo - pad)..(hi + pad))
         .map_err(perr)?;
@@ -481,7 +488,6 @@ where
                 String::new()
             }
         })
-        .x_label_style(style(10).transform(FontTransform::Rotate90))
         .y_desc(yl)
         .label_style(style(11))
         .axis_desc_style(style(15))
@@ -508,6 +514,78 @@ where
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .label_font(style(13))
+        .draw()
+        .map_err(perr)?;
+    Ok(())
+}
+
+/// Horizontal bars: one row per label (names on the y axis), several series side by side.
+fn hbars<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+    xl: &str,
+    labels: &[String],
+    series: &[(String, Vec<f64>)],
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let vals: Vec<f64> = series
+        .iter()
+        .flat_map(|s| s.1.iter().cloned())
+        .filter(|v| v.is_finite())
+        .collect();
+    let lo = vals.iter().cloned().fold(0.0, f64::min);
+    let hi = vals.iter().cloned().fold(0.0, f64::max);
+    let pad = ((hi - lo) * 0.08).max(1e-6);
+    let k = labels.len().max(1);
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, style(20))
+        .margin(12)
+        .x_label_area_size(42)
+        .y_label_area_size(150)
+        .build_cartesian_2d((lo - pad)..(hi + pad), -0.5f64..(k as f64 - 0.5))
+        .map_err(perr)?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(k)
+        .y_label_formatter(&|y| {
+            let i = y.round();
+            if (y - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < labels.len() {
+                labels[k - 1 - i as usize].clone()
+            } else {
+                String::new()
+            }
+        })
+        .x_desc(xl)
+        .label_style(style(11))
+        .axis_desc_style(style(15))
+        .draw()
+        .map_err(perr)?;
+    let ns = series.len().max(1) as f64;
+    for (si, (name, v)) in series.iter().enumerate() {
+        let c = PALETTE[si % PALETTE.len()];
+        let h = 0.8 / ns;
+        chart
+            .draw_series(
+                v.iter()
+                    .enumerate()
+                    .filter(|(_, x)| x.is_finite())
+                    .map(|(i, x)| {
+                        let y0 = (k - 1 - i) as f64 + 0.4 - (si as f64 + 1.0) * h;
+                        Rectangle::new([(0.0, y0), (*x, y0 + h * 0.9)], c.filled())
+                    }),
+            )
+            .map_err(perr)?
+            .label(name.clone())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
         .background_style(WHITE.mix(0.85))
         .label_font(style(13))
         .draw()
@@ -694,7 +772,12 @@ pub fn build(dir: &Path) -> Result<()> {
         let svg = both!(dir, &name, |root| {
             violin(&root, &format!("{key} by group"), &yl, &gv)
         });
-        vplots.push(Plot { name, title: key.clone(), how: "Kernel densities (Silverman bandwidth), thick line = median, thin lines = quartiles. A feature separates well when the ID-correct violin sits apart from ID-wrong and OOD.".into(), svg });
+        let counts = groups
+            .iter()
+            .map(|(g, r)| format!("{g} {}", r.len()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        vplots.push(Plot { name, title: key.clone(), how: format!("Kernel densities (Silverman bandwidth), thick line = median, thin lines = quartiles; widths are scaled per group. A feature separates well when the ID-correct violin sits apart from ID-wrong and OOD. Images per group: {counts}."), svg });
     }
     plots.push(("Feature distributions".into(), vplots));
 
@@ -740,10 +823,14 @@ pub fn build(dir: &Path) -> Result<()> {
                 "entropy baseline".into(),
             ),
         ];
-        for g in &feature_groups {
-            if let Some((m, _)) = best_for(task, ood.as_deref(), g) {
-                scorers.push((m.clone(), g.clone(), format!("{m} on {g}")));
-            }
+        // the four best feature groups (each with its best meta classifier), to stay readable
+        let mut best: Vec<(String, String, f64)> = feature_groups
+            .iter()
+            .filter_map(|g| best_for(task, ood.as_deref(), g).map(|(m, a)| (m, g.clone(), a)))
+            .collect();
+        best.sort_by(|a, b| b.2.total_cmp(&a.2));
+        for (m, g, _) in best.into_iter().take(4) {
+            scorers.push((m.clone(), g.clone(), format!("{m} on {g}")));
         }
         let mut roc = Vec::new();
         let mut pr = Vec::new();
@@ -801,7 +888,7 @@ pub fn build(dir: &Path) -> Result<()> {
                 SeriesLabelPosition::LowerRight,
             )
         });
-        curve_plots.push(Plot { name: n1, title: format!("ROC — {label}"), how: "Positive = trustworthy (correct / in-distribution). Higher and further left is better; legend values are means over repetitions, curves are repetition 0.".into(), svg });
+        curve_plots.push(Plot { name: n1, title: format!("ROC — {label}"), how: "Positive = trustworthy (correct / in-distribution). Higher and further left is better. Shown: the msp and entropy baselines and the four best feature groups, each with its best meta classifier (by mean AUROC, without known unknowns); legend values are means over repetitions, curves are repetition 0.".into(), svg });
         let n2 = format!("pr_{slug}");
         let ymin = pr
             .iter()
@@ -973,15 +1060,16 @@ pub fn build(dir: &Path) -> Result<()> {
         })
         .collect();
         if !terms.is_empty() {
-            let svg = both!(dir, "lasso_coefficients", |root| {
-                bars(
-                    &root,
-                    &format!("LASSO coefficients on '{g}' (standardised, mean over reps)"),
-                    "coefficient (per SD of the feature)",
-                    &terms,
-                    &series,
-                )
-            });
+            let title = format!("LASSO coefficients on '{g}' (standardised, mean over reps)");
+            let xl = "coefficient (per SD of the feature)";
+            let size = (W, (16 * terms.len() as u32 + 120).max(H));
+            let svg = render_sized(
+                dir,
+                "lasso_coefficients",
+                size,
+                &|root| hbars(&root, &title, xl, &terms, &series),
+                &|root| hbars(&root, &title, xl, &terms, &series),
+            )?;
             model_plots.push(Plot { name: "lasso_coefficients".into(), title: "LASSO coefficients".into(), how: "Features the LASSO keeps have non-zero bars; the sign says whether larger values mean more (+) or less (−) trustworthy.".into(), svg });
         }
     }

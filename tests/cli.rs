@@ -396,6 +396,7 @@ fn quick_config_runs_on_real_fetched_data() {
     ] {
         assert!(sets.iter().any(|x| x == s), "{s} not scored: {sets:?}");
     }
+    check_in_browser(&out.join("report.html"));
     let list = run(&["data", "list"], root);
     let text = String::from_utf8_lossy(&list.stdout);
     for name in ["mnist", "fashion-mnist", "letters", "gray-natural"] {
@@ -405,4 +406,98 @@ fn quick_config_runs_on_real_fetched_data() {
             "{name}: {text}"
         );
     }
+}
+
+/// Loads a report in headless Chromium: fails on a console message (errors, failed loads), a
+/// missing or external image, or a blank page.
+fn check_in_browser(report: &Path) {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists(),
+        "{chromium} not found: install Debian's chromium (.ci/run does) or set CHROMIUM"
+    );
+    let html = std::fs::read_to_string(report).unwrap();
+    assert!(
+        !html.contains("src=\"") && !html.contains("href=\"http"),
+        "report must be self-contained"
+    );
+    let plots = html.matches("<div class=\"plot\"").count();
+    assert!(
+        plots >= 10 && html.matches("<svg").count() >= plots,
+        "{plots} plots"
+    );
+    let d = tempfile::tempdir().unwrap();
+    let shot = d.path().join("shot.png");
+    let o = Command::new(&chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--window-size=1200,2400",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            d.path().join("profile").display()
+        ))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!(
+            "file://{}",
+            report.canonicalize().unwrap().display()
+        ))
+        .output()
+        .expect("chromium runs");
+    let log = String::from_utf8_lossy(&o.stderr);
+    let console: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(":CONSOLE") || l.contains("Failed to load"))
+        .collect();
+    assert!(console.is_empty(), "console messages: {console:?}");
+    assert!(shot.exists(), "no screenshot; chromium said: {log}");
+    let img = image::open(&shot).unwrap().to_rgb8();
+    let inked = img
+        .pixels()
+        .filter(|p| p.0.iter().any(|&c| c < 200))
+        .count();
+    let frac = inked as f64 / (img.width() * img.height()) as f64;
+    assert!(frac > 0.01, "page looks blank ({frac:.4} of pixels inked)");
+    if let Ok(dir) = std::env::var("METACLF_SCREENSHOT_DIR") {
+        std::fs::copy(&shot, Path::new(&dir).join("report.png")).unwrap();
+    }
+}
+
+#[test]
+fn several_cnn_seeds_pool_their_repetitions() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = toy_config(d.path(), "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "score_repetitions = 2",
+        "score_repetitions = 2\ncnn_seeds = 2",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let o = run(&["run", cfg.to_str().unwrap()], d.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rd = d.path().join("reports/toy");
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rd.join("metrics.json")).unwrap()).unwrap();
+    // 2 repetitions × 2 CNNs
+    assert!(metrics["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["values"].as_array().unwrap().len() == 4));
+    let run_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rd.join("run.json")).unwrap()).unwrap();
+    assert_eq!(
+        run_json["extra_cnn_test_accuracy"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }

@@ -116,3 +116,49 @@ fn logistic_family_matches_sklearn() {
         .iter()
         .any(|c| f64s(&c["coef"]).contains(&0.0)));
 }
+
+#[test]
+fn glm_and_ridge_agree_with_linfa_logistic() {
+    use linfa::prelude::*;
+    use linfa_logistic::LogisticRegression;
+    use ndarray::{Array1, Array2};
+    let f = fixture();
+    let l = &f["logistic"];
+    let x: Vec<f64> = l["x"].as_array().unwrap().iter().flat_map(f64s).collect();
+    let y = f64s(&l["y"]);
+    let n = y.len();
+    let p = x.len() / n;
+    let (z, _, _) = metaclf::meta::logistic::standardise(&x, n, p);
+    let zx = Array2::from_shape_vec((n, p), z).unwrap();
+    let targets: Array1<usize> = y.iter().map(|&v| v as usize).collect();
+    for lambda in [0.0, 0.01, 0.1] {
+        let ours = LogisticParams {
+            tol: 1e-12,
+            max_iter: 1000,
+            ..LogisticParams::new(0.0, Some(lambda))
+        }
+        .fit(&x, &y)
+        .unwrap();
+        // linfa minimises Σ logloss + α/2 ‖w‖², ours (1/N) Σ logloss + λ/2 ‖w‖² (ridge): α = Nλ
+        let ds = Dataset::new(zx.clone(), targets.clone());
+        let fit = LogisticRegression::default()
+            .alpha(n as f64 * lambda)
+            .gradient_tolerance(1e-10)
+            .max_iterations(10_000)
+            .fit(&ds)
+            .unwrap();
+        let sign = if fit.labels().pos.class == 1 {
+            1.0
+        } else {
+            -1.0
+        };
+        for (j, (a, b)) in ours.coef.iter().zip(fit.params().iter()).enumerate() {
+            assert!(
+                (a - sign * b).abs() < 1e-4,
+                "lambda {lambda} coef {j}: ours {a} linfa {}",
+                sign * b
+            );
+        }
+        assert!((ours.intercept - sign * fit.intercept()).abs() < 1e-4);
+    }
+}

@@ -308,3 +308,47 @@ mod tests {
         assert!((mean - 0.5).abs() < 0.01, "{mean}");
     }
 }
+
+#[cfg(test)]
+mod folder_tests {
+    use super::*;
+
+    #[test]
+    fn class_folders_and_flat_folders() {
+        let d = tempfile::tempdir().unwrap();
+        for (class, row) in [("a", 5u32), ("b", 20)] {
+            std::fs::create_dir_all(d.path().join(class)).unwrap();
+            // dark ink on white paper, 40×40: a horizontal bar
+            let img = image::GrayImage::from_fn(40, 40, |x, y| {
+                image::Luma([if (row..row + 4).contains(&y) && (8..32).contains(&x) {
+                    0
+                } else {
+                    255
+                }])
+            });
+            img.save(d.path().join(class).join("1.png")).unwrap();
+            let small = image::GrayImage::from_fn(28, 28, |x, _| image::Luma([(x * 9) as u8]));
+            small.save(d.path().join(class).join("2.png")).unwrap();
+        }
+        std::fs::write(d.path().join("a").join("notes.txt"), "ignored").unwrap();
+        let ds = folder(d.path()).unwrap();
+        assert_eq!(ds.len(), 4);
+        assert_eq!(ds.labels.clone().unwrap(), vec![0, 0, 1, 1]);
+        // inverted to white ink, normalised: 20 px wide bar, centred
+        let img = ds.image(0);
+        let cols = (0..28)
+            .filter(|&c| (0..28).any(|r| img[r * 28 + c] > 0.5))
+            .count();
+        assert_eq!(cols, 20);
+        assert!(img[0] == 0.0 && img.iter().cloned().fold(0.0, f32::max) > 0.9);
+        // 28×28 images are kept as they are (after the light-background check: mean < 0.5 here)
+        assert!((ds.image(1)[27] - 243.0 / 255.0).abs() < 1e-6);
+        let flat = folder(&d.path().join("b")).unwrap();
+        assert_eq!(flat.len(), 2);
+        assert!(flat.labels.is_none());
+        let e = convert_file(&d.path().join("a").join("notes.txt"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("notes.txt"), "{e}");
+    }
+}

@@ -186,56 +186,93 @@ fn fit_one(
             w[i] = (mu * (1.0 - mu)).max(1e-5);
             r[i] = eta + (y[i] - mu) / w[i];
         }
-        // Gram quantities: sw, Σ w x_j, Σ w x_j x_k, Σ w x_j r, Σ w r
+        // Gram quantities: sw, Σ w x_j, Σ w x_j x_k (one GEMM on √w-scaled rows), Σ w x_j r, Σ w r
         let sw: f64 = w.iter().sum();
         let mut wx = vec![0f64; p];
-        let mut g = vec![0f64; p * p];
         let mut wxr = vec![0f64; p];
         let mut wr = 0f64;
+        let mut zs = vec![0f64; n * p];
         for i in 0..n {
             let row = &z[i * p..(i + 1) * p];
+            let sq = w[i].sqrt();
             wr += w[i] * r[i];
             for j in 0..p {
                 let a = w[i] * row[j];
                 wx[j] += a;
                 wxr[j] += a * r[i];
-                for k in j..p {
-                    g[j * p + k] += a * row[k];
+                zs[i * p + j] = sq * row[j];
+            }
+        }
+        let mut g = vec![0f64; p * p];
+        if p > 0 {
+            // SAFETY: zs is n×p row-major, g is p×p; the strides stay inside both.
+            unsafe {
+                matrixmultiply::dgemm(
+                    p,
+                    n,
+                    p,
+                    1.0,
+                    zs.as_ptr(),
+                    1,
+                    p as isize,
+                    zs.as_ptr(),
+                    p as isize,
+                    1,
+                    0.0,
+                    g.as_mut_ptr(),
+                    p as isize,
+                    1,
+                );
+            }
+        }
+        // the weighted least-squares step: solved directly (Cholesky) when there is no L1 part,
+        // by coordinate descent otherwise
+        let direct = if lambda * alpha == 0.0 {
+            solve_wls(&g, &wx, &wxr, sw, wr, p, nf, lambda * (1.0 - alpha))
+        } else {
+            None
+        };
+        let (c0, nb) = match direct {
+            Some(sol) => sol,
+            None => {
+                let (mut c0, mut nb) = (*b0, beta.to_vec());
+                // covariance updates: gb = G·β is kept current, so a coordinate costs O(1)
+                // unless it moves (then O(p))
+                let mut gb: Vec<f64> = (0..p)
+                    .map(|j| (0..p).map(|k| g[j * p + k] * nb[k]).sum())
+                    .collect();
+                let mut wxb: f64 = (0..p).map(|j| wx[j] * nb[j]).sum();
+                for _ in 0..1000 {
+                    let mut delta = 0f64;
+                    // intercept: exact minimiser given β
+                    let new0 = (wr - wxb) / sw;
+                    delta = delta.max((new0 - c0).abs());
+                    c0 = new0;
+                    for j in 0..p {
+                        let gjj = g[j * p + j];
+                        if gjj <= 0.0 {
+                            continue;
+                        }
+                        let dot = gb[j] - gjj * nb[j];
+                        let u = (wxr[j] - c0 * wx[j] - dot) / nf;
+                        let new = soft(u, lambda * alpha) / (gjj / nf + lambda * (1.0 - alpha));
+                        let d = new - nb[j];
+                        if d != 0.0 {
+                            for k in 0..p {
+                                gb[k] += d * g[k * p + j];
+                            }
+                            wxb += d * wx[j];
+                            nb[j] = new;
+                            delta = delta.max(d.abs());
+                        }
+                    }
+                    if delta < tol {
+                        break;
+                    }
                 }
+                (c0, nb)
             }
-        }
-        for j in 0..p {
-            for k in 0..j {
-                g[j * p + k] = g[k * p + j];
-            }
-        }
-        // coordinate descent on (1/2N) Σ w (r − c0 − xβ)² + λ P(β)
-        let (mut c0, mut nb) = (*b0, beta.to_vec());
-        for _ in 0..1000 {
-            let mut delta = 0f64;
-            // intercept: exact minimiser given β
-            let new0 = (wr - (0..p).map(|j| wx[j] * nb[j]).sum::<f64>()) / sw;
-            delta = delta.max((new0 - c0).abs());
-            c0 = new0;
-            for j in 0..p {
-                let gjj = g[j * p + j];
-                if gjj <= 0.0 {
-                    nb[j] = 0.0;
-                    continue;
-                }
-                let dot: f64 = (0..p)
-                    .filter(|&k| k != j)
-                    .map(|k| g[j * p + k] * nb[k])
-                    .sum();
-                let u = (wxr[j] - c0 * wx[j] - dot) / nf;
-                let new = soft(u, lambda * alpha) / (gjj / nf + lambda * (1.0 - alpha));
-                delta = delta.max((new - nb[j]).abs());
-                nb[j] = new;
-            }
-            if delta < tol {
-                break;
-            }
-        }
+        };
         // backtracking on the true objective
         let mut step = 1.0;
         let (old0, oldb) = (*b0, beta.to_vec());
@@ -266,6 +303,73 @@ fn fit_one(
         }
     }
     false
+}
+
+/// Solves the penalised weighted least-squares step without an L1 part:
+/// (1/N)[Σw, Σwx; Σwx, XᵀWX] [c0; β] + [0; ridge·β] = (1/N)[Σwr; Σwxr]. Constant columns
+/// (zero diagonal) keep β = 0. `None` when the system is not positive definite.
+#[allow(clippy::too_many_arguments)]
+fn solve_wls(
+    g: &[f64],
+    wx: &[f64],
+    wxr: &[f64],
+    sw: f64,
+    wr: f64,
+    p: usize,
+    nf: f64,
+    ridge: f64,
+) -> Option<(f64, Vec<f64>)> {
+    let live: Vec<usize> = (0..p).filter(|&j| g[j * p + j] > 0.0).collect();
+    let m = live.len() + 1;
+    let mut a = vec![0f64; m * m];
+    let mut b = vec![0f64; m];
+    a[0] = sw / nf;
+    b[0] = wr / nf;
+    for (ii, &j) in live.iter().enumerate() {
+        a[ii + 1] = wx[j] / nf;
+        a[(ii + 1) * m] = wx[j] / nf;
+        b[ii + 1] = wxr[j] / nf;
+        for (kk, &k) in live.iter().enumerate() {
+            a[(ii + 1) * m + kk + 1] = g[j * p + k] / nf + if j == k { ridge } else { 0.0 };
+        }
+    }
+    // Cholesky A = L Lᵀ, a tiny jitter keeps nearly collinear features solvable
+    let jitter = 1e-12 * (0..m).map(|i| a[i * m + i]).sum::<f64>() / m as f64;
+    for i in 0..m {
+        a[i * m + i] += jitter;
+    }
+    let mut l = vec![0f64; m * m];
+    for i in 0..m {
+        for j in 0..=i {
+            let mut s = a[i * m + j];
+            for k in 0..j {
+                s -= l[i * m + k] * l[j * m + k];
+            }
+            if i == j {
+                if s <= 0.0 {
+                    return None;
+                }
+                l[i * m + i] = s.sqrt();
+            } else {
+                l[i * m + j] = s / l[j * m + j];
+            }
+        }
+    }
+    let mut y = vec![0f64; m];
+    for i in 0..m {
+        let s: f64 = (0..i).map(|k| l[i * m + k] * y[k]).sum();
+        y[i] = (b[i] - s) / l[i * m + i];
+    }
+    let mut x = vec![0f64; m];
+    for i in (0..m).rev() {
+        let s: f64 = (i + 1..m).map(|k| l[k * m + i] * x[k]).sum();
+        x[i] = (y[i] - s) / l[i * m + i];
+    }
+    let mut beta = vec![0f64; p];
+    for (ii, &j) in live.iter().enumerate() {
+        beta[j] = x[ii + 1];
+    }
+    x[0].is_finite().then_some((x[0], beta))
 }
 
 /// λ path from the smallest λ that zeroes every coefficient, log-spaced down by 1e-4.
