@@ -288,7 +288,11 @@ fn style(size: u32) -> TextStyle<'static> {
     (FONT, size).into_font().into()
 }
 
+/// A named line (points), dashed or solid.
+type Series = (String, Vec<(f64, f64)>, bool);
+
 /// Line chart of several named series.
+#[allow(clippy::too_many_arguments)]
 fn lines<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     title: &str,
@@ -296,7 +300,7 @@ fn lines<DB: DrawingBackend>(
     yl: &str,
     x: (f64, f64),
     y: (f64, f64),
-    series: &[(String, Vec<(f64, f64)>, bool)],
+    series: &[Series],
     legend_pos: SeriesLabelPosition,
 ) -> Result<()>
 where
