@@ -264,8 +264,23 @@ fn data_status(data_dir: &std::path::Path, spec: &str) -> Result<String> {
         data::Source::UniformNoise | data::Source::NormalNoise => {
             return Ok("generated from the seed".into())
         }
-        data::Source::Emnist(..) | data::Source::Idx { .. } | data::Source::Folder(_) => {
-            return Ok("user files (checked when loaded)".into());
+        data::Source::Emnist(variant, split) => {
+            let (img, lab) = data::emnist_files(data_dir, spec, variant, *split)?;
+            return Ok(format!(
+                "user files {} and {}",
+                img.display(),
+                lab.display()
+            ));
+        }
+        data::Source::Idx { images, labels } => {
+            for p in std::iter::once(images).chain(labels.iter()) {
+                anyhow::ensure!(p.exists(), "{spec}: {} does not exist", p.display());
+            }
+            return Ok("user IDX files (checked in full when loaded)".into());
+        }
+        data::Source::Folder(p) => {
+            anyhow::ensure!(p.is_dir(), "{spec}: {} is not a folder", p.display());
+            return Ok("user image folder".into());
         }
     };
     Ok(match data::fetch::state(data_dir, named)? {

@@ -352,14 +352,13 @@ fn emnist_missing_files_say_what_to_download() {
         &format!("[data]\ndata_dir = \"{}\"", d.path().display()),
     );
     std::fs::write(d.path().join("e.toml"), text).unwrap();
-    fails_with(
-        &run(&["run", "e.toml", "--out", "r"], d.path()),
-        &[
-            "emnist-digits-train-images-idx3-ubyte.gz",
-            "emnist-digits-train-labels-idx1-ubyte.gz",
-            "emnist",
-        ],
-    );
+    let needles = [
+        "emnist-digits-train-images-idx3-ubyte.gz",
+        "emnist-digits-train-labels-idx1-ubyte.gz",
+        "emnist",
+    ];
+    fails_with(&run(&["run", "e.toml", "--out", "r"], d.path()), &needles);
+    fails_with(&run(&["check", "e.toml"], d.path()), &needles);
 }
 
 /// The real thing: fetches MNIST, Fashion-MNIST, the font packages and the photo wheels through

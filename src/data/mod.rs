@@ -290,26 +290,7 @@ pub fn load(spec: &str, ctx: &LoadCtx) -> Result<Dataset> {
             subsample(d, ctx.count, &mut rng)
         }
         Source::Emnist(variant, split) => {
-            let dir = ctx.data_dir.join("emnist");
-            let s = if split == Split::Train {
-                "train"
-            } else {
-                "test"
-            };
-            let img = dir.join(format!("emnist-{variant}-{s}-images-idx3-ubyte.gz"));
-            let lab = dir.join(format!("emnist-{variant}-{s}-labels-idx1-ubyte.gz"));
-            let img = existing_or_plain(&img);
-            let lab = existing_or_plain(&lab);
-            if !img.exists() || !lab.exists() {
-                return Err(Error::Data {
-                    name: spec.into(),
-                    msg: format!(
-                        "EMNIST is not on any package registry; download the EMNIST \"gzip\" archive from NIST \
-                         (Cohen et al. 2017) and put {} and {} (plain or .gz) in {}",
-                        file_name(&img), file_name(&lab), dir.display()
-                    ),
-                });
-            }
+            let (img, lab) = emnist_files(&ctx.data_dir, spec, &variant, split)?;
             let max = if variant == "letters" { 27 } else { 62 };
             // stored transposed; `data.transpose = true` (on in configs/emnist.toml) fixes it
             load_idx(&name, &img, Some(&lab), max)?
@@ -335,6 +316,37 @@ pub fn load(spec: &str, ctx: &LoadCtx) -> Result<Dataset> {
         });
     }
     Ok(ds)
+}
+
+/// The EMNIST image and label files of a variant and split under `<data_dir>/emnist/` (plain or
+/// .gz); the error says exactly which files to download and where to put them.
+pub fn emnist_files(
+    data_dir: &Path,
+    spec: &str,
+    variant: &str,
+    split: Split,
+) -> Result<(PathBuf, PathBuf)> {
+    let dir = data_dir.join("emnist");
+    let s = if split == Split::Train {
+        "train"
+    } else {
+        "test"
+    };
+    let img = existing_or_plain(&dir.join(format!("emnist-{variant}-{s}-images-idx3-ubyte.gz")));
+    let lab = existing_or_plain(&dir.join(format!("emnist-{variant}-{s}-labels-idx1-ubyte.gz")));
+    if !img.exists() || !lab.exists() {
+        return Err(Error::Data {
+            name: spec.into(),
+            msg: format!(
+                "EMNIST is not on any package registry; download the EMNIST \"gzip\" archive from NIST \
+                 (Cohen et al. 2017) and put {} and {} (plain or .gz) in {}",
+                file_name(&img),
+                file_name(&lab),
+                dir.display()
+            ),
+        });
+    }
+    Ok((img, lab))
 }
 
 fn file_name(p: &Path) -> String {
