@@ -49,15 +49,13 @@ pub fn auroc(pos: &[bool], s: &[f64]) -> Option<f64> {
     Some((rank_sum - (np * (np + 1)) as f64 / 2.0) / (np as f64 * nn as f64))
 }
 
-/// Average precision as sklearn computes it: Σ (R_k − R_{k−1}) P_k over distinct thresholds.
-pub fn average_precision(pos: &[bool], s: &[f64]) -> Option<f64> {
-    let np = pos.iter().filter(|&&p| p).count();
-    if np == 0 {
-        return None;
-    }
+/// Cumulative (true positives, false positives) at each distinct score threshold, from the
+/// highest score down (tied scores form one step): the walk behind ROC, PR and AP.
+pub fn threshold_steps(pos: &[bool], s: &[f64]) -> Vec<(f64, f64)> {
     let mut idx: Vec<usize> = (0..s.len()).collect();
     idx.sort_by(|&a, &b| s[b].total_cmp(&s[a]));
-    let (mut tp, mut fp, mut ap, mut last_r) = (0f64, 0f64, 0f64, 0f64);
+    let (mut tp, mut fp) = (0f64, 0f64);
+    let mut steps = Vec::new();
     let mut i = 0;
     while i < idx.len() {
         let mut j = i;
@@ -71,10 +69,23 @@ pub fn average_precision(pos: &[bool], s: &[f64]) -> Option<f64> {
                 fp += 1.0;
             }
         }
+        steps.push((tp, fp));
+        i = j + 1;
+    }
+    steps
+}
+
+/// Average precision as sklearn computes it: Σ (R_k − R_{k−1}) P_k over distinct thresholds.
+pub fn average_precision(pos: &[bool], s: &[f64]) -> Option<f64> {
+    let np = pos.iter().filter(|&&p| p).count();
+    if np == 0 {
+        return None;
+    }
+    let (mut ap, mut last_r) = (0f64, 0f64);
+    for (tp, fp) in threshold_steps(pos, s) {
         let r = tp / np as f64;
         ap += (r - last_r) * tp / (tp + fp);
         last_r = r;
-        i = j + 1;
     }
     Some(ap)
 }

@@ -26,6 +26,16 @@ pub struct FeatureParams {
     pub seed: u64,
 }
 
+impl FeatureParams {
+    pub fn from_config(c: &crate::config::Config) -> FeatureParams {
+        FeatureParams {
+            mc_samples: c.features.mc_samples,
+            batch_size: c.features.batch_size,
+            seed: c.run.seed,
+        }
+    }
+}
+
 /// One row per scored image: identification and named f32 feature columns.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FeatureTable {

@@ -115,11 +115,7 @@ pub fn score_all(
     test: &Dataset,
     sets: &mut Vec<serde_json::Value>,
 ) -> Result<FeatureTable> {
-    let fp = FeatureParams {
-        mc_samples: cfg.features.mc_samples,
-        batch_size: cfg.features.batch_size,
-        seed: cfg.run.seed,
-    };
+    let fp = FeatureParams::from_config(cfg);
     let mut table = features::score(net, test, "id-test", &fp)?;
     let mut extra: Vec<(String, String, usize, &str)> = cfg
         .ood
@@ -410,11 +406,7 @@ pub fn features_for(run_dir: &Path, spec: &str, out: &Path, count: usize) -> Res
         stage: "features".into(),
     };
     let ds = data::load(spec, &ctx)?;
-    let fp = FeatureParams {
-        mc_samples: cfg.features.mc_samples,
-        batch_size: cfg.features.batch_size,
-        seed: cfg.run.seed,
-    };
+    let fp = FeatureParams::from_config(&cfg);
     let t = features::score(&net, &ds, &Source::short_name(spec), &fp)?;
     crate::runfolder::write_atomic(out, t.to_csv().as_bytes())?;
     Ok(t.len())

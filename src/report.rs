@@ -145,53 +145,22 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
 pub fn roc_points(pos: &[bool], s: &[f64]) -> Vec<(f64, f64)> {
     let np = pos.iter().filter(|p| **p).count().max(1) as f64;
     let nn = pos.iter().filter(|p| !**p).count().max(1) as f64;
-    let mut idx: Vec<usize> = (0..s.len()).collect();
-    idx.sort_by(|&a, &b| s[b].total_cmp(&s[a]));
-    let (mut tp, mut fp) = (0f64, 0f64);
-    let mut pts = vec![(0.0, 0.0)];
-    let mut i = 0;
-    while i < idx.len() {
-        let mut j = i;
-        while j + 1 < idx.len() && s[idx[j + 1]] == s[idx[i]] {
-            j += 1;
-        }
-        for &k in &idx[i..=j] {
-            if pos[k] {
-                tp += 1.0
-            } else {
-                fp += 1.0
-            }
-        }
-        pts.push((fp / nn, tp / np));
-        i = j + 1;
-    }
-    pts
+    std::iter::once((0.0, 0.0))
+        .chain(
+            eval::threshold_steps(pos, s)
+                .into_iter()
+                .map(|(tp, fp)| (fp / nn, tp / np)),
+        )
+        .collect()
 }
 
 /// Precision–recall points (recall, precision) at each distinct threshold.
 pub fn pr_points(pos: &[bool], s: &[f64]) -> Vec<(f64, f64)> {
     let np = pos.iter().filter(|p| **p).count().max(1) as f64;
-    let mut idx: Vec<usize> = (0..s.len()).collect();
-    idx.sort_by(|&a, &b| s[b].total_cmp(&s[a]));
-    let (mut tp, mut fp) = (0f64, 0f64);
-    let mut pts = Vec::new();
-    let mut i = 0;
-    while i < idx.len() {
-        let mut j = i;
-        while j + 1 < idx.len() && s[idx[j + 1]] == s[idx[i]] {
-            j += 1;
-        }
-        for &k in &idx[i..=j] {
-            if pos[k] {
-                tp += 1.0
-            } else {
-                fp += 1.0
-            }
-        }
-        pts.push((tp / np, tp / (tp + fp)));
-        i = j + 1;
-    }
-    pts
+    eval::threshold_steps(pos, s)
+        .into_iter()
+        .map(|(tp, fp)| (tp / np, tp / (tp + fp)))
+        .collect()
 }
 
 /// Accuracy of the kept predictions when the `x` fraction with the lowest scores is rejected,
