@@ -242,9 +242,9 @@ impl Default for MetaSection {
             cv_folds: 3,
             n_lambda: 12,
             nn_hidden: 64,
-            nn_epochs: 200,
+            nn_epochs: 100,
             nn_weight_decay: 1e-4,
-            nn_lr: 0.01,
+            nn_lr: 0.03,
             score_repetitions: 1,
             cnn_seeds: 1,
         }
