@@ -240,7 +240,7 @@ impl Default for MetaSection {
             alpha: 0.5,
             lambda: -1.0,
             cv_folds: 3,
-            n_lambda: 12,
+            n_lambda: 10,
             nn_hidden: 64,
             nn_epochs: 100,
             nn_weight_decay: 1e-4,
