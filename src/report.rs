@@ -1105,7 +1105,12 @@ pub fn build(dir: &Path) -> Result<()> {
     let ablation = std::fs::read_to_string(dir.join("ablation.md")).unwrap_or_default();
     let mut html = String::from("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>metaclf report</title><style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em;color:#222}svg{max-width:100%;height:auto}.plot{margin:1em 0;border-top:1px solid #ddd}.how{color:#555;font-size:0.9em}table{border-collapse:collapse;font-size:0.8em}td,th{border:1px solid #ccc;padding:2px 6px;white-space:nowrap}td.best{font-weight:bold;background:#e8f3ff}.scroll{overflow-x:auto}code{background:#f4f4f4}</style></head><body>");
     html.push_str("<h1>metaclf report</h1>");
-    let g = |k: &str| run[k].to_string();
+    let g = |k: &str| {
+        run[k]
+            .as_str()
+            .map(String::from)
+            .unwrap_or_else(|| run[k].to_string())
+    };
     html.push_str(&format!(
         "<h2>Run summary</h2><table><tr><th>metaclf version</th><td>{}</td></tr><tr><th>seed</th><td>{}</td></tr><tr><th>test accuracy</th><td>{}</td></tr><tr><th>epochs (best)</th><td>{} ({})</td></tr><tr><th>parameters</th><td>{}</td></tr><tr><th>wall time per stage (s)</th><td>{}</td></tr></table>",
         esc(&g("metaclf_version")),

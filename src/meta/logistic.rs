@@ -27,7 +27,7 @@ impl LogisticParams {
         LogisticParams {
             alpha,
             lambda,
-            n_lambda: 12,
+            n_lambda: 10,
             cv_folds: 3,
             seed: 0,
             max_iter: 100,
