@@ -182,7 +182,7 @@ pub fn meta_params(cfg: &Config) -> Result<MetaParams> {
             epochs: m.nn_epochs,
             lr: m.nn_lr,
             weight_decay: m.nn_weight_decay,
-            patience: 20,
+            patience: 10,
             seed: cfg.run.seed,
         },
         seed: cfg.run.seed,
