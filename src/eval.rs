@@ -374,12 +374,7 @@ fn one_rep(
     let target = |r: usize| -> u8 { (t.correct(r) == Some(true)) as u8 };
     let cnn_acc = test.iter().filter(|&&r| t.correct(r) == Some(true)).count() as f64
         / test.len().max(1) as f64;
-    let emit = |out: &mut RepOut,
-                model: &str,
-                feats: &str,
-                ku: bool,
-                score_of: &dyn Fn(usize) -> f64,
-                s_eval: &[f64]| {
+    let emit = |out: &mut RepOut, model: &str, feats: &str, ku: bool, s_eval: &[f64]| {
         let key = |task: &str, o: Option<&str>, m: &str| {
             (
                 task.to_string(),
@@ -390,9 +385,10 @@ fn one_rep(
                 m.to_string(),
             )
         };
-        let s_test: Vec<f64> = test.iter().map(|&r| score_of(r)).collect();
+        // s_eval follows eval_rows: the meta-test rows, then each OOD set's rows in order
+        let s_test = &s_eval[..test.len()];
         let pos: Vec<bool> = test.iter().map(|&r| target(r) == 1).collect();
-        if let Some(m) = detection_metrics(&pos, &s_test) {
+        if let Some(m) = detection_metrics(&pos, s_test) {
             for (name, v) in METRICS.iter().zip(m) {
                 out.values.push((key("error", None, name), v));
             }
@@ -400,21 +396,23 @@ fn one_rep(
         if !BASELINES.iter().any(|b| b.0 == model) {
             let acc = pos
                 .iter()
-                .zip(&s_test)
+                .zip(s_test)
                 .filter(|(p, s)| (**s >= 0.5) == **p)
                 .count() as f64
                 / pos.len().max(1) as f64;
             out.values.push((key("error", None, "meta_acc"), acc));
         }
         out.values.push((key("error", None, "cnn_acc"), cnn_acc));
+        let mut start = test.len();
         for (name, rows) in ood_rows {
             let mut pos = vec![true; test.len()];
             pos.extend(std::iter::repeat_n(false, rows.len()));
             let s: Vec<f64> = s_test
                 .iter()
+                .chain(&s_eval[start..start + rows.len()])
                 .cloned()
-                .chain(rows.iter().map(|&r| score_of(r)))
                 .collect();
+            start += rows.len();
             if let Some(m) = detection_metrics(&pos, &s) {
                 for (mn, v) in METRICS.iter().zip(m) {
                     out.values.push((key("ood", Some(name), mn), v));
@@ -438,9 +436,11 @@ fn one_rep(
     // baselines: fixed signs, no fitting
     for (name, col, sign) in BASELINES {
         let Some(c) = t.col(col) else { continue };
-        let f = |r: usize| sign * t.row(r)[c] as f64;
-        let s_eval: Vec<f64> = eval_rows.iter().map(|&r| f(r)).collect();
-        emit(&mut out, name, name, false, &f, &s_eval);
+        let s_eval: Vec<f64> = eval_rows
+            .iter()
+            .map(|&r| sign * t.row(r)[c] as f64)
+            .collect();
+        emit(&mut out, name, name, false, &s_eval);
     }
     let ku_options: Vec<bool> = if ku_rows.is_empty() {
         vec![false]
@@ -508,10 +508,7 @@ fn one_rep(
                     }
                     m.predict(&xe)
                 };
-                let pos_of: std::collections::HashMap<usize, usize> =
-                    eval_rows.iter().enumerate().map(|(i, &r)| (r, i)).collect();
-                let f = |r: usize| s_eval[pos_of[&r]];
-                emit(&mut out, model, &g.name, ku, &f, &s_eval);
+                emit(&mut out, model, &g.name, ku, &s_eval);
             }
         }
     }

@@ -148,7 +148,7 @@ impl ConvGeom {
 }
 
 /// Conv + bias + leaky ReLU forward for `n` samples. `x` [n, cin, h, w] → `y` [n, cout, h, w].
-/// When `cols` is given (len n · cols_len) the unfolded inputs are kept there for the backward.
+/// The unfolded input lives in a per-task scratch buffer; the backward unfolds again from `x`.
 pub fn conv_leaky_forward(
     g: &ConvGeom,
     wgt: &[f32],
@@ -156,55 +156,40 @@ pub fn conv_leaky_forward(
     slope: f32,
     x: &[f32],
     n: usize,
-    cols: Option<&mut [f32]>,
 ) -> Vec<f32> {
     let mut y = vec![0f32; n * g.out_len()];
     let (il, ol, cl) = (g.in_len(), g.out_len(), g.cols_len());
-    let run = |xs: &[f32], ys: &mut [f32], cs: &mut [f32], keep: bool| {
-        let m = xs.len() / il;
-        for s in 0..m {
-            let c = if keep {
-                &mut cs[s * cl..(s + 1) * cl]
-            } else {
-                &mut cs[..cl]
-            };
-            g.im2col(&xs[s * il..(s + 1) * il], c);
-            let out = &mut ys[s * ol..(s + 1) * ol];
-            for (o, row) in out.chunks_mut(g.hw()).enumerate() {
-                row.fill(bias[o]);
-            }
-            gemm(
-                g.cout,
-                g.ckk(),
-                g.hw(),
-                wgt,
-                (g.ckk(), 1),
-                c,
-                (g.hw(), 1),
-                1.0,
-                out,
-                g.hw(),
-            );
-            for v in out.iter_mut() {
-                if *v < 0.0 {
-                    *v *= slope;
+    y.par_chunks_mut(CHUNK * ol)
+        .zip(x.par_chunks(CHUNK * il))
+        .for_each_init(
+            || vec![0f32; cl],
+            |c, (ys, xs)| {
+                for s in 0..xs.len() / il {
+                    g.im2col(&xs[s * il..(s + 1) * il], c);
+                    let out = &mut ys[s * ol..(s + 1) * ol];
+                    for (o, row) in out.chunks_mut(g.hw()).enumerate() {
+                        row.fill(bias[o]);
+                    }
+                    gemm(
+                        g.cout,
+                        g.ckk(),
+                        g.hw(),
+                        wgt,
+                        (g.ckk(), 1),
+                        c,
+                        (g.hw(), 1),
+                        1.0,
+                        out,
+                        g.hw(),
+                    );
+                    for v in out.iter_mut() {
+                        if *v < 0.0 {
+                            *v *= slope;
+                        }
+                    }
                 }
-            }
-        }
-    };
-    match cols {
-        Some(cols) => {
-            y.par_chunks_mut(CHUNK * ol)
-                .zip(x.par_chunks(CHUNK * il))
-                .zip(cols.par_chunks_mut(CHUNK * cl))
-                .for_each(|((ys, xs), cs)| run(xs, ys, cs, true));
-        }
-        None => {
-            y.par_chunks_mut(CHUNK * ol)
-                .zip(x.par_chunks(CHUNK * il))
-                .for_each_init(|| vec![0f32; cl], |cs, (ys, xs)| run(xs, ys, cs, false));
-        }
-    }
+            },
+        );
     y
 }
 
@@ -452,7 +437,7 @@ mod tests {
         let x: Vec<f32> = (0..2 * g.in_len())
             .map(|i| ((i * 5 % 13) as f32 - 6.0) / 9.0)
             .collect();
-        let y = conv_leaky_forward(&g, &w, &b, 1.0, &x, 2, None);
+        let y = conv_leaky_forward(&g, &w, &b, 1.0, &x, 2);
         for s in 0..2 {
             let d = conv_direct(&g, &w, &b, &x[s * g.in_len()..(s + 1) * g.in_len()]);
             for (a, e) in y[s * g.out_len()..(s + 1) * g.out_len()].iter().zip(&d) {

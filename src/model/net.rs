@@ -241,8 +241,7 @@ impl Net {
                 Step::Conv(i) => {
                     let g = &self.geoms[i];
                     let l = &self.layers[i];
-                    let y =
-                        layers::conv_leaky_forward(g, &l.w, &l.b, self.arch.slope, &cur, n, None);
+                    let y = layers::conv_leaky_forward(g, &l.w, &l.b, self.arch.slope, &cur, n);
                     let input = std::mem::replace(&mut cur, y);
                     if keep {
                         saved.push(Saved::Conv {
