@@ -267,6 +267,13 @@ impl std::ops::Deref for Config {
 impl Config {
     /// Reads and validates a TOML file.
     pub fn load(path: &Path) -> Result<Config> {
+        let len = std::fs::metadata(path).at(path)?.len();
+        if len > 1 << 20 {
+            return Err(Error::ConfigParse {
+                file: path.to_path_buf(),
+                msg: format!("{len} bytes is too large for a config (at most 1 MiB)"),
+            });
+        }
         let text = std::fs::read_to_string(path).at(path)?;
         Self::parse(&text, path)
     }
@@ -459,6 +466,50 @@ impl Config {
             return Err(cfg("meta.nn_epochs", "0: must be ≥ 1"));
         }
         positive("meta.nn_lr", me.nn_lr)?;
+        if !(me.nn_weight_decay.is_finite() && me.nn_weight_decay >= 0.0) {
+            return Err(cfg(
+                "meta.nn_weight_decay",
+                format!("{} must be ≥ 0", me.nn_weight_decay),
+            ));
+        }
+        // Upper limits: every count that sizes an allocation or a loop is bounded here, before
+        // anything runs, so no config can abort the process or exhaust memory.
+        for (key, v, max) in [
+            ("model.channels", m.channels.len(), MAX_LAYERS),
+            ("train.epochs", t.epochs, 100_000),
+            ("train.batch_size", t.batch_size, MAX_BATCH),
+            ("features.batch_size", r.features.batch_size, MAX_BATCH),
+            ("features.mc_samples", r.features.mc_samples, 100_000),
+            ("ood.count", r.ood.count, MAX_IMAGES),
+            ("known_unknowns.count", r.known_unknowns.count, MAX_IMAGES),
+            ("meta.repetitions", me.repetitions, 100_000),
+            ("meta.cv_folds", me.cv_folds, 100),
+            ("meta.n_lambda", me.n_lambda, 10_000),
+            ("meta.nn_hidden", me.nn_hidden, 65_536),
+            ("meta.nn_epochs", me.nn_epochs, 1_000_000),
+            ("meta.cnn_seeds", me.cnn_seeds, 1_000),
+        ] {
+            if v > max {
+                return Err(cfg(key, format!("{v} is more than the limit of {max}")));
+            }
+        }
+        if let Some(c) = m.channels.iter().find(|&&c| c > MAX_CHANNELS) {
+            return Err(cfg(
+                "model.channels",
+                format!("{c} channels is more than the limit of {MAX_CHANNELS}"),
+            ));
+        }
+        let mc_rows = r.features.batch_size * r.features.mc_samples;
+        if mc_rows > MAX_MC_ROWS {
+            return Err(cfg(
+                "features.mc_samples",
+                format!(
+                    "{} passes × features.batch_size {} = {mc_rows} probability rows per batch, \
+                     more than the limit of {MAX_MC_ROWS}; lower one of them",
+                    r.features.mc_samples, r.features.batch_size
+                ),
+            ));
+        }
         Ok(Config { raw })
     }
 
@@ -474,6 +525,18 @@ impl Config {
             .collect()
     }
 }
+
+/// Most conv layers a config may ask for.
+pub const MAX_LAYERS: usize = 16;
+/// Most channels of one conv layer.
+pub const MAX_CHANNELS: usize = 1024;
+/// Largest training or scoring batch.
+pub const MAX_BATCH: usize = 65_536;
+/// Most images a generated or sampled set (`ood.count`, `known_unknowns.count`, `--count`) may
+/// ask for; loading also checks the count against the memory available.
+pub const MAX_IMAGES: usize = 50_000_000;
+/// Most MC-dropout probability rows (batch × passes) held for one scoring batch.
+pub const MAX_MC_ROWS: usize = 1 << 22;
 
 fn positive(key: &str, v: f64) -> Result<()> {
     if v.is_finite() && v > 0.0 {
@@ -519,6 +582,21 @@ mod tests {
             ("[data]\ntrain = \"nope\"", "data.train"),
             ("[meta]\nmodels = [\"svm\"]", "meta.models"),
             ("[meta]\ngroups = [\"grad-conv7\"]", "meta.groups"),
+            ("[ood]\ncount = 1000000000000", "ood.count"),
+            (
+                "[known_unknowns]\ncount = 99999999999",
+                "known_unknowns.count",
+            ),
+            ("[features]\nbatch_size = 10000000", "features.batch_size"),
+            ("[features]\nmc_samples = 100000", "features.mc_samples"),
+            ("[model]\nchannels = [16, 100000, 16]", "model.channels"),
+            ("[meta]\nrepetitions = 10000000", "meta.repetitions"),
+            ("[train]\nlr = nan", "train.lr"),
+            ("[train]\nmomentum = nan", "train.momentum"),
+            ("[data]\nval_fraction = nan", "data.val_fraction"),
+            ("[meta]\nnn_weight_decay = nan", "meta.nn_weight_decay"),
+            ("[meta]\nlambda = inf", "meta.lambda"),
+            ("[model]\nleaky_slope = -inf", "model.leaky_slope"),
         ];
         for (text, key) in cases {
             let e = parse(text).unwrap_err().to_string();

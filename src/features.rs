@@ -15,8 +15,12 @@ use std::path::Path;
 pub const SCORE_COLUMNS: [&str; 6] = ["msp", "entropy", "mc_pmax", "mc_entropy", "mc_std", "mc_mi"];
 /// Statistics of each layer's gradient, in CSV order.
 pub const GRAD_STATS: [&str; 7] = ["l1", "l2", "min", "max", "mean", "skew", "kurt"];
-/// Leading identification columns.
-pub const ID_COLUMNS: [&str; 5] = ["set", "index", "label", "pred", "correct"];
+/// Leading identification columns. `label` and `correct` are about the known concept: empty
+/// for rows of out-of-distribution sets, whose own class (if their source has one) is in
+/// `source_label`.
+pub const ID_COLUMNS: [&str; 6] = ["set", "index", "label", "pred", "correct", "source_label"];
+/// The identification columns of feature files written before `source_label` existed.
+const OLD_ID_COLUMNS: [&str; 5] = ["set", "index", "label", "pred", "correct"];
 
 /// Scoring settings.
 #[derive(Debug, Clone)]
@@ -42,8 +46,11 @@ pub struct FeatureTable {
     pub columns: Vec<String>,
     pub set: Vec<String>,
     pub index: Vec<usize>,
+    /// The known-concept label (None for unlabeled data and for OOD rows).
     pub label: Vec<Option<u32>>,
     pub pred: Vec<u32>,
+    /// The class an OOD row has in its own source (e.g. Fashion-MNIST's class), if any.
+    pub source_label: Vec<Option<u32>>,
     /// Row-major values, rows × columns.
     pub values: Vec<f32>,
 }
@@ -84,8 +91,20 @@ impl FeatureTable {
         self.index.extend(other.index);
         self.label.extend(other.label);
         self.pred.extend(other.pred);
+        self.source_label.extend(other.source_label);
         self.values.extend(other.values);
         Ok(())
+    }
+
+    /// Marks every row as out-of-distribution: its label moves to `source_label`, so `label`
+    /// and `correct` stay empty (they are about the known concept only).
+    pub fn into_ood(mut self) -> FeatureTable {
+        for (l, s) in self.label.iter_mut().zip(self.source_label.iter_mut()) {
+            if let Some(v) = l.take() {
+                *s = Some(v);
+            }
+        }
+        self
     }
 
     /// The CSV text (full f32 precision: shortest round-trip decimal).
@@ -103,9 +122,12 @@ impl FeatureTable {
                 .correct(r)
                 .map(|c| (c as u8).to_string())
                 .unwrap_or_default();
+            let src = self.source_label[r]
+                .map(|l| l.to_string())
+                .unwrap_or_default();
             s.push_str(&format!(
-                "{},{},{},{},{}",
-                self.set[r], self.index[r], lab, self.pred[r], cor
+                "{},{},{},{},{},{}",
+                self.set[r], self.index[r], lab, self.pred[r], cor, src
             ));
             for v in self.row(r) {
                 s.push(',');
@@ -116,9 +138,21 @@ impl FeatureTable {
         s
     }
 
-    /// Reads a features CSV written by [`FeatureTable::to_csv`].
+    /// Reads a features CSV written by [`FeatureTable::to_csv`] (also the older form without
+    /// `source_label`). Every value must be a finite number: NaN or infinity is an error that
+    /// names the line and the column, since a meta classifier fitted on it would be silently
+    /// wrong.
     pub fn read_csv(path: &Path) -> Result<FeatureTable> {
-        let text = std::fs::read_to_string(path).at(path)?;
+        let bytes = std::fs::read(path).at(path)?;
+        let text = std::str::from_utf8(&bytes).map_err(|e| Error::Format {
+            path: path.into(),
+            msg: format!("not UTF-8 text ({e})"),
+        })?;
+        FeatureTable::parse_csv(text, path)
+    }
+
+    /// Parses the text of a features CSV; `path` names it in errors.
+    pub fn parse_csv(text: &str, path: &Path) -> Result<FeatureTable> {
         let bad = |line: usize, msg: String| Error::Format {
             path: path.into(),
             msg: format!("line {line}: {msg}"),
@@ -129,16 +163,27 @@ impl FeatureTable {
             .ok_or_else(|| bad(1, "empty file".into()))?
             .split(',')
             .collect();
-        if head.len() < 5 || head[..5] != ID_COLUMNS {
+        let nid = if head.len() >= ID_COLUMNS.len() && head[..ID_COLUMNS.len()] == ID_COLUMNS {
+            ID_COLUMNS.len()
+        } else if head.len() >= OLD_ID_COLUMNS.len()
+            && head[..OLD_ID_COLUMNS.len()] == OLD_ID_COLUMNS
+        {
+            OLD_ID_COLUMNS.len()
+        } else {
             return Err(bad(
                 1,
                 format!("header must start with {}", ID_COLUMNS.join(",")),
             ));
-        }
+        };
         let mut t = FeatureTable {
-            columns: head[5..].iter().map(|s| s.to_string()).collect(),
+            columns: head[nid..].iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         };
+        for (ci, c) in t.columns.iter().enumerate() {
+            if c.is_empty() || t.columns[..ci].contains(c) || ID_COLUMNS.contains(&c.as_str()) {
+                return Err(bad(1, format!("column {:?} is empty or repeated", c)));
+            }
+        }
         for (i, line) in lines.enumerate() {
             let ln = i + 2;
             let f: Vec<&str> = line.split(',').collect();
@@ -148,27 +193,83 @@ impl FeatureTable {
                     format!("{} fields, header has {}", f.len(), head.len()),
                 ));
             }
-            let num = |s: &str, what: &str| {
-                s.parse::<f64>()
-                    .map_err(|_| bad(ln, format!("{what} {s:?} is not a number")))
+            let int = |s: &str, what: &str| -> Result<u64> {
+                s.parse::<u64>()
+                    .map_err(|_| bad(ln, format!("{what} {s:?} is not a whole number ≥ 0")))
             };
+            let class = |s: &str, what: &str| -> Result<Option<u32>> {
+                if s.is_empty() {
+                    return Ok(None);
+                }
+                let v = int(s, what)?;
+                u32::try_from(v)
+                    .map(Some)
+                    .map_err(|_| bad(ln, format!("{what} {s:?} is too large")))
+            };
+            if f[0].is_empty() {
+                return Err(bad(ln, "empty set name".into()));
+            }
             t.set.push(f[0].to_string());
-            t.index.push(num(f[1], "index")? as usize);
-            t.label.push(if f[2].is_empty() {
+            t.index.push(
+                usize::try_from(int(f[1], "index")?)
+                    .map_err(|_| bad(ln, format!("index {:?} is too large", f[1])))?,
+            );
+            let label = class(f[2], "label")?;
+            let pred = class(f[3], "pred")?.ok_or_else(|| bad(ln, "pred is empty".into()))?;
+            let want = label
+                .map(|l| if l == pred { "1" } else { "0" })
+                .unwrap_or("");
+            if f[4] != want {
+                return Err(bad(
+                    ln,
+                    format!(
+                        "correct is {:?} but label {:?} and pred {pred} make it {want:?}",
+                        f[4], f[2]
+                    ),
+                ));
+            }
+            let mut src = if nid == ID_COLUMNS.len() {
+                class(f[5], "source_label")?
+            } else {
+                None
+            };
+            // older files kept an OOD source's own class in `label`
+            let label = if nid < ID_COLUMNS.len() && is_ood_set(f[0]) {
+                src = label;
                 None
             } else {
-                Some(num(f[2], "label")? as u32)
-            });
-            t.pred.push(num(f[3], "pred")? as u32);
-            for v in &f[5..] {
-                t.values.push(
-                    v.parse::<f32>()
-                        .map_err(|_| bad(ln, format!("value {v:?} is not a number")))?,
-                );
+                label
+            };
+            t.label.push(label);
+            t.pred.push(pred);
+            t.source_label.push(src);
+            for (c, v) in f[nid..].iter().enumerate() {
+                let x = v.parse::<f32>().map_err(|_| {
+                    bad(
+                        ln,
+                        format!("column {}: {v:?} is not a number", t.columns[c]),
+                    )
+                })?;
+                if !x.is_finite() {
+                    return Err(bad(
+                        ln,
+                        format!(
+                            "column {}: {v:?} is not finite (NaN or infinite features cannot be fitted; \
+                             fix or drop the row)",
+                            t.columns[c]
+                        ),
+                    ));
+                }
+                t.values.push(x);
             }
         }
         Ok(t)
     }
+}
+
+/// Whether a feature-table set name is an out-of-distribution set (`ood-*`, `known-unknown-*`).
+pub fn is_ood_set(set: &str) -> bool {
+    set.starts_with("ood-") || set.starts_with("known-unknown-")
 }
 
 /// Column names of a net's feature table.
@@ -357,8 +458,10 @@ impl Moments {
 
 /// Moments of the linear layer's per-sample gradient without forming it: weight entries are
 /// g_i·a_j (g = dL/dlogits, a = the layer's input), so their power sums factorise and min/max come
-/// from the four corner products; bias entries are g_i.
-pub fn linear_moments(g: &[f32], a: &[f32]) -> Moments {
+/// from the four corner products; bias entries are g_i. With `zero_sum` (g sums to zero in
+/// exact arithmetic, as every softmax output gradient does) the entries' sum, Σg·(Σa + 1), is
+/// exactly 0 and is written as such instead of the rounding noise of the f32 values.
+pub fn linear_moments(g: &[f32], a: &[f32], zero_sum: bool) -> Moments {
     let pw = |v: &[f32]| {
         let mut s = [0f64; 4];
         let (mut l1, mut mn, mut mx) = (0f64, f64::INFINITY, f64::NEG_INFINITY);
@@ -380,8 +483,50 @@ pub fn linear_moments(g: &[f32], a: &[f32]) -> Moments {
     let wmin = corners.iter().cloned().fold(f64::INFINITY, f64::min);
     let wmax = corners.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let n = (g.len() * a.len() + g.len()) as f64;
-    let s = [0, 1, 2, 3].map(|k| gs[k] * as_[k] + gs[k]);
+    let mut s = [0, 1, 2, 3].map(|k| gs[k] * as_[k] + gs[k]);
+    if zero_sum {
+        s[0] = 0.0;
+    }
     Moments::from_power_sums(n, s, gl1 * al1 + gl1, wmin.min(gmin), wmax.max(gmax))
+}
+
+/// The gradient of NLL(pred) with respect to the logits of each row, computed so that very
+/// confident rows keep their relative precision: the true gradient is p_j for j ≠ pred and
+/// −Σ_{j≠pred} p_j at pred (never `p_pred − 1`, whose f32 rounding error, ~6e-8, swamps the
+/// true value once 1 − msp < 1e-5). It is returned divided by c = Σ_{j≠pred} p_j, so that its
+/// largest entry is exactly −1 whatever the confidence; the backward pass is linear in it, so
+/// every gradient is c times the one computed from the scaled values (c, in f64, is the second
+/// element). All of it in f64 from the logits, relative to the runner-up logit, so that nothing
+/// underflows before the final factor c (which is 0 only when every other class is more than
+/// ~745 nats behind).
+pub fn output_grad_scaled(logits: &[f64], pred: &[u32], k: usize) -> (Vec<f32>, Vec<f64>) {
+    let n = pred.len();
+    let mut d = vec![0f32; n * k];
+    let mut c = vec![0f64; n];
+    if k < 2 {
+        return (d, c);
+    }
+    for i in 0..n {
+        let z = &logits[i * k..(i + 1) * k];
+        let p = pred[i] as usize;
+        let z2 = (0..k)
+            .filter(|&j| j != p)
+            .map(|j| z[j])
+            .fold(f64::NEG_INFINITY, f64::max);
+        // e_j = exp(z_j − z2) for j ≠ pred: the runner-up has 1, so their sum s ≥ 1
+        let s: f64 = (0..k).filter(|&j| j != p).map(|j| (z[j] - z2).exp()).sum();
+        for j in 0..k {
+            d[i * k + j] = if j == p {
+                -1.0
+            } else {
+                ((z[j] - z2).exp() / s) as f32
+            };
+        }
+        // Σ_{j≠pred} p_j = s·e^{z2−zp} / (1 + s·e^{z2−zp})
+        let r = s * (z2 - z[p]).exp();
+        c[i] = r / (1.0 + r);
+    }
+    (d, c)
 }
 
 /// Per-sample gradient statistics of a batch: for each sample, 7 stats for each layer and then
@@ -391,10 +536,27 @@ pub fn grad_stats_batch(net: &Net, x: &[f32], n: usize) -> (Vec<f32>, Vec<[f64; 
     let tape = net.forward(x, n, None, true);
     let p = softmax(&tape.logits, k);
     let pred = argmax_rows(&tape.logits, k);
-    let mut d = p.clone();
-    for i in 0..n {
-        d[i * k + pred[i] as usize] -= 1.0;
-    }
+    let Some(Saved::Fc { x: fc_x }) = tape.saved.last() else {
+        unreachable!("tape ends with fc")
+    };
+    // The logits again, accumulated in f64 from the fc input: the output gradient of a
+    // confident row depends on logit differences of tens of units, where f32 accumulation
+    // error (~1e-5 absolute) would cost the gradient features their 1e-4 relative precision.
+    let fc = net.layers.last().expect("net has an fc layer");
+    let fc_in = net.fc_in;
+    let logits64: Vec<f64> = (0..n * k)
+        .map(|ik| {
+            let (i, c) = (ik / k, ik % k);
+            let a = &fc_x[i * fc_in..(i + 1) * fc_in];
+            let w = &fc.w[c * fc_in..(c + 1) * fc_in];
+            fc.b[c] as f64
+                + a.iter()
+                    .zip(w)
+                    .map(|(&a, &w)| a as f64 * w as f64)
+                    .sum::<f64>()
+        })
+        .collect();
+    let (d, scale) = output_grad_scaled(&logits64, &pred, k);
     let g = net.backward(&tape, d);
     let mut conv_in = Vec::new();
     for s in &tape.saved {
@@ -402,9 +564,6 @@ pub fn grad_stats_batch(net: &Net, x: &[f32], n: usize) -> (Vec<f32>, Vec<[f64; 
             conv_in.push(input);
         }
     }
-    let Some(Saved::Fc { x: fc_x }) = tape.saved.last() else {
-        unreachable!("tape ends with fc")
-    };
     let nl = net.layers.len();
     let max_w = net
         .geoms
@@ -452,10 +611,21 @@ pub fn grad_stats_batch(net: &Net, x: &[f32], n: usize) -> (Vec<f32>, Vec<[f64; 
                 let m = linear_moments(
                     &g.fc[s * k..(s + 1) * k],
                     &fc_x[s * net.fc_in..(s + 1) * net.fc_in],
+                    true,
                 );
                 all = Moments::combine(&all, &m);
                 per.push(m.stats());
                 per.push(all.stats());
+                // back from the scaled output gradient: l1, l2, min, max and mean scale with
+                // it; skewness and kurtosis do not depend on the scale
+                for st in per.iter_mut() {
+                    for v in st[..5].iter_mut() {
+                        *v *= scale[s];
+                    }
+                    if st[4] == 0.0 {
+                        st[4] = 0.0; // no −0
+                    }
+                }
                 per
             },
         )
@@ -553,6 +723,18 @@ pub fn score(net: &Net, ds: &Dataset, set: &str, p: &FeatureParams) -> Result<Fe
                     row[6 + l * 7 + j] = *v as f32;
                 }
             }
+            if let Some(c) = row.iter().position(|v| !v.is_finite()) {
+                return Err(Error::Data {
+                    name: set.to_string(),
+                    msg: format!(
+                        "image {} (row {}) gives a non-finite {} ({}); is the model diverged or the image out of range?",
+                        ds.index[start + i],
+                        start + i,
+                        cols[c],
+                        row[c]
+                    ),
+                });
+            }
         }
         pb.inc(n as u64);
     }
@@ -566,6 +748,7 @@ pub fn score(net: &Net, ds: &Dataset, set: &str, p: &FeatureParams) -> Result<Fe
             None => vec![None; n_total],
         },
         pred: preds,
+        source_label: vec![None; n_total],
         values,
     })
 }
@@ -611,7 +794,7 @@ mod tests {
             }
         }
         full.extend_from_slice(&g);
-        let f = linear_moments(&g, &x).stats();
+        let f = linear_moments(&g, &x, false).stats();
         let e = Moments::of(&full).stats();
         for (x, y) in f.iter().zip(&e) {
             assert!((x - y).abs() <= 1e-6 * (1.0 + y.abs()), "{f:?} vs {e:?}");
@@ -622,18 +805,69 @@ mod tests {
     fn csv_round_trips() {
         let t = FeatureTable {
             columns: vec!["msp".into(), "x".into()],
-            set: vec!["id-test".into(), "ood-noise".into()],
-            index: vec![3, 0],
-            label: vec![Some(1), None],
-            pred: vec![1, 4],
-            values: vec![0.1, 1.0e-7, f32::MAX, -3.25],
+            set: vec![
+                "id-test".into(),
+                "ood-noise".into(),
+                "ood-fashion-mnist".into(),
+            ],
+            index: vec![3, 0, 7],
+            label: vec![Some(1), None, None],
+            pred: vec![1, 4, 2],
+            source_label: vec![None, None, Some(2)],
+            values: vec![0.1, 1.0e-7, f32::MAX, -3.25, 0.5, 0.25],
         };
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("f.csv");
         std::fs::write(&p, t.to_csv()).unwrap();
         assert_eq!(FeatureTable::read_csv(&p).unwrap(), t);
-        assert!(t.to_csv().contains("id-test,3,1,1,1,"));
-        assert!(t.to_csv().contains("ood-noise,0,,4,,"));
+        let csv = t.to_csv();
+        assert!(csv.starts_with("set,index,label,pred,correct,source_label,msp,x\n"));
+        assert!(csv.contains("\nid-test,3,1,1,1,,0.1,"));
+        assert!(csv.contains("\nood-noise,0,,4,,,"));
+        // an OOD row whose source class equals pred is still not "correct"
+        assert!(csv.contains("\nood-fashion-mnist,7,,2,,2,0.5,0.25\n"));
+    }
+
+    #[test]
+    fn old_feature_files_move_ood_labels_to_source_label() {
+        let text = "set,index,label,pred,correct,msp\nid-test,0,3,3,1,0.9\nood-fashion-mnist,5,2,2,1,0.8\n";
+        let t = FeatureTable::parse_csv(text, Path::new("f.csv")).unwrap();
+        assert_eq!(t.label, vec![Some(3), None]);
+        assert_eq!(t.source_label, vec![None, Some(2)]);
+        assert_eq!(t.correct(1), None);
+    }
+
+    #[test]
+    fn csv_rejects_non_finite_and_malformed_values_naming_line_and_column() {
+        let head = "set,index,label,pred,correct,source_label,msp,entropy\n";
+        let cases = [
+            ("id-test,0,1,1,1,,0.9,NaN\n", "column entropy"),
+            ("id-test,0,1,1,1,,inf,0.1\n", "column msp"),
+            ("id-test,0,1,1,1,,-inf,0.1\n", "not finite"),
+            ("id-test,0,1,1,1,,1e39,0.1\n", "not finite"),
+            (
+                "id-test,0,1,1,1,,x,0.1\n",
+                "column msp: \"x\" is not a number",
+            ),
+            ("id-test,-1,1,1,1,,0.5,0.1\n", "index \"-1\""),
+            ("id-test,0,1.5,1,1,,0.5,0.1\n", "label \"1.5\""),
+            ("id-test,0,1,1,0,,0.5,0.1\n", "correct is \"0\""),
+            ("id-test,0,1,,,,0.5,0.1\n", "pred is empty"),
+            ("id-test,0,1,1,1,,0.5\n", "7 fields, header has 8"),
+            ("id-test,0,99999999999,1,0,,0.5,0.1\n", "too large"),
+        ];
+        for (row, want) in cases {
+            let text = format!("{head}id-test,1,0,0,1,,0.5,0.5\n{row}");
+            let e = FeatureTable::parse_csv(&text, Path::new("feat.csv"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("feat.csv") && e.contains(want), "{row:?}: {e}");
+            assert!(e.contains("line 3"), "{row:?}: {e}");
+        }
+        let e = FeatureTable::parse_csv("set,index\n", Path::new("f.csv"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("header must start with"), "{e}");
     }
 }
 
@@ -667,5 +901,129 @@ mod score_tests {
             let row = a.row(r);
             assert!(row[0] >= 0.1 && row[0] <= 1.0 && row[1] >= 0.0 && row[1] <= 10f32.ln() + 1e-5);
         }
+    }
+}
+
+#[cfg(test)]
+mod precision_tests {
+    use super::*;
+    use crate::model::net::Arch;
+    use crate::model::oracle::per_sample_grads_f64;
+    use rand::{Rng, SeedableRng};
+
+    /// [l1, l2, min, max, mean, skew, kurt] of values, the plain two-pass way in f64.
+    fn naive_stats(v: &[f64]) -> [f64; 7] {
+        let n = v.len() as f64;
+        let mean = v.iter().sum::<f64>() / n;
+        let c = |k: i32| v.iter().map(|x| (x - mean).powi(k)).sum::<f64>() / n;
+        let (c2, c3, c4) = (c(2), c(3), c(4));
+        [
+            v.iter().map(|x| x.abs()).sum(),
+            v.iter().map(|x| x * x).sum::<f64>().sqrt(),
+            v.iter().cloned().fold(f64::INFINITY, f64::min),
+            v.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+            mean,
+            c3 / c2.powf(1.5),
+            c4 / (c2 * c2) - 3.0,
+        ]
+    }
+
+    /// 1e-4 relative; near-zero values get a floor on their natural scale: the mean on
+    /// l2/n (a millionth of the RMS for n = 10⁴ entries), skewness and excess kurtosis (unitless,
+    /// O(1)) on 1e-6.
+    fn tolerance(stat: usize, want: &[f64; 7], n: usize) -> f64 {
+        let floor = match stat {
+            4 => want[1] / n as f64,
+            5 | 6 => 1e-2,
+            _ => 0.0,
+        };
+        1e-4 * want[stat].abs().max(floor)
+    }
+
+    /// Every gradient statistic of every row, confident ones included, within 1e-4 relative of
+    /// a float64 candle-autograd reference. The fc weights are scaled up to make the net
+    /// confident: 1 − msp spans ~1e-2 down to ~1e-10, where `p_pred − 1` in f32 (the old way)
+    /// is wrong by up to 100% or more.
+    #[test]
+    fn gradient_stats_match_float64_on_very_confident_rows() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let base = Net::new(Arch::paper(), &mut rng);
+        let n = 12;
+        // no exact zeros: tied maxima in a pooling window would make candle's max backward
+        // split the gradient where the kernels route it to the first maximum
+        let x: Vec<f32> = (0..n * PIXELS).map(|_| rng.gen::<f32>()).collect();
+        let (mut checked, mut confident, mut very) = (0, 0, 0);
+        // fc weights scaled up, and class 3's bias raised: logits up to ~±320 (a trained MNIST
+        // net stays within ~±60), gaps up to ~25 nats
+        let mut max_logit = 0f32;
+        for (scale, bias) in [
+            (1.0f32, 0.0f32),
+            (10.0, 0.0),
+            (40.0, 0.0),
+            (80.0, 0.0),
+            (1.0, 12.0),
+            (1.0, 20.0),
+            (10.0, 16.0),
+            (10.0, 24.0),
+            (40.0, 12.0),
+        ] {
+            let mut net = base.clone();
+            let fc = net.layers.last_mut().unwrap();
+            for w in fc.w.iter_mut() {
+                *w *= scale;
+            }
+            fc.b[3] += bias;
+            let (_, stats) = grad_stats_batch(&net, &x, n);
+            let nl = net.layers.len() + 1;
+            for s in 0..n {
+                let (pred, one_minus, g) =
+                    per_sample_grads_f64(&net, &x[s * PIXELS..(s + 1) * PIXELS]).unwrap();
+                let logits = net
+                    .forward(&x[s * PIXELS..(s + 1) * PIXELS], 1, None, false)
+                    .logits;
+                max_logit = logits.iter().fold(max_logit, |m, v| m.max(v.abs()));
+                assert_eq!(argmax_rows(&logits, logits.len())[0], pred);
+                if one_minus < 1e-11 {
+                    continue; // below the reference's own precision
+                }
+                checked += 1;
+                confident += (one_minus < 1e-5) as usize;
+                very += (one_minus < 1e-8) as usize;
+                let mut all = Vec::new();
+                for (l, (w, b)) in g.iter().enumerate() {
+                    let v: Vec<f64> = w.iter().chain(b).cloned().collect();
+                    all.extend_from_slice(&v);
+                    let want = naive_stats(&v);
+                    let got = stats[s * nl + l];
+                    for j in 0..7 {
+                        let tol = tolerance(j, &want, v.len());
+                        assert!(
+                            (got[j] - want[j]).abs() <= tol,
+                            "scale {scale} row {s} (1-msp {one_minus:.2e}) layer {l} stat {}: {} vs f64 {}",
+                            GRAD_STATS[j], got[j], want[j]
+                        );
+                    }
+                }
+                // the fc gradient sums to zero: its mean is written as exactly 0
+                assert_eq!(stats[s * nl + nl - 2][4], 0.0);
+                let want = naive_stats(&all);
+                let got = stats[s * nl + nl - 1];
+                for j in 0..7 {
+                    let tol = tolerance(j, &want, all.len());
+                    assert!(
+                        (got[j] - want[j]).abs() <= tol,
+                        "scale {scale} row {s} (1-msp {one_minus:.2e}) all stat {}: {} vs f64 {}",
+                        GRAD_STATS[j],
+                        got[j],
+                        want[j]
+                    );
+                }
+            }
+        }
+        eprintln!("checked {checked} rows, {confident} with 1-msp < 1e-5, {very} below 1e-8; |logit| ≤ {max_logit}");
+        assert!(
+            checked >= 40 && confident >= 10 && very >= 4,
+            "{checked} {confident} {very}"
+        );
     }
 }

@@ -122,10 +122,8 @@ fn main() -> ExitCode {
     match dispatch(cli.cmd) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
-            for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
+            // the whole chain on one line, outermost first: what failed, then why
+            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -136,7 +134,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Run { config, out, force } => {
             let cfg = Config::load(&config)?;
             let s = pipeline::run(&cfg, &pipeline::RunOptions { out, force })
-                .with_context(|| format!("run of {}", config.display()))?;
+                .with_context(|| format!("metaclf run {} failed", config.display()))?;
             println!("run folder: {}", s.folder.display());
             println!(
                 "test accuracy: {:.4} after {} epochs",

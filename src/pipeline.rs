@@ -9,7 +9,7 @@ use crate::features::{self, FeatureParams, FeatureTable};
 use crate::meta::nn::NnParams;
 use crate::meta::FeatureGroup;
 use crate::model::{evaluate, Arch, Net, TrainParams, Trained};
-use crate::runfolder::RunFolder;
+use crate::runfolder::{RunFolder, Staged};
 use rand::seq::SliceRandom;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -49,7 +49,7 @@ pub fn load_splits(cfg: &Config) -> Result<Splits> {
     };
     let mut train = data::load(&d.train, &ctx)?;
     let mut test = data::load(&d.test, &ctx)?;
-    for ds in [&mut train, &mut test] {
+    for (ds, role) in [(&mut train, "training"), (&mut test, "test")] {
         if ds.labels.is_none() {
             return Err(Error::Data {
                 name: ds.name.clone(),
@@ -58,6 +58,7 @@ pub fn load_splits(cfg: &Config) -> Result<Splits> {
         }
         if !d.classes.is_empty() {
             *ds = ds.keep_classes(&d.classes)?;
+            data::check_classes_present(ds, &d.classes, role)?;
         }
         if d.transpose {
             ds.transpose();
@@ -154,7 +155,9 @@ pub fn score_all(
         };
         tracing::info!("scoring {set}: {} images", ds.len());
         sets.push(json!({"role": set, "spec": spec, "images": ds.len(), "sha256": ds.sha256}));
-        table.append(features::score(net, &ds, &set, &fp)?)?;
+        // OOD rows: the source's own classes are not the known concept's, so they go to
+        // `source_label` and `label`/`correct` stay empty
+        table.append(features::score(net, &ds, &set, &fp)?.into_ood())?;
     }
     Ok(table)
 }
@@ -245,14 +248,22 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
         .out
         .clone()
         .unwrap_or_else(|| cfg.run.out_dir.join(&cfg.run.name));
-    let folder = RunFolder::create(&dir, opts.force)?;
-    crate::runfolder::attach_log(&folder.file("run.log"))?;
-    let result = run_in(cfg, &folder, t_all);
-    if let Err(e) = &result {
-        tracing::error!("run failed: {e}");
-    }
+    // Written into a temporary sibling folder and swapped in only when finished: a failed run
+    // leaves an existing run folder byte-identical and removes what it wrote.
+    let staged = Staged::new(&dir, opts.force)?;
+    crate::runfolder::attach_log(&staged.folder.file("run.log"))?;
+    let result = run_in(cfg, &staged.folder, t_all);
     crate::runfolder::detach_log();
-    result
+    match result {
+        Ok(mut summary) => {
+            summary.folder = staged.commit()?;
+            Ok(summary)
+        }
+        Err(e) => {
+            staged.abort();
+            Err(e)
+        }
+    }
 }
 
 fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary> {

@@ -30,21 +30,10 @@ const MARKER: &str = "run.json";
 impl RunFolder {
     /// Creates `dir`; an existing non-empty folder is refused unless `force`, and even with
     /// `force` only a folder that holds a metaclf run (its `run.json` or `config.toml`) is reused.
+    /// Files are written into `dir` directly: `metaclf run` uses [`Staged`] instead, so that a
+    /// failed run never touches a finished one.
     pub fn create(dir: &Path, force: bool) -> Result<RunFolder> {
-        if dir.exists() {
-            let empty = std::fs::read_dir(dir).at(dir)?.next().is_none();
-            if !empty {
-                if !force {
-                    return Err(Error::RunExists(dir.to_path_buf()));
-                }
-                if !dir.join(MARKER).exists() && !dir.join("config.toml").exists() {
-                    return Err(Error::Other(format!(
-                        "{} is not a metaclf run folder (no run.json); refusing to write into it even with --force",
-                        dir.display()
-                    )));
-                }
-            }
-        }
+        check_replaceable(dir, force)?;
         std::fs::create_dir_all(dir).at(dir)?;
         Ok(RunFolder {
             path: dir.to_path_buf(),
@@ -57,6 +46,140 @@ impl RunFolder {
 
     pub fn write(&self, name: &str, bytes: impl AsRef<[u8]>) -> Result<()> {
         write_atomic(&self.file(name), bytes.as_ref())
+    }
+}
+
+/// Refuses an existing non-empty `dir` without `force`, and any non-empty folder that is not a
+/// metaclf run (no `run.json` / `config.toml`) even with it.
+fn check_replaceable(dir: &Path, force: bool) -> Result<()> {
+    if dir.exists() {
+        if !dir.is_dir() {
+            return Err(Error::Other(format!(
+                "{} exists and is not a folder; refusing to replace it",
+                dir.display()
+            )));
+        }
+        let empty = std::fs::read_dir(dir).at(dir)?.next().is_none();
+        if !empty {
+            if !force {
+                return Err(Error::RunExists(dir.to_path_buf()));
+            }
+            if !dir.join(MARKER).exists() && !dir.join("config.toml").exists() {
+                return Err(Error::Other(format!(
+                    "{} is not a metaclf run folder (no run.json); refusing to write into it even with --force",
+                    dir.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A run being written into a temporary sibling folder (`.<name>.metaclf-tmp-<pid>` beside the
+/// run folder), swapped in by [`Staged::commit`] only when the run has finished. Until then the
+/// old run folder, if any, is untouched; [`Staged::abort`] (also on drop) removes the temporary
+/// folder, so a failed run leaves nothing behind and costs the user nothing.
+#[derive(Debug)]
+pub struct Staged {
+    /// Where the files are written while the run goes on.
+    pub folder: RunFolder,
+    target: PathBuf,
+    force: bool,
+    done: bool,
+}
+
+fn sibling(dir: &Path, what: &str) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "run".into());
+    dir.with_file_name(format!(".{name}.metaclf-{what}-{}", std::process::id()))
+}
+
+impl Staged {
+    /// Checks that `dir` may be written (as [`RunFolder::create`]) and creates the temporary
+    /// sibling folder.
+    pub fn new(dir: &Path, force: bool) -> Result<Staged> {
+        if dir.file_name().is_none() {
+            return Err(Error::Other(format!(
+                "{} cannot be a run folder (it has no name)",
+                dir.display()
+            )));
+        }
+        check_replaceable(dir, force)?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).at(parent)?;
+        }
+        let tmp = sibling(dir, "tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).at(&tmp)?;
+        }
+        std::fs::create_dir(&tmp).at(&tmp)?;
+        Ok(Staged {
+            folder: RunFolder { path: tmp },
+            target: dir.to_path_buf(),
+            force,
+            done: false,
+        })
+    }
+
+    /// The run folder the files will end up in.
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// Moves the finished run into place: an old run folder is renamed aside, the new one
+    /// renamed in, and the old one removed; if the second rename fails the old one is put back.
+    pub fn commit(mut self) -> Result<PathBuf> {
+        self.done = true;
+        let tmp = self.folder.path.clone();
+        let fail = |e: Error| {
+            let _ = std::fs::remove_dir_all(&tmp);
+            e
+        };
+        // the folder may have appeared while the run went on
+        check_replaceable(&self.target, self.force).map_err(fail)?;
+        let old = sibling(&self.target, "old");
+        let had_old = self.target.exists();
+        if had_old {
+            std::fs::rename(&self.target, &old)
+                .at(&self.target)
+                .map_err(fail)?;
+        }
+        if let Err(e) = std::fs::rename(&tmp, &self.target) {
+            if had_old {
+                let _ = std::fs::rename(&old, &self.target);
+            }
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(Error::Io {
+                path: self.target.clone(),
+                source: e,
+            });
+        }
+        if had_old {
+            if let Err(e) = std::fs::remove_dir_all(&old) {
+                tracing::warn!("could not remove the replaced run {}: {e}", old.display());
+            }
+        }
+        Ok(self.target.clone())
+    }
+
+    /// Removes the temporary folder (what a failed run wrote).
+    pub fn abort(mut self) {
+        self.cleanup();
+    }
+
+    fn cleanup(&mut self) {
+        if !self.done {
+            self.done = true;
+            let _ = std::fs::remove_dir_all(&self.folder.path);
+        }
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        self.cleanup();
     }
 }
 
@@ -122,5 +245,67 @@ mod tests {
             std::fs::read_to_string(run.join("mine.txt")).unwrap(),
             "keep"
         );
+    }
+
+    fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                (
+                    p.file_name().unwrap().to_string_lossy().into_owned(),
+                    std::fs::read(&p).unwrap_or_default(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn staged_run_replaces_only_on_commit_and_leaves_nothing_on_abort() {
+        let d = tempfile::tempdir().unwrap();
+        let run = d.path().join("r");
+        std::fs::create_dir(&run).unwrap();
+        std::fs::write(run.join("run.json"), "{\"status\":\"done\"}").unwrap();
+        std::fs::write(run.join("config.toml"), "old").unwrap();
+        let before = files(&run);
+        // without --force: refused before anything is written
+        assert!(matches!(Staged::new(&run, false), Err(Error::RunExists(_))));
+        // a failed run: the old folder is byte-identical and no temp folder is left
+        let s = Staged::new(&run, true).unwrap();
+        s.folder.write("config.toml", "new").unwrap();
+        s.folder
+            .write("run.json", "{\"status\":\"running\"}")
+            .unwrap();
+        assert_eq!(files(&run), before);
+        s.abort();
+        assert_eq!(files(&run), before);
+        assert_eq!(files(d.path()).len(), 1, "{:?}", files(d.path()));
+        // dropped without commit (an early return): the same
+        {
+            let s = Staged::new(&run, true).unwrap();
+            s.folder.write("x", "y").unwrap();
+        }
+        assert_eq!(files(d.path()).len(), 1);
+        // a finished run replaces the old one whole
+        let s = Staged::new(&run, true).unwrap();
+        s.folder.write("config.toml", "new").unwrap();
+        assert_eq!(s.commit().unwrap(), run);
+        assert_eq!(files(&run), vec![("config.toml".into(), b"new".to_vec())]);
+        assert_eq!(files(d.path()).len(), 1);
+        // a new folder, parents created
+        let deep = d.path().join("a/b/run");
+        let s = Staged::new(&deep, false).unwrap();
+        s.folder.write("run.json", "{}").unwrap();
+        s.commit().unwrap();
+        assert!(deep.join("run.json").exists());
+        // a regular file in the way is named
+        let f = d.path().join("file");
+        std::fs::write(&f, "x").unwrap();
+        let e = Staged::new(&f, true).unwrap_err().to_string();
+        assert!(e.contains("not a folder"), "{e}");
+        let e = Staged::new(&f.join("run"), false).unwrap_err().to_string();
+        assert!(e.contains("file"), "{e}");
     }
 }

@@ -1,12 +1,19 @@
-//! IDX (ubyte) reader, plain or gzip: the header is validated (magic, dtype, dims, counts, size
-//! limits) before any allocation.
+//! IDX (ubyte) reader, plain or gzip. The header is validated (magic, dtype, dims, counts, size
+//! limits) before any allocation; a gzip file is read to its end, so its CRC and length trailer
+//! are checked, and data past the size the header describes (inside the compressed stream or
+//! after it) is an error, as it is for plain files.
 
 use crate::error::{Error, IoContext, Result};
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::path::Path;
 
 const IMAGE_MAGIC: u32 = 0x0000_0803;
 const LABEL_MAGIC: u32 = 0x0000_0801;
+
+/// Deflate cannot compress better than about 1032:1 (a 258-byte match in at most 2 bits); a
+/// gzip file of `c` bytes therefore holds at most this many bytes per compressed byte. A header
+/// that promises more is truncated data, found before anything is allocated.
+pub const MAX_GZIP_RATIO: u64 = 1032;
 
 fn fmt_err(path: &Path, msg: impl Into<String>) -> Error {
     Error::Format {
@@ -15,22 +22,30 @@ fn fmt_err(path: &Path, msg: impl Into<String>) -> Error {
     }
 }
 
-/// Opens a file, transparently un-gzipping it when it starts with the gzip magic.
-/// Returns the reader and, for plain files, the file size.
-fn open(path: &Path) -> Result<(Box<dyn Read>, Option<u64>)> {
-    let mut f = std::fs::File::open(path).at(path)?;
-    let len = f.metadata().at(path)?.len();
-    let mut magic = [0u8; 2];
-    let got = read_full(&mut f, &mut magic).at(path)?;
-    use std::io::Seek;
-    f.seek(std::io::SeekFrom::Start(0)).at(path)?;
-    if got == 2 && magic == [0x1f, 0x8b] {
-        Ok((
-            Box::new(flate2::read::GzDecoder::new(std::io::BufReader::new(f))),
-            None,
-        ))
+/// The bytes of an IDX file: a plain file, or the decompressed stream of a gzip file.
+enum Body<R: BufRead> {
+    Plain(R),
+    Gz(flate2::bufread::GzDecoder<R>),
+}
+
+impl<R: BufRead> Read for Body<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Body::Plain(r) => r.read(buf),
+            Body::Gz(r) => r.read(buf),
+        }
+    }
+}
+
+/// Wraps `r` (whose total size is `size` bytes) in a gzip decoder when it starts with the gzip
+/// magic. Returns the reader and the most bytes it can yield.
+fn open_body<R: BufRead>(mut r: R, size: u64, path: &Path) -> Result<(Body<R>, u64)> {
+    let head = r.fill_buf().at(path)?;
+    if head.len() >= 2 && head[..2] == [0x1f, 0x8b] {
+        let bound = size.saturating_mul(MAX_GZIP_RATIO);
+        Ok((Body::Gz(flate2::bufread::GzDecoder::new(r)), bound))
     } else {
-        Ok((Box::new(std::io::BufReader::new(f)), Some(len)))
+        Ok((Body::Plain(r), size))
     }
 }
 
@@ -47,9 +62,19 @@ fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usi
     Ok(n)
 }
 
-fn read_header(r: &mut dyn Read, path: &Path, magic: u32, ndim: usize) -> Result<Vec<usize>> {
+/// Names what went wrong inside a gzip stream (flate2's messages do not say "gzip").
+fn gz_err(path: &Path, e: std::io::Error) -> Error {
+    fmt_err(path, format!("corrupt gzip data: {e}"))
+}
+
+fn read_header<R: BufRead>(
+    r: &mut Body<R>,
+    path: &Path,
+    magic: u32,
+    ndim: usize,
+) -> Result<Vec<usize>> {
     let mut head = vec![0u8; 4 + 4 * ndim];
-    let got = read_full(r, &mut head).at(path)?;
+    let got = read_full(r, &mut head).map_err(|e| gz_err(path, e))?;
     if got < 4 {
         return Err(fmt_err(
             path,
@@ -93,46 +118,95 @@ pub fn memory_budget() -> u64 {
         .unwrap_or(16 << 30)
 }
 
-fn read_body(
-    r: &mut dyn Read,
+/// Reads the `len` data bytes after a `head`-byte header, then checks that the file ends there:
+/// for gzip this reads the stream to its end (flate2 checks the CRC-32 and length trailer
+/// there) and checks that no second member or garbage follows it.
+fn read_body<R: BufRead>(
+    mut r: Body<R>,
     path: &Path,
-    len: usize,
-    plain_size: Option<u64>,
-    head: usize,
+    len: u64,
+    bound: u64,
+    head: u64,
 ) -> Result<Vec<u8>> {
-    if let Some(size) = plain_size {
-        let want = head as u64 + len as u64;
-        if size < want {
-            return Err(fmt_err(
-                path,
-                format!("truncated: header promises {want} bytes, file has {size}"),
-            ));
-        }
-        if size > want {
-            return Err(fmt_err(
-                path,
+    let want = head.saturating_add(len);
+    let gz = matches!(r, Body::Gz(_));
+    if want > bound {
+        return Err(fmt_err(
+            path,
+            if gz {
                 format!(
-                    "{} bytes of trailing garbage after the data the header describes",
-                    size - want
-                ),
-            ));
-        }
+                    "truncated: header promises {want} bytes, more than a gzip file of {} bytes can hold",
+                    bound / MAX_GZIP_RATIO
+                )
+            } else {
+                format!("truncated: header promises {want} bytes, file has {bound}")
+            },
+        ));
     }
-    let mut body = vec![0u8; len];
-    let got = read_full(r, &mut body).at(path)?;
-    if got < len {
+    if !gz && bound > want {
+        return Err(fmt_err(
+            path,
+            format!(
+                "{} bytes of trailing garbage after the data the header describes",
+                bound - want
+            ),
+        ));
+    }
+    // `want <= bound` keeps this allocation within a small multiple of the file's size.
+    let mut body = vec![0u8; len as usize];
+    let got = read_full(&mut r, &mut body).map_err(|e| gz_err(path, e))?;
+    if (got as u64) < len {
         return Err(fmt_err(
             path,
             format!("truncated: header promises {len} data bytes, found {got}"),
         ));
+    }
+    if let Body::Gz(mut d) = r {
+        let mut extra = [0u8; 512];
+        let mut n_extra = 0u64;
+        loop {
+            match d.read(&mut extra) {
+                Ok(0) => break,
+                Ok(k) => n_extra += k as u64,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(gz_err(path, e)),
+            }
+            if n_extra > 1 << 20 {
+                break;
+            }
+        }
+        if n_extra > 0 {
+            return Err(fmt_err(
+                path,
+                format!(
+                    "{}{n_extra} bytes inside the gzip stream after the data the header describes",
+                    if n_extra > 1 << 20 { "over " } else { "" }
+                ),
+            ));
+        }
+        let mut inner = d.into_inner();
+        let rest = inner.fill_buf().at(path)?;
+        if !rest.is_empty() {
+            return Err(fmt_err(
+                path,
+                "trailing data after the end of the gzip stream (a second member or garbage)",
+            ));
+        }
     }
     Ok(body)
 }
 
 /// Reads an IDX images file into u8 pixels (N × 28 × 28). Returns (pixels, N).
 pub fn read_images(path: &Path) -> Result<(Vec<u8>, usize)> {
-    let (mut r, size) = open(path)?;
-    let dims = read_header(&mut *r, path, IMAGE_MAGIC, 3)?;
+    let f = std::fs::File::open(path).at(path)?;
+    let size = f.metadata().at(path)?.len();
+    read_images_from(std::io::BufReader::new(f), size, path)
+}
+
+/// [`read_images`] from any reader of `size` bytes (`path` names it in errors).
+pub fn read_images_from<R: BufRead>(r: R, size: u64, path: &Path) -> Result<(Vec<u8>, usize)> {
+    let (mut r, bound) = open_body(r, size, path)?;
+    let dims = read_header(&mut r, path, IMAGE_MAGIC, 3)?;
     let (n, rows, cols) = (dims[0], dims[1], dims[2]);
     if (rows, cols) != (28, 28) {
         return Err(fmt_err(
@@ -153,22 +227,29 @@ pub fn read_images(path: &Path) -> Result<(Vec<u8>, usize)> {
             ),
         ));
     }
-    let body = read_body(&mut *r, path, bytes as usize, size, 16)?;
+    let body = read_body(r, path, bytes, bound, 16)?;
     Ok((body, n))
 }
 
 /// Reads an IDX labels file.
 pub fn read_labels(path: &Path) -> Result<Vec<u8>> {
-    let (mut r, size) = open(path)?;
-    let dims = read_header(&mut *r, path, LABEL_MAGIC, 1)?;
-    let n = dims[0];
-    if n as u64 > memory_budget() {
+    let f = std::fs::File::open(path).at(path)?;
+    let size = f.metadata().at(path)?.len();
+    read_labels_from(std::io::BufReader::new(f), size, path)
+}
+
+/// [`read_labels`] from any reader of `size` bytes.
+pub fn read_labels_from<R: BufRead>(r: R, size: u64, path: &Path) -> Result<Vec<u8>> {
+    let (mut r, bound) = open_body(r, size, path)?;
+    let dims = read_header(&mut r, path, LABEL_MAGIC, 1)?;
+    let n = dims[0] as u64;
+    if n > memory_budget() {
         return Err(fmt_err(
             path,
             format!("header says {n} labels, more than memory holds"),
         ));
     }
-    read_body(&mut *r, path, n, size, 8)
+    read_body(r, path, n, bound, 8)
 }
 
 /// Writes an IDX images file (used by tests and `metaclf data` exports).
@@ -210,6 +291,80 @@ mod tests {
         let l = dir.path().join("l");
         write_labels(&l, &[1, 2, 3]).unwrap();
         assert_eq!(read_labels(&l).unwrap(), vec![1, 2, 3]);
+    }
+
+    fn gz(bytes: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut e, bytes).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn images_file(n: u32) -> Vec<u8> {
+        let mut b = Vec::new();
+        for v in [IMAGE_MAGIC, n, 28, 28] {
+            b.extend_from_slice(&v.to_be_bytes());
+        }
+        b.extend((0..n as usize * 784).map(|i| (i % 253) as u8));
+        b
+    }
+
+    fn read_gz(bytes: &[u8]) -> Result<(Vec<u8>, usize)> {
+        read_images_from(bytes, bytes.len() as u64, Path::new("x.gz"))
+    }
+
+    #[test]
+    fn gzip_trailer_and_trailing_data_are_checked() {
+        let good = gz(&images_file(2));
+        assert_eq!(read_gz(&good).unwrap().1, 2);
+        // wrong CRC-32 (the 8-byte trailer is CRC then length, little-endian)
+        let mut bad = good.clone();
+        let k = bad.len() - 8;
+        bad[k] ^= 0xff;
+        let e = read_gz(&bad).unwrap_err().to_string();
+        assert!(e.contains("x.gz") && e.contains("gzip"), "{e}");
+        // wrong length in the trailer
+        let mut bad = good.clone();
+        let k = bad.len() - 4;
+        bad[k] ^= 0x01;
+        assert!(read_gz(&bad).is_err());
+        // extra bytes inside the compressed stream
+        let mut more = images_file(2);
+        more.extend_from_slice(&[7; 100]);
+        let e = read_gz(&gz(&more)).unwrap_err().to_string();
+        assert!(e.contains("100 bytes inside the gzip stream"), "{e}");
+        // a second member, and plain garbage, after the stream
+        let mut two = good.clone();
+        two.extend_from_slice(&gz(b"more"));
+        let e = read_gz(&two).unwrap_err().to_string();
+        assert!(e.contains("after the end of the gzip stream"), "{e}");
+        let mut junk = good.clone();
+        junk.extend_from_slice(b"junk");
+        assert!(read_gz(&junk).is_err());
+        // truncated stream
+        let e = read_gz(&good[..good.len() / 2]).unwrap_err().to_string();
+        assert!(e.contains("x.gz"), "{e}");
+    }
+
+    #[test]
+    fn gzip_header_is_checked_against_the_compressed_size_before_allocating() {
+        // 4 million images promised by a tiny file: refused from the sizes alone
+        let mut h = Vec::new();
+        for v in [IMAGE_MAGIC, 4_000_000, 28, 28] {
+            h.extend_from_slice(&v.to_be_bytes());
+        }
+        let g = gz(&h);
+        let e = read_gz(&g).unwrap_err().to_string();
+        assert!(e.contains("more than a gzip file of"), "{e}");
+        // labels too
+        let mut l = Vec::new();
+        for v in [LABEL_MAGIC, 3_000_000] {
+            l.extend_from_slice(&v.to_be_bytes());
+        }
+        let g = gz(&l);
+        let e = read_labels_from(&g[..], g.len() as u64, Path::new("l.gz"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("l.gz") && e.contains("truncated"), "{e}");
     }
 
     #[test]

@@ -257,6 +257,7 @@ pub fn load(spec: &str, ctx: &LoadCtx) -> Result<Dataset> {
         msg,
     })?;
     let name = Source::short_name(spec);
+    check_count(spec, ctx.count)?;
     let count = |default: usize| if ctx.count == 0 { default } else { ctx.count };
     let mut rng = stage_rng(ctx.seed, &format!("{}/{}", ctx.stage, spec));
     let ds = match src {
@@ -316,6 +317,57 @@ pub fn load(spec: &str, ctx: &LoadCtx) -> Result<Dataset> {
         });
     }
     Ok(ds)
+}
+
+/// Checks a requested image count against [`crate::config::MAX_IMAGES`] and the memory
+/// available (images are held as f32, and subsetting copies them once), before anything is
+/// allocated.
+pub fn check_count(spec: &str, count: usize) -> Result<()> {
+    let max = crate::config::MAX_IMAGES;
+    let need = (count as u64).saturating_mul(PIXELS as u64 * 4 * 2);
+    let budget = idx::memory_budget();
+    if count > max || need > budget {
+        return Err(Error::Data {
+            name: spec.into(),
+            msg: format!(
+                "count {count} is too large: at most {} images fit in the {} MiB of memory available (limit {max})",
+                (budget / (PIXELS as u64 * 8)).min(max as u64),
+                budget >> 20
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Checks that every class of `classes` (original labels, in the order of `data.classes`) has
+/// images in `ds`, whose labels are already re-indexed to positions in that list.
+pub fn check_classes_present(ds: &Dataset, classes: &[u32], role: &str) -> Result<()> {
+    let mut seen = vec![0usize; classes.len()];
+    for &l in ds.labels.iter().flatten() {
+        if let Some(c) = seen.get_mut(l as usize) {
+            *c += 1;
+        }
+    }
+    let missing: Vec<String> = classes
+        .iter()
+        .zip(&seen)
+        .filter(|(_, &n)| n == 0)
+        .map(|(c, _)| c.to_string())
+        .collect();
+    if !missing.is_empty() {
+        return Err(Error::Config {
+            key: "data.classes".into(),
+            msg: format!(
+                "class{} {} of data.classes {:?} ha{} no images in the {role} set {}",
+                if missing.len() > 1 { "es" } else { "" },
+                missing.join(", "),
+                classes,
+                if missing.len() > 1 { "ve" } else { "s" },
+                ds.name
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The EMNIST image and label files of a variant and split under `<data_dir>/emnist/` (plain or

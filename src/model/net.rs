@@ -412,13 +412,42 @@ impl Net {
     /// Loads parameters saved by [`Net::save`] into a net of architecture `arch`.
     pub fn load(arch: Arch, path: &Path) -> Result<Net> {
         use rand::SeedableRng;
-        let mut net = Net::new(arch, &mut ChaCha8Rng::seed_from_u64(0));
-        let map = candle_core::safetensors::load(path, &candle_core::Device::Cpu).map_err(|e| {
-            Error::Format {
+        let net = Net::new(arch.clone(), &mut ChaCha8Rng::seed_from_u64(0));
+        // the file is read whole: refuse one far larger than this architecture's weights
+        let max = net.num_params() as u64 * 8 + (1 << 20);
+        let len = std::fs::metadata(path)
+            .map_err(|source| Error::Io {
                 path: path.into(),
-                msg: e.to_string(),
-            }
+                source,
+            })?
+            .len();
+        if len > max {
+            return Err(Error::Format {
+                path: path.into(),
+                msg: format!(
+                    "{len} bytes is far more than the {} parameters of the config's model need",
+                    net.num_params()
+                ),
+            });
+        }
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.into(),
+            source,
         })?;
+        Net::from_safetensors(arch, &bytes, path)
+    }
+
+    /// Parameters from the bytes of a safetensors file (`path` names it in errors): every tensor
+    /// of the architecture must be there, with its shape, a float dtype and finite values.
+    pub fn from_safetensors(arch: Arch, bytes: &[u8], path: &Path) -> Result<Net> {
+        use rand::SeedableRng;
+        let mut net = Net::new(arch, &mut ChaCha8Rng::seed_from_u64(0));
+        let map = candle_core::safetensors::load_buffer(bytes, &candle_core::Device::Cpu).map_err(
+            |e| Error::Format {
+                path: path.into(),
+                msg: format!("not a readable safetensors file: {e}"),
+            },
+        )?;
         for l in net.layers.iter_mut() {
             for (suffix, shape, dst) in [
                 ("weight", l.w_shape.clone(), &mut l.w),
@@ -438,10 +467,25 @@ impl Net {
                         ),
                     });
                 }
+                if !t.dtype().is_float() {
+                    return Err(Error::Format {
+                        path: path.into(),
+                        msg: format!("tensor {key} has dtype {:?}; weights are floats", t.dtype()),
+                    });
+                }
                 *dst = t
                     .flatten_all()?
                     .to_dtype(candle_core::DType::F32)?
                     .to_vec1()?;
+                if let Some(i) = dst.iter().position(|v| !v.is_finite()) {
+                    return Err(Error::Format {
+                        path: path.into(),
+                        msg: format!(
+                            "tensor {key} holds {} at element {i}; a model with NaN or infinite weights cannot score",
+                            dst[i]
+                        ),
+                    });
+                }
             }
         }
         Ok(net)
