@@ -5,7 +5,7 @@
 //!
 //! Stages, one module each: [`config`] → [`data`] → [`model`] → [`features`] → [`meta`] →
 //! [`eval`] → [`report`]; [`runfolder`] writes files; [`pipeline`] chains the stages;
-//! [`bench`] measures speed.
+//! [`bench`] measures speed; [`fuzzing`] holds the fuzz targets' entry points.
 
 // Numeric kernels index several arrays with one loop variable; iterator chains would hide that.
 #![allow(clippy::needless_range_loop)]
@@ -16,6 +16,7 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod features;
+pub mod fuzzing;
 pub mod meta;
 pub mod model;
 pub mod pipeline;

@@ -122,8 +122,20 @@ fn main() -> ExitCode {
     match dispatch(cli.cmd) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // the whole chain on one line, outermost first: what failed, then why
-            eprintln!("error: {e:#}");
+            // the whole chain on one line, outermost first: what failed, then why (a cause
+            // whose text its parent already ends with is not repeated)
+            let mut line = String::new();
+            for cause in e.chain() {
+                let c = cause.to_string();
+                if line.ends_with(&c) {
+                    continue;
+                }
+                if !line.is_empty() {
+                    line.push_str(": ");
+                }
+                line.push_str(&c);
+            }
+            eprintln!("error: {line}");
             ExitCode::FAILURE
         }
     }

@@ -49,7 +49,10 @@ pub fn load_splits(cfg: &Config) -> Result<Splits> {
     };
     let mut train = data::load(&d.train, &ctx)?;
     let mut test = data::load(&d.test, &ctx)?;
-    for (ds, role) in [(&mut train, "training"), (&mut test, "test")] {
+    for (ds, role, spec) in [
+        (&mut train, "training", &d.train),
+        (&mut test, "test", &d.test),
+    ] {
         if ds.labels.is_none() {
             return Err(Error::Data {
                 name: ds.name.clone(),
@@ -58,7 +61,7 @@ pub fn load_splits(cfg: &Config) -> Result<Splits> {
         }
         if !d.classes.is_empty() {
             *ds = ds.keep_classes(&d.classes)?;
-            data::check_classes_present(ds, &d.classes, role)?;
+            data::check_classes_present(ds, &d.classes, role, spec)?;
         }
         if d.transpose {
             ds.transpose();

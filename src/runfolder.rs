@@ -6,10 +6,25 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+/// `create_dir_all`, with an error that names the regular file in the way when there is one.
+pub fn create_dirs(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| match dir.ancestors().find(|a| a.is_file()) {
+        Some(f) => Error::Other(format!(
+            "{} is a file, so the folder {} cannot be made",
+            f.display(),
+            dir.display()
+        )),
+        None => Error::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        },
+    })
+}
+
 /// Writes bytes to `path` through a temp file in the same folder and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).at(dir)?;
+        create_dirs(dir)?;
     }
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".tmp{}", std::process::id()));
@@ -86,6 +101,8 @@ pub struct Staged {
     target: PathBuf,
     force: bool,
     done: bool,
+    /// Folders above the run folder that this run created (removed again on failure).
+    made_parents: Vec<PathBuf>,
 }
 
 fn sibling(dir: &Path, what: &str) -> PathBuf {
@@ -107,8 +124,14 @@ impl Staged {
             )));
         }
         check_replaceable(dir, force)?;
+        let mut made_parents = Vec::new();
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).at(parent)?;
+            made_parents = parent
+                .ancestors()
+                .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+                .map(Path::to_path_buf)
+                .collect();
+            create_dirs(parent)?;
         }
         let tmp = sibling(dir, "tmp");
         if tmp.exists() {
@@ -120,6 +143,7 @@ impl Staged {
             target: dir.to_path_buf(),
             force,
             done: false,
+            made_parents,
         })
     }
 
@@ -173,6 +197,10 @@ impl Staged {
         if !self.done {
             self.done = true;
             let _ = std::fs::remove_dir_all(&self.folder.path);
+            // innermost first; remove_dir leaves any folder that is not empty
+            for p in &self.made_parents {
+                let _ = std::fs::remove_dir(p);
+            }
         }
     }
 }
@@ -294,6 +322,11 @@ mod tests {
         assert_eq!(s.commit().unwrap(), run);
         assert_eq!(files(&run), vec![("config.toml".into(), b"new".to_vec())]);
         assert_eq!(files(d.path()).len(), 1);
+        // a failed run removes the parent folders it created, and only those
+        let s = Staged::new(&d.path().join("x/y/run"), false).unwrap();
+        assert!(d.path().join("x/y").is_dir());
+        s.abort();
+        assert!(!d.path().join("x").exists());
         // a new folder, parents created
         let deep = d.path().join("a/b/run");
         let s = Staged::new(&deep, false).unwrap();
@@ -306,6 +339,6 @@ mod tests {
         let e = Staged::new(&f, true).unwrap_err().to_string();
         assert!(e.contains("not a folder"), "{e}");
         let e = Staged::new(&f.join("run"), false).unwrap_err().to_string();
-        assert!(e.contains("file"), "{e}");
+        assert!(e.contains("is a file, so the folder"), "{e}");
     }
 }

@@ -1,84 +1,10 @@
 //! Integration tests: the real binary on small generated data and on the real fetched data.
 
+mod common;
+
+use common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_metaclf"))
-}
-
-fn run(args: &[&str], cwd: &Path) -> Output {
-    bin()
-        .args(args)
-        .current_dir(cwd)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn fails_with(o: &Output, needles: &[&str]) {
-    let e = stderr(o);
-    assert!(
-        !o.status.success(),
-        "expected failure, got success; stderr: {e}"
-    );
-    assert!(!e.contains("panicked"), "panic: {e}");
-    for n in needles {
-        assert!(e.contains(n), "stderr lacks {n:?}: {e}");
-    }
-}
-
-fn write_idx_images(path: &Path, px: &[u8]) {
-    let n = (px.len() / 784) as u32;
-    let mut b = Vec::new();
-    for v in [0x803u32, n, 28, 28] {
-        b.extend_from_slice(&v.to_be_bytes());
-    }
-    b.extend_from_slice(px);
-    std::fs::write(path, b).unwrap();
-}
-
-fn write_idx_labels(path: &Path, l: &[u8]) {
-    let mut b = Vec::new();
-    b.extend_from_slice(&0x801u32.to_be_bytes());
-    b.extend_from_slice(&(l.len() as u32).to_be_bytes());
-    b.extend_from_slice(l);
-    std::fs::write(path, b).unwrap();
-}
-
-/// A learnable toy set: class k is a bright bar at rows 2+2k (with pixel noise).
-fn toy(dir: &Path, name: &str, n: usize, seed: u32) -> (PathBuf, PathBuf) {
-    let mut px = vec![0u8; n * 784];
-    let mut labels = vec![0u8; n];
-    let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
-    let mut next = || {
-        s ^= s << 13;
-        s ^= s >> 17;
-        s ^= s << 5;
-        s
-    };
-    for i in 0..n {
-        let k = (next() % 4) as usize;
-        labels[i] = k as u8;
-        let row = 4 + 5 * k;
-        for c in 4..24 {
-            px[i * 784 + row * 28 + c] = 200 + (next() % 56) as u8;
-            px[i * 784 + (row + 1) * 28 + c] = 150;
-        }
-        for _ in 0..30 {
-            px[i * 784 + (next() % 784) as usize] = (next() % 120) as u8;
-        }
-    }
-    let ip = dir.join(format!("{name}-images"));
-    let lp = dir.join(format!("{name}-labels"));
-    write_idx_images(&ip, &px);
-    write_idx_labels(&lp, &labels);
-    (ip, lp)
-}
+use std::process::Command;
 
 fn toy_config(dir: &Path, extra: &str) -> PathBuf {
     let (ti, tl) = toy(dir, "train", 400, 1);
@@ -258,7 +184,7 @@ fn toy_run_writes_folder_reproducibly_and_refuses_overwrite() {
     let feats = std::fs::read_to_string(rd.join("features.csv")).unwrap();
     let head = feats.lines().next().unwrap();
     assert!(head.starts_with(
-        "set,index,label,pred,correct,msp,entropy,mc_pmax,mc_entropy,mc_std,mc_mi,grad_conv1_l1,"
+        "set,index,label,pred,correct,source_label,msp,entropy,mc_pmax,mc_entropy,mc_std,mc_mi,grad_conv1_l1,"
     ));
     assert!(head.ends_with("grad_all_skew,grad_all_kurt"));
     assert_eq!(
@@ -298,6 +224,54 @@ fn toy_run_writes_folder_reproducibly_and_refuses_overwrite() {
         &["already exists", "--force"],
     );
     assert_eq!(std::fs::read(rd.join("features.csv")).unwrap(), before);
+
+    // OOD rows carry no known-concept label and no `correct`
+    assert!(feats
+        .lines()
+        .filter(|l| l.starts_with("ood-") || l.starts_with("known-unknown-"))
+        .all(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            f[2].is_empty() && f[4].is_empty()
+        }));
+
+    // --force with data that then fails to load: the finished run stays byte-identical, no
+    // temporary folder is left, and the run still serves `metaclf features` (below)
+    let snapshot = |dir: &Path| -> Vec<(PathBuf, Vec<u8>)> {
+        let mut v: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file())
+            .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+            .collect();
+        v.sort();
+        v
+    };
+    let before_all = snapshot(&rd);
+    let broken = d.path().join("broken.toml");
+    std::fs::write(
+        &broken,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("train-images", "missing-images"),
+    )
+    .unwrap();
+    let o = run(
+        &[
+            "run",
+            broken.to_str().unwrap(),
+            "--force",
+            "--out",
+            rd.to_str().unwrap(),
+        ],
+        d.path(),
+    );
+    fails_with(&o, &["missing-images"]);
+    assert_eq!(snapshot(&rd), before_all);
+    let left: Vec<_> = std::fs::read_dir(d.path().join("reports"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("toy")]);
 
     // the saved config reproduces the run byte for byte
     let again = d.path().join("again");

@@ -340,8 +340,9 @@ pub fn check_count(spec: &str, count: usize) -> Result<()> {
 }
 
 /// Checks that every class of `classes` (original labels, in the order of `data.classes`) has
-/// images in `ds`, whose labels are already re-indexed to positions in that list.
-pub fn check_classes_present(ds: &Dataset, classes: &[u32], role: &str) -> Result<()> {
+/// images in `ds` (loaded from `spec`), whose labels are already re-indexed to positions in
+/// that list.
+pub fn check_classes_present(ds: &Dataset, classes: &[u32], role: &str, spec: &str) -> Result<()> {
     let mut seen = vec![0usize; classes.len()];
     for &l in ds.labels.iter().flatten() {
         if let Some(c) = seen.get_mut(l as usize) {
@@ -358,12 +359,11 @@ pub fn check_classes_present(ds: &Dataset, classes: &[u32], role: &str) -> Resul
         return Err(Error::Config {
             key: "data.classes".into(),
             msg: format!(
-                "class{} {} of data.classes {:?} ha{} no images in the {role} set {}",
+                "class{} {} of data.classes {:?} ha{} no images in the {role} set {spec}",
                 if missing.len() > 1 { "es" } else { "" },
                 missing.join(", "),
                 classes,
                 if missing.len() > 1 { "ve" } else { "s" },
-                ds.name
             ),
         });
     }

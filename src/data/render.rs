@@ -194,10 +194,37 @@ fn is_image(p: &Path) -> bool {
 /// Converts one image file to MNIST form: grayscale; dark ink on light paper is inverted;
 /// 28×28 images are kept as they are, others normalised (ink box → 20 px, centre of mass).
 pub fn convert_file(p: &Path) -> Result<[f32; PIXELS]> {
-    let img = image::open(p).map_err(|e| Error::Format {
+    let bytes = std::fs::read(p).at(p)?;
+    convert_bytes(&bytes, p)
+}
+
+/// Largest width or height of an image file accepted (a microscope tile is a few thousand).
+pub const MAX_IMAGE_SIDE: u32 = 8192;
+/// Most bytes the decoder may allocate for one image (decompression bombs stop here).
+pub const MAX_IMAGE_ALLOC: u64 = 512 << 20;
+
+/// [`convert_file`] from the file's bytes; the format comes from the bytes, not the name, and
+/// the decoder runs under [`MAX_IMAGE_SIDE`] and [`MAX_IMAGE_ALLOC`].
+pub fn convert_bytes(bytes: &[u8], p: &Path) -> Result<[f32; PIXELS]> {
+    let err = |msg: String| Error::Format {
         path: p.to_path_buf(),
-        msg: e.to_string(),
-    })?;
+        msg,
+    };
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| err(e.to_string()))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_IMAGE_ALLOC);
+    reader.limits(limits);
+    if reader.format().is_none() {
+        return Err(err("not a PNG or JPEG image".into()));
+    }
+    let img = reader.decode().map_err(|e| err(e.to_string()))?;
+    if img.width() == 0 || img.height() == 0 {
+        return Err(err("image has no pixels".into()));
+    }
     let mut g = img.to_luma32f();
     let mean = g.pixels().map(|p| p.0[0]).sum::<f32>() / (g.width() * g.height()).max(1) as f32;
     if mean > 0.5 {

@@ -1,0 +1,83 @@
+//! Helpers shared by the integration tests: running the real binary, and small generated
+//! IDX data sets.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_metaclf"))
+}
+
+pub fn run(args: &[&str], cwd: &Path) -> Output {
+    bin()
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("binary runs")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn fails_with(o: &Output, needles: &[&str]) {
+    let e = stderr(o);
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr: {e}"
+    );
+    assert!(!e.contains("panicked"), "panic: {e}");
+    for n in needles {
+        assert!(e.contains(n), "stderr lacks {n:?}: {e}");
+    }
+}
+
+pub fn write_idx_images(path: &Path, px: &[u8]) {
+    let n = (px.len() / 784) as u32;
+    let mut b = Vec::new();
+    for v in [0x803u32, n, 28, 28] {
+        b.extend_from_slice(&v.to_be_bytes());
+    }
+    b.extend_from_slice(px);
+    std::fs::write(path, b).unwrap();
+}
+
+pub fn write_idx_labels(path: &Path, l: &[u8]) {
+    let mut b = Vec::new();
+    b.extend_from_slice(&0x801u32.to_be_bytes());
+    b.extend_from_slice(&(l.len() as u32).to_be_bytes());
+    b.extend_from_slice(l);
+    std::fs::write(path, b).unwrap();
+}
+
+/// A learnable toy set: class k is a bright bar at rows 2+2k (with pixel noise).
+pub fn toy(dir: &Path, name: &str, n: usize, seed: u32) -> (PathBuf, PathBuf) {
+    let mut px = vec![0u8; n * 784];
+    let mut labels = vec![0u8; n];
+    let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+    let mut next = || {
+        s ^= s << 13;
+        s ^= s >> 17;
+        s ^= s << 5;
+        s
+    };
+    for i in 0..n {
+        let k = (next() % 4) as usize;
+        labels[i] = k as u8;
+        let row = 4 + 5 * k;
+        for c in 4..24 {
+            px[i * 784 + row * 28 + c] = 200 + (next() % 56) as u8;
+            px[i * 784 + (row + 1) * 28 + c] = 150;
+        }
+        for _ in 0..30 {
+            px[i * 784 + (next() % 784) as usize] = (next() % 120) as u8;
+        }
+    }
+    let ip = dir.join(format!("{name}-images"));
+    let lp = dir.join(format!("{name}-labels"));
+    write_idx_images(&ip, &px);
+    write_idx_labels(&lp, &labels);
+    (ip, lp)
+}
