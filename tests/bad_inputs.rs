@@ -209,6 +209,9 @@ fn crc32(bytes: &[u8]) -> u32 {
     !c
 }
 
+/// (case, arguments, exit code, words in the error line, paths that must not change)
+type Case<'a> = (&'a str, &'a [&'a str], i32, &'a [&'a str], &'a [&'a str]);
+
 #[test]
 fn bad_inputs_give_one_clear_line_and_change_nothing() {
     let d = tempfile::tempdir().unwrap();
@@ -224,7 +227,7 @@ fn bad_inputs_give_one_clear_line_and_change_nothing() {
         "f.csv",
         "--run",
     ];
-    let cases: &[(&str, &[&str], i32, &[&str], &[&str])] = &[
+    let cases: &[Case] = &[
         // (case, arguments, exit code, words in the error line, paths that must not change)
         (
             "force over a finished run, data fails",

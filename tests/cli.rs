@@ -370,6 +370,28 @@ fn quick_config_runs_on_real_fetched_data() {
         assert!(sets.iter().any(|x| x == s), "{s} not scored: {sets:?}");
     }
     check_in_browser(&out.join("report.html"));
+
+    // determinism: the same config and seed again give byte-identical results
+    let out2 = d.path().join("quick-again");
+    let o = run(
+        &["run", "configs/quick.toml", "--out", out2.to_str().unwrap()],
+        root,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in [
+        "model.safetensors",
+        "features.csv",
+        "metrics.json",
+        "metrics.csv",
+        "meta_scores.csv",
+        "coefficients.csv",
+    ] {
+        assert!(
+            std::fs::read(out.join(f)).unwrap() == std::fs::read(out2.join(f)).unwrap(),
+            "{f} differs between two runs of configs/quick.toml with the same seed"
+        );
+    }
+
     let list = run(&["data", "list"], root);
     let text = String::from_utf8_lossy(&list.stdout);
     for name in ["mnist", "fashion-mnist", "letters", "gray-natural"] {

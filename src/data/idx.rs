@@ -25,7 +25,7 @@ fn fmt_err(path: &Path, msg: impl Into<String>) -> Error {
 /// The bytes of an IDX file: a plain file, or the decompressed stream of a gzip file.
 enum Body<R: BufRead> {
     Plain(R),
-    Gz(flate2::bufread::GzDecoder<R>),
+    Gz(Box<flate2::bufread::GzDecoder<R>>),
 }
 
 impl<R: BufRead> Read for Body<R> {
@@ -43,7 +43,10 @@ fn open_body<R: BufRead>(mut r: R, size: u64, path: &Path) -> Result<(Body<R>, u
     let head = r.fill_buf().at(path)?;
     if head.len() >= 2 && head[..2] == [0x1f, 0x8b] {
         let bound = size.saturating_mul(MAX_GZIP_RATIO);
-        Ok((Body::Gz(flate2::bufread::GzDecoder::new(r)), bound))
+        Ok((
+            Body::Gz(Box::new(flate2::bufread::GzDecoder::new(r))),
+            bound,
+        ))
     } else {
         Ok((Body::Plain(r), size))
     }
@@ -161,7 +164,8 @@ fn read_body<R: BufRead>(
             format!("truncated: header promises {len} data bytes, found {got}"),
         ));
     }
-    if let Body::Gz(mut d) = r {
+    if let Body::Gz(d) = r {
+        let mut d = *d;
         let mut extra = [0u8; 512];
         let mut n_extra = 0u64;
         loop {
