@@ -180,21 +180,50 @@ pub fn rejection_curve(correct: &[bool], s: &[f64], steps: usize) -> Vec<(f64, f
         .collect()
 }
 
+/// A run-folder CSV as header and rows; every row must have the header's field count.
 fn read_csv(path: &Path) -> Result<(Vec<String>, Vec<Vec<String>>)> {
     let text = std::fs::read_to_string(path).at(path)?;
     let mut lines = text.lines();
-    let head = lines
+    let head: Vec<String> = lines
         .next()
         .unwrap_or_default()
         .split(',')
         .map(String::from)
         .collect();
-    Ok((
-        head,
-        lines
-            .map(|l| l.split(',').map(String::from).collect())
-            .collect(),
-    ))
+    let mut rows = Vec::new();
+    for (i, l) in lines.enumerate() {
+        let r: Vec<String> = l.split(',').map(String::from).collect();
+        if r.len() != head.len() {
+            return Err(Error::Format {
+                path: path.into(),
+                msg: format!(
+                    "line {}: {} fields, header has {}",
+                    i + 2,
+                    r.len(),
+                    head.len()
+                ),
+            });
+        }
+        rows.push(r);
+    }
+    Ok((head, rows))
+}
+
+/// Field `col` of data row `row` (0-based, after the header) as a finite number, or an error
+/// naming the file, line and column.
+fn num(path: &Path, head: &[String], rows: &[Vec<String>], row: usize, col: usize) -> Result<f64> {
+    let v = &rows[row][col];
+    match v.parse::<f64>() {
+        Ok(x) if x.is_finite() => Ok(x),
+        _ => Err(Error::Format {
+            path: path.into(),
+            msg: format!(
+                "line {}: column {}: {v:?} is not a finite number",
+                row + 2,
+                head.get(col).map(String::as_str).unwrap_or("?")
+            ),
+        }),
+    }
 }
 
 fn esc(s: &str) -> String {
@@ -576,16 +605,24 @@ where
 type Scores = BTreeMap<(String, String, bool), Vec<(String, u8, f64)>>;
 
 fn read_scores(dir: &Path) -> Result<Scores> {
-    let (_, rows) = read_csv(&dir.join("meta_scores.csv"))?;
+    let path = dir.join("meta_scores.csv");
+    let (head, rows) = read_csv(&path)?;
     let mut out: Scores = BTreeMap::new();
-    for r in rows {
+    for (i, r) in rows.iter().enumerate() {
         if r.len() < 8 || r[0] != "0" {
             continue;
         }
-        let score: f64 = r[7].parse().unwrap_or(f64::NAN);
+        let score = num(&path, &head, &rows, i, 7)?;
+        let target = num(&path, &head, &rows, i, 6)?;
+        if target != 0.0 && target != 1.0 {
+            return Err(Error::Format {
+                path: path.clone(),
+                msg: format!("line {}: target {target} is neither 0 nor 1", i + 2),
+            });
+        }
         out.entry((r[1].clone(), r[2].clone(), r[3] == "true"))
             .or_default()
-            .push((r[4].clone(), r[6].parse().unwrap_or(0), score));
+            .push((r[4].clone(), target as u8, score));
     }
     Ok(out)
 }
@@ -635,11 +672,21 @@ pub fn build(dir: &Path) -> Result<()> {
     let mut plots: Vec<(String, Vec<Plot>)> = Vec::new();
 
     // training curves
-    let (_, hist) = read_csv(&dir.join("history.csv"))?;
-    let h: Vec<Vec<f64>> = hist
-        .iter()
-        .map(|r| r.iter().map(|v| v.parse().unwrap_or(f64::NAN)).collect())
-        .collect();
+    let hist_path = dir.join("history.csv");
+    let (hist_head, hist) = read_csv(&hist_path)?;
+    if hist_head.len() < 6 {
+        return Err(Error::Format {
+            path: hist_path,
+            msg: "header must be epoch,lr,train_loss,train_acc,val_loss,val_acc,...".into(),
+        });
+    }
+    let h: Vec<Vec<f64>> = (0..hist.len())
+        .map(|i| {
+            (0..hist_head.len())
+                .map(|c| num(&hist_path, &hist_head, &hist, i, c))
+                .collect::<Result<Vec<f64>>>()
+        })
+        .collect::<Result<_>>()?;
     if !h.is_empty() {
         let ep = h.len() as f64;
         let maxl = h.iter().flat_map(|r| [r[2], r[4]]).fold(0.0, f64::max) * 1.05;
@@ -1002,7 +1049,17 @@ pub fn build(dir: &Path) -> Result<()> {
     plots.push(("Calibration and rejection".into(), cal_plots));
 
     // LASSO coefficients (mean standardised coefficient over repetitions, largest group)
-    let (_, coefs) = read_csv(&dir.join("coefficients.csv")).unwrap_or_default();
+    let coef_path = dir.join("coefficients.csv");
+    let (coef_head, coefs) = if coef_path.exists() {
+        read_csv(&coef_path)?
+    } else {
+        Default::default()
+    };
+    for i in 0..coefs.len() {
+        if coefs[i].len() > 6 {
+            num(&coef_path, &coef_head, &coefs, i, 6)?;
+        }
+    }
     let mut model_plots = Vec::new();
     let lasso_group = feature_groups
         .iter()
@@ -1025,7 +1082,7 @@ pub fn build(dir: &Path) -> Result<()> {
                 terms.push(r[4].clone());
             }
             let e = sum.entry(format!("{}|{ku}", r[4])).or_default();
-            e.0 += r[6].parse::<f64>().unwrap_or(0.0);
+            e.0 += r[6].parse::<f64>().unwrap_or(0.0); // checked finite above
             e.1 += 1.0;
         }
         let series: Vec<(String, Vec<f64>)> = [

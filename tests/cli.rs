@@ -315,6 +315,25 @@ fn toy_run_writes_folder_reproducibly_and_refuses_overwrite() {
     let o = run(&["report", rd.to_str().unwrap()], d.path());
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(rd.join("report.html").exists());
+
+    // a NaN score in meta_scores.csv: `report` names file, line and column, changes nothing
+    let scores = std::fs::read_to_string(rd.join("meta_scores.csv")).unwrap();
+    let mut lines: Vec<String> = scores.lines().map(String::from).collect();
+    let mut f: Vec<String> = lines[1].split(',').map(String::from).collect();
+    f[7] = "NaN".into();
+    lines[1] = f.join(",");
+    std::fs::write(rd.join("meta_scores.csv"), lines.join("\n") + "\n").unwrap();
+    let html = std::fs::read(rd.join("report.html")).unwrap();
+    fails_with(
+        &run(&["report", rd.to_str().unwrap()], d.path()),
+        &[
+            "meta_scores.csv",
+            "line 2",
+            "column score",
+            "not a finite number",
+        ],
+    );
+    assert_eq!(std::fs::read(rd.join("report.html")).unwrap(), html);
 }
 
 #[test]
