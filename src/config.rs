@@ -17,6 +17,7 @@ pub struct RawConfig {
     pub ood: OodSection,
     pub known_unknowns: KnownUnknownsSection,
     pub meta: MetaSection,
+    pub score: ScoreSection,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -251,6 +252,52 @@ impl Default for MetaSection {
     }
 }
 
+/// The trust model that `metaclf run` keeps (`trust_model.json`) and `metaclf score` applies.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScoreSection {
+    /// Meta classifier of the trust model ("" = the one with the best mean error-detection
+    /// AUROC in this run's grid; ties go to the simpler model, in the order of `meta.models`'
+    /// known names: glm, lasso, ridge, elastic-net, nn).
+    pub model: String,
+    /// Its feature group ("" = the best for the model, as above; ties to fewer columns).
+    pub features: String,
+    /// Known unknowns in its training set: "auto" (as the best grid entry), "with", "without".
+    pub known_unknowns: String,
+    /// The `reject_fraction` operating point flags this fraction of in-distribution images.
+    pub reject_fraction: f64,
+    /// The `target_accuracy` operating point: kept predictions reach this accuracy.
+    pub target_accuracy: f64,
+    /// Operating point `metaclf score` uses unless told: keep95, reject_fraction or
+    /// target_accuracy.
+    pub threshold: String,
+    /// Folds of the out-of-fold scores the operating points are chosen on.
+    pub folds: usize,
+    /// Images per chunk when scoring (memory is bounded by the chunk).
+    pub chunk: usize,
+    /// Least trustworthy images shown in review.html.
+    pub top: usize,
+}
+
+impl Default for ScoreSection {
+    fn default() -> Self {
+        Self {
+            model: String::new(),
+            features: String::new(),
+            known_unknowns: "auto".into(),
+            reject_fraction: 0.05,
+            target_accuracy: 0.999,
+            threshold: "keep95".into(),
+            folds: 5,
+            chunk: 4096,
+            top: 48,
+        }
+    }
+}
+
+/// Operating points of a trust model, in the order they are written.
+pub const THRESHOLDS: [&str; 3] = ["keep95", "reject_fraction", "target_accuracy"];
+
 /// A validated config. The raw form is kept for saving (`config.toml` of a run).
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -472,6 +519,51 @@ impl Config {
                 format!("{} must be ≥ 0", me.nn_weight_decay),
             ));
         }
+        let sc = &r.score;
+        if !sc.model.is_empty() && !crate::meta::MODELS.contains(&sc.model.as_str()) {
+            return Err(cfg(
+                "score.model",
+                format!(
+                    "unknown model {:?} (known: {}; \"\" = best of the grid)",
+                    sc.model,
+                    crate::meta::MODELS.join(", ")
+                ),
+            ));
+        }
+        if !sc.features.is_empty() {
+            crate::meta::FeatureGroup::parse(&sc.features, &conv_names)
+                .map_err(|m| cfg("score.features", m))?;
+        }
+        if !["auto", "with", "without"].contains(&sc.known_unknowns.as_str()) {
+            return Err(cfg(
+                "score.known_unknowns",
+                format!("{:?} is not auto, with or without", sc.known_unknowns),
+            ));
+        }
+        if !(sc.reject_fraction > 0.0 && sc.reject_fraction < 1.0) {
+            return Err(cfg(
+                "score.reject_fraction",
+                format!("{} is outside (0, 1)", sc.reject_fraction),
+            ));
+        }
+        if !(sc.target_accuracy > 0.0 && sc.target_accuracy <= 1.0) {
+            return Err(cfg(
+                "score.target_accuracy",
+                format!("{} is outside (0, 1]", sc.target_accuracy),
+            ));
+        }
+        if !THRESHOLDS.contains(&sc.threshold.as_str()) {
+            return Err(cfg(
+                "score.threshold",
+                format!("{:?} is not one of {}", sc.threshold, THRESHOLDS.join(", ")),
+            ));
+        }
+        if !(2..=20).contains(&sc.folds) {
+            return Err(cfg("score.folds", format!("{} is outside 2..=20", sc.folds)));
+        }
+        if sc.chunk == 0 {
+            return Err(cfg("score.chunk", "0: must be ≥ 1"));
+        }
         // Upper limits: every count that sizes an allocation or a loop is bounded here, before
         // anything runs, so no config can abort the process or exhaust memory.
         for (key, v, max) in [
@@ -488,6 +580,8 @@ impl Config {
             ("meta.nn_hidden", me.nn_hidden, 65_536),
             ("meta.nn_epochs", me.nn_epochs, 1_000_000),
             ("meta.cnn_seeds", me.cnn_seeds, 1_000),
+            ("score.chunk", sc.chunk, 1 << 20),
+            ("score.top", sc.top, 10_000),
         ] {
             if v > max {
                 return Err(cfg(key, format!("{v} is more than the limit of {max}")));

@@ -31,6 +31,9 @@ pub enum Error {
         "run folder {0} already exists; pass --force to overwrite it or --out to choose another"
     )]
     RunExists(PathBuf),
+    /// The run's meta data cannot give a trust model (says why).
+    #[error("no trust model: {0}")]
+    NoTrustModel(String),
     #[error("model: {0}")]
     Model(String),
     #[error("candle: {0}")]

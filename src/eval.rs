@@ -251,6 +251,23 @@ fn design(t: &FeatureTable, rows: &[usize], cols: &[usize]) -> Vec<f64> {
     x
 }
 
+/// The logistic fit settings of a meta model name (`glm` = λ 0, `lasso` = α 1, `ridge` = α 0,
+/// `elastic-net` = `meta.alpha`).
+pub fn logistic_params(model: &str, p: &MetaParams, seed: u64) -> LogisticParams {
+    let (alpha, lambda) = match model {
+        "glm" => (1.0, Some(0.0)),
+        "lasso" => (1.0, p.lambda),
+        "ridge" => (0.0, p.lambda),
+        _ => (p.alpha, p.lambda),
+    };
+    LogisticParams {
+        n_lambda: p.n_lambda,
+        cv_folds: p.cv_folds,
+        seed,
+        ..LogisticParams::new(alpha, lambda)
+    }
+}
+
 /// Runs the whole grid over repetitions (in parallel) and summarises it.
 pub fn run_meta(t: &FeatureTable, p: &MetaParams) -> Result<MetaResults, String> {
     let id_rows: Vec<usize> = (0..t.len()).filter(|&r| t.set[r] == "id-test").collect();
@@ -469,19 +486,7 @@ fn one_rep(
                     nn.predict(&xe)
                         .map_err(|e| format!("nn meta classifier: {e}"))?
                 } else {
-                    let (alpha, lambda) = match model.as_str() {
-                        "glm" => (1.0, Some(0.0)),
-                        "lasso" => (1.0, p.lambda),
-                        "ridge" => (0.0, p.lambda),
-                        _ => (p.alpha, p.lambda),
-                    };
-                    let lp = LogisticParams {
-                        n_lambda: p.n_lambda,
-                        cv_folds: p.cv_folds,
-                        seed: p.seed ^ (rep as u64 + 1),
-                        ..LogisticParams::new(alpha, lambda)
-                    };
-                    let m = lp.fit(&x, &y)?;
+                    let m = logistic_params(model, p, p.seed ^ (rep as u64 + 1)).fit(&x, &y)?;
                     for w in &m.warnings {
                         out.warnings.push(format!(
                             "{model} on {}{}: {w}",

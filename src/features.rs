@@ -28,6 +28,9 @@ pub struct FeatureParams {
     pub mc_samples: usize,
     pub batch_size: usize,
     pub seed: u64,
+    /// Run the MC-dropout passes (off when only other features are needed: their columns are
+    /// then 0).
+    pub mc: bool,
 }
 
 impl FeatureParams {
@@ -36,6 +39,7 @@ impl FeatureParams {
             mc_samples: c.features.mc_samples,
             batch_size: c.features.batch_size,
             seed: c.run.seed,
+            mc: true,
         }
     }
 }
@@ -683,13 +687,26 @@ pub fn mc_dropout_probs(
 
 /// Scores a data set: one feature row per image. `set` names the rows (`id-test`, `ood-<name>`).
 pub fn score(net: &Net, ds: &Dataset, set: &str, p: &FeatureParams) -> Result<FeatureTable> {
+    score_at(net, ds, set, p, 0)
+}
+
+/// [`score`] for images that start at position `offset` of a larger stream (a multiple of the
+/// batch size): the MC-dropout masks of each batch are drawn from a stream seeded by the seed
+/// and the batch's position in the whole, so scoring in chunks or shards gives the same
+/// features as scoring all at once.
+pub fn score_at(
+    net: &Net,
+    ds: &Dataset,
+    set: &str,
+    p: &FeatureParams,
+    offset: usize,
+) -> Result<FeatureTable> {
     let k = net.arch.classes;
     let cols = columns(net);
     let nc = cols.len();
     let n_total = ds.len();
     let mut values = vec![0f32; n_total * nc];
     let mut preds = vec![0u32; n_total];
-    let mut rng = stage_rng(p.seed, &format!("mc/{set}"));
     let pb = indicatif::ProgressBar::new(n_total as u64);
     pb.set_style(
         indicatif::ProgressStyle::with_template(
@@ -698,7 +715,16 @@ pub fn score(net: &Net, ds: &Dataset, set: &str, p: &FeatureParams) -> Result<Fe
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     pb.set_message(set.to_string());
+    if n_total <= p.batch_size {
+        // one batch (`metaclf score` scores batch by batch and shows its own progress)
+        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
     let bs = p.batch_size.max(1);
+    if offset % bs != 0 {
+        return Err(Error::Other(format!(
+            "scoring offset {offset} is not a multiple of the batch size {bs}"
+        )));
+    }
     let nl = net.layers.len() + 1;
     for start in (0..n_total).step_by(bs) {
         let end = (start + bs).min(n_total);
@@ -706,7 +732,12 @@ pub fn score(net: &Net, ds: &Dataset, set: &str, p: &FeatureParams) -> Result<Fe
         let x = &ds.images[start * PIXELS..end * PIXELS];
         let (probs, gstats) = grad_stats_batch(net, x, n);
         let t = p.mc_samples;
-        let mc = mc_dropout_probs(net, x, n, t, &mut rng, &probs);
+        let mut rng = stage_rng(p.seed, &format!("mc/batch{}", (offset + start) / bs));
+        let mc = if p.mc {
+            mc_dropout_probs(net, x, n, t, &mut rng, &probs)
+        } else {
+            Vec::new()
+        };
         for i in 0..n {
             let pi = &probs[i * k..(i + 1) * k];
             let pred = argmax_rows(pi, k)[0];
@@ -714,7 +745,11 @@ pub fn score(net: &Net, ds: &Dataset, set: &str, p: &FeatureParams) -> Result<Fe
             let row = &mut values[(start + i) * nc..(start + i + 1) * nc];
             row[0] = pi[pred as usize];
             row[1] = entropy(pi) as f32;
-            let m = mc_stats(&mc[i * t * k..(i + 1) * t * k], k);
+            let m = if p.mc {
+                mc_stats(&mc[i * t * k..(i + 1) * t * k], k)
+            } else {
+                [0.0; 4]
+            };
             for (j, v) in m.iter().enumerate() {
                 row[2 + j] = *v as f32;
             }
@@ -887,6 +922,7 @@ mod score_tests {
             mc_samples: t,
             batch_size: bs,
             seed: 3,
+            mc: true,
         };
         let a = score(&net, &ds, "s", &p(2, 7)).unwrap();
         let b = score(&net, &ds, "s", &p(40, 7)).unwrap();
@@ -896,6 +932,18 @@ mod score_tests {
         assert_ne!(a.column("mc_std"), b.column("mc_std"));
         // same seed, same everything: identical
         assert_eq!(a, score(&net, &ds, "s", &p(2, 7)).unwrap());
+        // scored in chunks at their offsets (multiples of the batch size): identical values
+        let mut parts = FeatureTable::default();
+        for (lo, hi) in [(0, 14), (14, 28), (28, 30)] {
+            let part = ds.select(&(lo..hi).collect::<Vec<_>>());
+            parts.append(score_at(&net, &part, "s", &p(2, 7), lo).unwrap()).unwrap();
+        }
+        assert_eq!(parts.values, a.values);
+        assert!(score_at(&net, &ds, "s", &p(2, 7), 3).is_err());
+        // without MC passes: the other columns are unchanged
+        let no_mc = score(&net, &ds, "s", &FeatureParams { mc: false, ..p(2, 7) }).unwrap();
+        assert_eq!(no_mc.column("grad_all_l2"), a.column("grad_all_l2"));
+        assert_eq!(no_mc.column("mc_std").unwrap(), vec![0.0; 30]);
         // msp is the probability of pred; entropy is bounded by ln 10
         for r in 0..a.len() {
             let row = a.row(r);

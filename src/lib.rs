@@ -4,7 +4,8 @@
 //! well each feature group does.
 //!
 //! Stages, one module each: [`config`] → [`data`] → [`model`] → [`features`] → [`meta`] →
-//! [`eval`] → [`report`]; [`runfolder`] writes files; [`pipeline`] chains the stages;
+//! [`eval`] → [`report`], and [`trust`] (the kept trust model) → [`score`] (new data);
+//! [`runfolder`] writes files; [`pipeline`] chains the stages;
 //! [`bench`] measures speed; [`fuzzing`] holds the fuzz targets' entry points.
 
 // Numeric kernels index several arrays with one loop variable; iterator chains would hide that.
@@ -22,6 +23,9 @@ pub mod model;
 pub mod pipeline;
 pub mod report;
 pub mod runfolder;
+pub mod review;
+pub mod score;
+pub mod trust;
 
 pub use config::Config;
 pub use error::{Error, Result};

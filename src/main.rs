@@ -59,6 +59,41 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         count: usize,
     },
+    /// Scores new images with a finished run's trust model: which predictions not to trust
+    /// (scores.csv, summary.json, review.html in --out).
+    Score {
+        /// The run folder (its trust_model.json, model and config).
+        #[arg(long, required_unless_present = "merge")]
+        run: Option<PathBuf>,
+        /// Data spec (e.g. folder:PATH, idx:IMAGES[,LABELS], fashion-mnist:test).
+        #[arg(long, required_unless_present = "merge")]
+        data: Option<String>,
+        /// Output folder (refused if it exists, unless --force).
+        #[arg(long)]
+        out: PathBuf,
+        /// Operating point: keep95, reject_fraction or target_accuracy (default: the run's
+        /// score.threshold).
+        #[arg(long)]
+        threshold: Option<String>,
+        /// Least trustworthy images shown in review.html (default: the run's score.top).
+        #[arg(long)]
+        top: Option<usize>,
+        /// Score the K-th (0-based) of N contiguous parts, e.g. 0/4 (for job arrays).
+        #[arg(long, value_parser = metaclf::score::parse_shard, conflicts_with = "merge")]
+        shard: Option<(usize, usize)>,
+        /// Join shard output folders (in any order) into --out.
+        #[arg(long, num_args = 1.., conflicts_with_all = ["run", "data"])]
+        merge: Vec<PathBuf>,
+        /// Replace an existing output folder of an earlier scoring.
+        #[arg(long)]
+        force: bool,
+        /// Unreadable image files: stop with an error, or skip them (listed in summary.json).
+        #[arg(long, value_enum, default_value = "stop")]
+        on_error: OnErrorArg,
+        /// Images to draw from generated or sampled sets (0 = the set's default).
+        #[arg(long, default_value_t = 0)]
+        count: usize,
+    },
     /// Refits the meta classifiers of a finished run from its features.csv (optionally with the
     /// [meta] section of another config) and rebuilds metrics, ablation and report.
     Meta {
@@ -79,6 +114,12 @@ enum Cmd {
         #[arg(long)]
         reference: Option<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OnErrorArg {
+    Stop,
+    Skip,
 }
 
 #[derive(Subcommand)]
@@ -201,6 +242,42 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         } => {
             let n = pipeline::features_for(&run, &data, &out, count)?;
             println!("{n} rows written to {}", out.display());
+        }
+        Cmd::Score {
+            run,
+            data,
+            out,
+            threshold,
+            top,
+            shard,
+            merge,
+            force,
+            on_error,
+            count,
+        } => {
+            let s = if merge.is_empty() {
+                let (Some(run), Some(data)) = (run, data) else {
+                    anyhow::bail!("--run and --data are needed (or --merge)");
+                };
+                metaclf::score::score(&metaclf::score::ScoreOptions {
+                    run,
+                    data,
+                    out: out.clone(),
+                    threshold,
+                    top,
+                    shard,
+                    force,
+                    on_error: match on_error {
+                        OnErrorArg::Stop => metaclf::data::stream::OnError::Stop,
+                        OnErrorArg::Skip => metaclf::data::stream::OnError::Skip,
+                    },
+                    count,
+                })?
+            } else {
+                metaclf::score::merge(&merge, &out, force, top)?
+            };
+            println!("{}", s.line());
+            println!("{}", out.join("review.html").display());
         }
         Cmd::Meta { run_dir, config } => {
             let cfg = Config::load(&config.unwrap_or_else(|| run_dir.join("config.toml")))?;

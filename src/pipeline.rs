@@ -244,6 +244,53 @@ pub fn write_meta(folder: &RunFolder, t: &FeatureTable, r: &eval::MetaResults) -
     folder.write("ablation.md", md)
 }
 
+/// What the trust model belongs to: the CNN's classes, input and feature columns, and the sha256
+/// of its model.safetensors.
+pub fn net_info(classes: usize, columns: &[String], model: &Path) -> Result<crate::trust::NetInfo> {
+    Ok(crate::trust::NetInfo {
+        classes,
+        input: [1, 28, 28],
+        feature_columns: columns.to_vec(),
+        model_sha256: crate::trust::file_sha256(model)?,
+    })
+}
+
+/// Fits the trust model on the run's meta data and writes it into the run folder.
+pub fn fit_trust(
+    cfg: &Config,
+    folder: &RunFolder,
+    table: &FeatureTable,
+    mp: &MetaParams,
+    records: &[eval::Record],
+    classes: usize,
+) -> Result<()> {
+    let info = net_info(classes, &table.columns, &folder.file("model.safetensors"))?;
+    let trust = match crate::trust::fit(table, mp, records, &cfg.score, info) {
+        Ok(t) => t,
+        Err(Error::NoTrustModel(why)) => {
+            // e.g. a test set without wrong predictions: nothing to learn trust from
+            tracing::warn!("no trust model: {why}");
+            let _ = std::fs::remove_file(folder.file(crate::trust::JSON_FILE));
+            let _ = std::fs::remove_file(folder.file(crate::trust::NN_FILE));
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    for th in &trust.model.thresholds {
+        tracing::info!(
+            "trust model {} on {}: {} < {:.4} flags; keeps {:.1}% at {:.2}% accuracy, catches {:.1}% of errors",
+            trust.model.model,
+            trust.model.features,
+            th.name,
+            th.value,
+            100.0 * th.kept_fraction,
+            100.0 * th.kept_accuracy,
+            100.0 * th.errors_flagged
+        );
+    }
+    trust.save(folder)
+}
+
 /// Runs the whole pipeline and writes the run folder.
 pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
     let t_all = Instant::now();
@@ -353,6 +400,7 @@ fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary
         tracing::warn!("{w}");
     }
     write_meta(folder, &table, &results)?;
+    fit_trust(cfg, folder, &table, &mp, &results.records, classes)?;
     times.push(("meta".into(), t.elapsed().as_secs_f64()));
 
     run_json = json!({
@@ -392,19 +440,23 @@ fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary
     })
 }
 
+/// A run folder's run.json.
+pub fn read_run_json(run_dir: &Path) -> Result<serde_json::Value> {
+    let p = run_dir.join("run.json");
+    serde_json::from_str(&std::fs::read_to_string(&p).map_err(|source| Error::Io {
+        path: p.clone(),
+        source,
+    })?)
+    .map_err(|e| Error::Format {
+        path: p,
+        msg: e.to_string(),
+    })
+}
+
 /// `metaclf features`: scores a data set with a finished run's model.
 pub fn features_for(run_dir: &Path, spec: &str, out: &Path, count: usize) -> Result<usize> {
     let cfg = Config::load(&run_dir.join("config.toml"))?;
-    let run: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(run_dir.join("run.json")).map_err(|source| Error::Io {
-            path: run_dir.join("run.json"),
-            source,
-        })?,
-    )
-    .map_err(|e| Error::Format {
-        path: run_dir.join("run.json"),
-        msg: e.to_string(),
-    })?;
+    let run = read_run_json(run_dir)?;
     let classes = run["classes"].as_u64().ok_or_else(|| Error::Format {
         path: run_dir.join("run.json"),
         msg: "no `classes` (the run did not finish)".into(),
@@ -442,6 +494,12 @@ pub fn refit_meta(run_dir: &Path, cfg: &Config) -> Result<f64> {
         path: run_dir.to_path_buf(),
     };
     write_meta(&folder, &table, &results)?;
+    let run: serde_json::Value = read_run_json(run_dir)?;
+    let classes = run["classes"].as_u64().ok_or_else(|| Error::Format {
+        path: run_dir.join("run.json"),
+        msg: "no `classes` (the run did not finish)".into(),
+    })? as usize;
+    fit_trust(cfg, &folder, &table, &meta_params(cfg)?, &results.records, classes)?;
     crate::report::build(run_dir)?;
     Ok(secs)
 }

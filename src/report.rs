@@ -226,7 +226,8 @@ fn num(path: &Path, head: &[String], rows: &[Vec<String>], row: usize, col: usiz
     }
 }
 
-fn esc(s: &str) -> String {
+/// HTML-escapes text.
+pub fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

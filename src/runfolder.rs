@@ -67,6 +67,11 @@ impl RunFolder {
 /// Refuses an existing non-empty `dir` without `force`, and any non-empty folder that is not a
 /// metaclf run (no `run.json` / `config.toml`) even with it.
 fn check_replaceable(dir: &Path, force: bool) -> Result<()> {
+    check_replaceable_as(dir, force, &[MARKER, "config.toml"], "a metaclf run folder")
+}
+
+/// [`check_replaceable`] for folders that hold one of `markers` (`what` names such a folder).
+fn check_replaceable_as(dir: &Path, force: bool, markers: &[&str], what: &str) -> Result<()> {
     if dir.exists() {
         if !dir.is_dir() {
             return Err(Error::Other(format!(
@@ -79,10 +84,11 @@ fn check_replaceable(dir: &Path, force: bool) -> Result<()> {
             if !force {
                 return Err(Error::RunExists(dir.to_path_buf()));
             }
-            if !dir.join(MARKER).exists() && !dir.join("config.toml").exists() {
+            if !markers.iter().any(|m| dir.join(m).exists()) {
                 return Err(Error::Other(format!(
-                    "{} is not a metaclf run folder (no run.json); refusing to write into it even with --force",
-                    dir.display()
+                    "{} is not {what} (no {}); refusing to replace it even with --force",
+                    dir.display(),
+                    markers[0]
                 )));
             }
         }
@@ -100,6 +106,8 @@ pub struct Staged {
     pub folder: RunFolder,
     target: PathBuf,
     force: bool,
+    markers: &'static [&'static str],
+    what: &'static str,
     done: bool,
     /// Folders above the run folder that this run created (removed again on failure).
     made_parents: Vec<PathBuf>,
@@ -117,13 +125,23 @@ impl Staged {
     /// Checks that `dir` may be written (as [`RunFolder::create`]) and creates the temporary
     /// sibling folder.
     pub fn new(dir: &Path, force: bool) -> Result<Staged> {
+        Self::for_folder(dir, force, &[MARKER, "config.toml"], "a metaclf run folder")
+    }
+
+    /// [`Staged::new`] for another kind of output folder, recognised by one of `markers`.
+    pub fn for_folder(
+        dir: &Path,
+        force: bool,
+        markers: &'static [&'static str],
+        what: &'static str,
+    ) -> Result<Staged> {
         if dir.file_name().is_none() {
             return Err(Error::Other(format!(
                 "{} cannot be a run folder (it has no name)",
                 dir.display()
             )));
         }
-        check_replaceable(dir, force)?;
+        check_replaceable_as(dir, force, markers, what)?;
         let mut made_parents = Vec::new();
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             made_parents = parent
@@ -142,6 +160,8 @@ impl Staged {
             folder: RunFolder { path: tmp },
             target: dir.to_path_buf(),
             force,
+            markers,
+            what,
             done: false,
             made_parents,
         })
@@ -162,7 +182,7 @@ impl Staged {
             e
         };
         // the folder may have appeared while the run went on
-        check_replaceable(&self.target, self.force).map_err(fail)?;
+        check_replaceable_as(&self.target, self.force, self.markers, self.what).map_err(fail)?;
         let old = sibling(&self.target, "old");
         let had_old = self.target.exists();
         if had_old {

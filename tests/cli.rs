@@ -174,6 +174,7 @@ fn toy_run_writes_folder_reproducibly_and_refuses_overwrite() {
         "ablation.csv",
         "ablation.md",
         "report.html",
+        "trust_model.json",
     ] {
         assert!(rd.join(f).exists(), "{f} missing");
     }
@@ -440,6 +441,17 @@ fn check_in_browser(report: &Path) {
         plots >= 10 && html.matches("<svg").count() >= plots,
         "{plots} plots"
     );
+    render_in_browser(report, "report.png");
+}
+
+/// Loads a page in headless Chromium: no console message, no failed load, not blank; the
+/// screenshot goes to $METACLF_SCREENSHOT_DIR/`name` when that is set.
+fn render_in_browser(page: &Path, name: &str) {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists(),
+        "{chromium} not found: install Debian's chromium (.ci/run does) or set CHROMIUM"
+    );
     let d = tempfile::tempdir().unwrap();
     let shot = d.path().join("shot.png");
     let o = Command::new(&chromium)
@@ -462,7 +474,7 @@ fn check_in_browser(report: &Path) {
         .arg(format!("--screenshot={}", shot.display()))
         .arg(format!(
             "file://{}",
-            report.canonicalize().unwrap().display()
+            page.canonicalize().unwrap().display()
         ))
         .output()
         .expect("chromium runs");
@@ -481,7 +493,7 @@ fn check_in_browser(report: &Path) {
     let frac = inked as f64 / (img.width() * img.height()) as f64;
     assert!(frac > 0.01, "page looks blank ({frac:.4} of pixels inked)");
     if let Ok(dir) = std::env::var("METACLF_SCREENSHOT_DIR") {
-        std::fs::copy(&shot, Path::new(&dir).join("report.png")).unwrap();
+        std::fs::copy(&shot, Path::new(&dir).join(name)).unwrap();
     }
 }
 
@@ -514,4 +526,163 @@ fn several_cnn_seeds_pool_their_repetitions() {
             .len(),
         1
     );
+}
+
+/// Every file of a folder with its bytes.
+fn folder_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn score_applies_the_trust_model_streams_shards_and_refuses_mismatches() {
+    let d = tempfile::tempdir().unwrap();
+    let dp = d.path();
+    let cfg = toy_config(dp, "[score]\nchunk = 64\ntop = 12\n");
+    // every 8th test label moved to another class: the CNN has errors to detect
+    let lp = dp.join("test-labels");
+    let mut l = std::fs::read(&lp).unwrap();
+    for i in (8..l.len()).step_by(8) {
+        l[i] = (l[i] + 1) % 4;
+    }
+    std::fs::write(&lp, l).unwrap();
+    let o = run(&["run", cfg.to_str().unwrap()], dp);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rd = dp.join("reports/toy");
+    let tm: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rd.join("trust_model.json")).unwrap())
+            .unwrap();
+    assert_eq!(tm["format"], "metaclf-trust-model/1");
+    assert_eq!(tm["thresholds"].as_array().unwrap().len(), 3);
+
+    // the run's own test images: trust equals the trust model on features.csv's id-test rows
+    let test = format!(
+        "idx:{},{}",
+        dp.join("test-images").display(),
+        dp.join("test-labels").display()
+    );
+    let s1 = dp.join("s1");
+    let o = run(
+        &["score", "--run", rd.to_str().unwrap(), "--data", &test, "--out", s1.to_str().unwrap()],
+        dp,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("200 images") && out.contains("flagged"), "{out}");
+    let rows = metaclf::score::read_scores_csv(&s1.join("scores.csv")).unwrap();
+    assert_eq!(rows.len(), 200);
+    let trust = metaclf::trust::Trust::load(&rd).unwrap();
+    let table = metaclf::features::FeatureTable::read_csv(&rd.join("features.csv")).unwrap();
+    let id: Vec<usize> = (0..table.len()).filter(|&r| table.set[r] == "id-test").collect();
+    let want = trust.predict_table(&table, &id).unwrap();
+    for (r, w) in rows.iter().zip(&want) {
+        assert!((r.trust - w).abs() <= 1e-6, "{} vs {w}", r.trust);
+    }
+    let th = trust.threshold("keep95").unwrap().value;
+    assert!(rows.iter().all(|r| r.flag == (r.trust < th)));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(s1.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["images"], 200);
+    assert!(summary["kept_accuracy"].as_f64().unwrap() >= summary["accuracy"].as_f64().unwrap());
+    render_in_browser(&s1.join("review.html"), "review.png");
+    let html = std::fs::read_to_string(s1.join("review.html")).unwrap();
+    assert!(html.contains("data:image/png;base64,") && !html.contains("src=\"http"));
+    assert!(html.contains("Accuracy vs rejection"));
+
+    // 4 shards merged (given in any order) equal the unsharded run byte for byte
+    let mut shards = Vec::new();
+    for k in [2, 0, 3, 1] {
+        let sd = dp.join(format!("shard{k}"));
+        let o = run(
+            &[
+                "score", "--run", rd.to_str().unwrap(), "--data", &test,
+                "--out", sd.to_str().unwrap(), "--shard", &format!("{k}/4"),
+            ],
+            dp,
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        shards.push(sd.to_str().unwrap().to_string());
+    }
+    let merged = dp.join("merged");
+    let mut args = vec!["score", "--out", merged.to_str().unwrap(), "--merge"];
+    args.extend(shards.iter().map(|s| s.as_str()));
+    let o = run(&args, dp);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(folder_bytes(&merged), folder_bytes(&s1));
+    // a missing shard is refused
+    let o = run(&["score", "--out", "m2", "--merge", &shards[0], &shards[1]], dp);
+    fails_with(&o, &["shards"]);
+
+    // a flat folder of PNGs, one unreadable, a path with a comma: stop names it, skip lists it
+    let f = dp.join("batch");
+    std::fs::create_dir_all(&f).unwrap();
+    let px = std::fs::read(dp.join("test-images")).unwrap();
+    for i in 0..5 {
+        let img = image::GrayImage::from_raw(28, 28, px[16 + i * 784..16 + (i + 1) * 784].to_vec()).unwrap();
+        img.save(f.join(format!("img {i}, plate A.png"))).unwrap();
+    }
+    std::fs::write(f.join("broken.png"), "not an image").unwrap();
+    let spec = format!("folder:{}", f.display());
+    let o = run(
+        &["score", "--run", rd.to_str().unwrap(), "--data", &spec, "--out", "f1"],
+        dp,
+    );
+    fails_with(&o, &["broken.png"]);
+    assert!(!dp.join("f1").exists());
+    let o = run(
+        &["score", "--run", rd.to_str().unwrap(), "--data", &spec, "--out", "f1", "--on-error", "skip"],
+        dp,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows = metaclf::score::read_scores_csv(&dp.join("f1/scores.csv")).unwrap();
+    assert_eq!(rows.len(), 5);
+    assert!(rows[0].path.ends_with("img 0, plate A.png") && rows[0].label.is_none());
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dp.join("f1/summary.json")).unwrap()).unwrap();
+    assert!(summary["skipped"][0].as_str().unwrap().ends_with("broken.png"));
+    assert_eq!(summary["labelled"], false);
+
+    // an existing output folder is refused without --force, and kept as it was
+    let before = folder_bytes(&dp.join("f1"));
+    let o = run(
+        &["score", "--run", rd.to_str().unwrap(), "--data", &spec, "--out", "f1", "--on-error", "skip", "--threshold", "reject_fraction"],
+        dp,
+    );
+    fails_with(&o, &["already exists"]);
+    assert_eq!(folder_bytes(&dp.join("f1")), before);
+
+    // a trust model of another model is refused, naming the mismatch; so is none at all
+    let other = dp.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    for e in std::fs::read_dir(&rd).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, other.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let mut m = std::fs::read(other.join("model.safetensors")).unwrap();
+    let n = m.len();
+    m[n - 1] ^= 1;
+    std::fs::write(other.join("model.safetensors"), m).unwrap();
+    let o = run(
+        &["score", "--run", other.to_str().unwrap(), "--data", &test, "--out", "x1"],
+        dp,
+    );
+    fails_with(&o, &["trust_model.json", "sha256"]);
+    std::fs::remove_file(other.join("trust_model.json")).unwrap();
+    let o = run(
+        &["score", "--run", other.to_str().unwrap(), "--data", &test, "--out", "x1"],
+        dp,
+    );
+    fails_with(&o, &["no trust model"]);
 }

@@ -121,94 +121,137 @@ pub fn memory_budget() -> u64 {
         .unwrap_or(16 << 30)
 }
 
-/// Reads the `len` data bytes after a `head`-byte header, then checks that the file ends there:
-/// for gzip this reads the stream to its end (flate2 checks the CRC-32 and length trailer
-/// there) and checks that no second member or garbage follows it.
-fn read_body<R: BufRead>(
-    mut r: Body<R>,
-    path: &Path,
-    len: u64,
-    bound: u64,
-    head: u64,
-) -> Result<Vec<u8>> {
-    let want = head.saturating_add(len);
-    let gz = matches!(r, Body::Gz(_));
-    if want > bound {
-        return Err(fmt_err(
-            path,
-            if gz {
-                format!(
-                    "truncated: header promises {want} bytes, more than a gzip file of {} bytes can hold",
-                    bound / MAX_GZIP_RATIO
-                )
-            } else {
-                format!("truncated: header promises {want} bytes, file has {bound}")
-            },
-        ));
-    }
-    if !gz && bound > want {
-        return Err(fmt_err(
-            path,
-            format!(
-                "{} bytes of trailing garbage after the data the header describes",
-                bound - want
-            ),
-        ));
-    }
-    // `want <= bound` keeps this allocation within a small multiple of the file's size.
-    let mut body = vec![0u8; len as usize];
-    let got = read_full(&mut r, &mut body).map_err(|e| gz_err(path, e))?;
-    if (got as u64) < len {
-        return Err(fmt_err(
-            path,
-            format!("truncated: header promises {len} data bytes, found {got}"),
-        ));
-    }
-    if let Body::Gz(d) = r {
-        let mut d = *d;
-        let mut extra = [0u8; 512];
-        let mut n_extra = 0u64;
-        loop {
-            match d.read(&mut extra) {
-                Ok(0) => break,
-                Ok(k) => n_extra += k as u64,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(gz_err(path, e)),
-            }
-            if n_extra > 1 << 20 {
-                break;
-            }
+/// The data bytes of an IDX file after its header, read in pieces: the sizes are checked when it
+/// is opened (a plain file must be exactly header + data; a gzip file must be able to hold that
+/// much), and [`Records::finish`] checks that the file ends where the header says: for gzip it
+/// reads the stream to its end (flate2 checks the CRC-32 and length trailer there) and checks
+/// that no second member or garbage follows.
+pub struct Records<R: BufRead> {
+    body: Body<R>,
+    path: std::path::PathBuf,
+    /// Records (images or labels) the header promises, bytes per record, and records read.
+    pub n: usize,
+    rec: usize,
+    done: usize,
+}
+
+impl<R: BufRead> Records<R> {
+    fn new(body: Body<R>, path: &Path, n: usize, rec: usize, bound: u64, head: u64) -> Result<Self> {
+        let len = (n as u64).saturating_mul(rec as u64);
+        let want = head.saturating_add(len);
+        let gz = matches!(body, Body::Gz(_));
+        if want > bound {
+            return Err(fmt_err(
+                path,
+                if gz {
+                    format!(
+                        "truncated: header promises {want} bytes, more than a gzip file of {} bytes can hold",
+                        bound / MAX_GZIP_RATIO
+                    )
+                } else {
+                    format!("truncated: header promises {want} bytes, file has {bound}")
+                },
+            ));
         }
-        if n_extra > 0 {
+        if !gz && bound > want {
             return Err(fmt_err(
                 path,
                 format!(
-                    "{}{n_extra} bytes inside the gzip stream after the data the header describes",
-                    if n_extra > 1 << 20 { "over " } else { "" }
+                    "{} bytes of trailing garbage after the data the header describes",
+                    bound - want
                 ),
             ));
         }
-        let mut inner = d.into_inner();
-        let rest = inner.fill_buf().at(path)?;
-        if !rest.is_empty() {
+        Ok(Records {
+            body,
+            path: path.to_path_buf(),
+            n,
+            rec,
+            done: 0,
+        })
+    }
+
+    /// The next `k` records (fewer at the end) as bytes. `want ≤ bound` (checked when opened)
+    /// keeps every allocation within a small multiple of the file's size.
+    pub fn read(&mut self, k: usize) -> Result<Vec<u8>> {
+        let k = k.min(self.n - self.done);
+        let mut buf = vec![0u8; k * self.rec];
+        let got = read_full(&mut self.body, &mut buf).map_err(|e| gz_err(&self.path, e))?;
+        if got < buf.len() {
+            let found = self.done * self.rec + got;
             return Err(fmt_err(
-                path,
-                "trailing data after the end of the gzip stream (a second member or garbage)",
+                &self.path,
+                format!(
+                    "truncated: header promises {} data bytes, found {found}",
+                    self.n * self.rec
+                ),
             ));
         }
+        self.done += k;
+        Ok(buf)
     }
-    Ok(body)
+
+    /// Skips `k` records.
+    pub fn skip(&mut self, k: usize) -> Result<()> {
+        let mut left = k.min(self.n - self.done);
+        while left > 0 {
+            let step = left.min((1 << 22) / self.rec.max(1)).max(1);
+            self.read(step)?;
+            left -= step;
+        }
+        Ok(())
+    }
+
+    /// Reads what is left and checks that the file ends there.
+    pub fn finish(mut self) -> Result<()> {
+        self.skip(self.n - self.done)?;
+        let path = self.path;
+        if let Body::Gz(d) = self.body {
+            let mut d = *d;
+            let mut extra = [0u8; 512];
+            let mut n_extra = 0u64;
+            loop {
+                match d.read(&mut extra) {
+                    Ok(0) => break,
+                    Ok(k) => n_extra += k as u64,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(gz_err(&path, e)),
+                }
+                if n_extra > 1 << 20 {
+                    break;
+                }
+            }
+            if n_extra > 0 {
+                return Err(fmt_err(
+                    &path,
+                    format!(
+                        "{}{n_extra} bytes inside the gzip stream after the data the header describes",
+                        if n_extra > 1 << 20 { "over " } else { "" }
+                    ),
+                ));
+            }
+            let mut inner = d.into_inner();
+            let rest = inner.fill_buf().at(&path)?;
+            if !rest.is_empty() {
+                return Err(fmt_err(
+                    &path,
+                    "trailing data after the end of the gzip stream (a second member or garbage)",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
-/// Reads an IDX images file into u8 pixels (N × 28 × 28). Returns (pixels, N).
-pub fn read_images(path: &Path) -> Result<(Vec<u8>, usize)> {
+/// Opens an IDX images file for reading in pieces (header and sizes checked).
+pub fn open_images(path: &Path) -> Result<Records<std::io::BufReader<std::fs::File>>> {
     let f = std::fs::File::open(path).at(path)?;
     let size = f.metadata().at(path)?.len();
-    read_images_from(std::io::BufReader::new(f), size, path)
+    open_images_from(std::io::BufReader::new(f), size, path)
 }
 
-/// [`read_images`] from any reader of `size` bytes (`path` names it in errors).
-pub fn read_images_from<R: BufRead>(r: R, size: u64, path: &Path) -> Result<(Vec<u8>, usize)> {
+/// [`open_images`] from any reader of `size` bytes.
+pub fn open_images_from<R: BufRead>(r: R, size: u64, path: &Path) -> Result<Records<R>> {
     let (mut r, bound) = open_body(r, size, path)?;
     let dims = read_header(&mut r, path, IMAGE_MAGIC, 3)?;
     let (n, rows, cols) = (dims[0], dims[1], dims[2]);
@@ -218,6 +261,21 @@ pub fn read_images_from<R: BufRead>(r: R, size: u64, path: &Path) -> Result<(Vec
             format!("images are {rows}×{cols}; metaclf needs 28×28"),
         ));
     }
+    Records::new(r, path, n, 784, bound, 16)
+}
+
+/// Reads an IDX images file into u8 pixels (N × 28 × 28). Returns (pixels, N).
+pub fn read_images(path: &Path) -> Result<(Vec<u8>, usize)> {
+    let f = std::fs::File::open(path).at(path)?;
+    let size = f.metadata().at(path)?.len();
+    read_images_from(std::io::BufReader::new(f), size, path)
+}
+
+/// [`read_images`] from any reader of `size` bytes (`path` names it in errors). The header is
+/// checked against the file's size first, then against the memory available.
+pub fn read_images_from<R: BufRead>(r: R, size: u64, path: &Path) -> Result<(Vec<u8>, usize)> {
+    let mut rec = open_images_from(r, size, path)?;
+    let n = rec.n;
     let bytes = (n as u64) * 784;
     // The loader keeps u8 pixels and then f32 copies: budget 5 bytes per pixel.
     let budget = memory_budget();
@@ -231,7 +289,8 @@ pub fn read_images_from<R: BufRead>(r: R, size: u64, path: &Path) -> Result<(Vec
             ),
         ));
     }
-    let body = read_body(r, path, bytes, bound, 16)?;
+    let body = rec.read(n)?;
+    rec.finish()?;
     Ok((body, n))
 }
 
@@ -246,14 +305,17 @@ pub fn read_labels(path: &Path) -> Result<Vec<u8>> {
 pub fn read_labels_from<R: BufRead>(r: R, size: u64, path: &Path) -> Result<Vec<u8>> {
     let (mut r, bound) = open_body(r, size, path)?;
     let dims = read_header(&mut r, path, LABEL_MAGIC, 1)?;
-    let n = dims[0] as u64;
-    if n > memory_budget() {
+    let n = dims[0];
+    if n as u64 > memory_budget() {
         return Err(fmt_err(
             path,
             format!("header says {n} labels, more than memory holds"),
         ));
     }
-    read_body(r, path, n, bound, 8)
+    let mut rec = Records::new(r, path, n, 1, bound, 8)?;
+    let body = rec.read(n)?;
+    rec.finish()?;
+    Ok(body)
 }
 
 /// Writes an IDX images file (used by tests and `metaclf data` exports).
@@ -392,7 +454,7 @@ mod tests {
         }
         std::fs::write(&p, &h).unwrap();
         let e = read_images(&p).unwrap_err().to_string();
-        assert!(e.contains("memory"), "{e}");
+        assert!(e.contains("truncated: header promises"), "{e}");
         // garbled gzip
         std::fs::write(&p, [0x1f, 0x8b, 1, 2, 3]).unwrap();
         assert!(read_images(&p).is_err());

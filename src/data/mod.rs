@@ -5,6 +5,7 @@
 pub mod fetch;
 pub mod idx;
 pub mod render;
+pub mod stream;
 
 use crate::error::{Error, Result};
 use rand::seq::SliceRandom;

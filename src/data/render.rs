@@ -9,7 +9,7 @@ use image::{imageops::FilterType, ImageBuffer, Luma};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 type GrayF = ImageBuffer<Luma<f32>, Vec<f32>>;
 
@@ -251,40 +251,45 @@ pub fn convert_bytes(bytes: &[u8], p: &Path) -> Result<[f32; PIXELS]> {
     })
 }
 
-/// An image folder: one subfolder per class (labels = sorted subfolder order), or a flat folder
-/// of unlabeled images.
-pub fn folder(dir: &Path) -> Result<Dataset> {
+/// The image files of a folder: one subfolder per class (labels = sorted subfolder order), or a
+/// flat folder of unlabeled images. Returns the set's name, the files in order and the labels.
+pub fn folder_files(dir: &Path) -> Result<(String, Vec<PathBuf>, Option<Vec<u32>>)> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .at(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     entries.sort();
     let subdirs: Vec<_> = entries.iter().filter(|p| p.is_dir()).cloned().collect();
-    let mut images = Vec::new();
     let name = dir
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "folder".into());
     if subdirs.is_empty() {
-        for p in entries.iter().filter(|p| is_image(p)) {
-            images.extend_from_slice(&convert_file(p)?);
-        }
-        return Ok(Dataset::new(name, images, None));
+        let files = entries.into_iter().filter(|p| is_image(p)).collect();
+        return Ok((name, files, None));
     }
-    let mut labels = Vec::new();
+    let (mut files, mut labels) = (Vec::new(), Vec::new());
     for (ci, sd) in subdirs.iter().enumerate() {
-        let mut files: Vec<_> = std::fs::read_dir(sd)
+        let mut f: Vec<_> = std::fs::read_dir(sd)
             .at(sd)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| is_image(p))
             .collect();
-        files.sort();
-        for p in files {
-            images.extend_from_slice(&convert_file(&p)?);
-            labels.push(ci as u32);
-        }
+        f.sort();
+        labels.extend(std::iter::repeat_n(ci as u32, f.len()));
+        files.extend(f);
     }
-    Ok(Dataset::new(name, images, Some(labels)))
+    Ok((name, files, Some(labels)))
+}
+
+/// An image folder (see [`folder_files`]) read whole.
+pub fn folder(dir: &Path) -> Result<Dataset> {
+    let (name, files, labels) = folder_files(dir)?;
+    let mut images = Vec::with_capacity(files.len() * PIXELS);
+    for p in &files {
+        images.extend_from_slice(&convert_file(p)?);
+    }
+    Ok(Dataset::new(name, images, labels))
 }
 
 #[cfg(test)]

@@ -55,6 +55,70 @@ impl Nn {
             .squeeze(D::Minus1)
     }
 
+    /// The weights as named tensors (`l1.weight [hidden, p]`, `l1.bias`, `l2.weight [1, hidden]`,
+    /// `l2.bias`), for saving as safetensors.
+    pub fn tensors(&self) -> Vec<(String, Tensor)> {
+        let mut v = Vec::new();
+        for (name, l) in [("l1", &self.l1), ("l2", &self.l2)] {
+            v.push((format!("{name}.weight"), l.weight().clone()));
+            if let Some(b) = l.bias() {
+                v.push((format!("{name}.bias"), b.clone()));
+            }
+        }
+        v
+    }
+
+    /// A model from the standardisation and tensors written by [`Nn::tensors`]; shapes are
+    /// checked against the number of inputs.
+    pub fn from_tensors(
+        mean: Vec<f64>,
+        scale: Vec<f64>,
+        t: &std::collections::HashMap<String, Tensor>,
+    ) -> Result<Nn, String> {
+        let get = |k: &str| -> Result<Tensor, String> {
+            let x = t.get(k).ok_or(format!("tensor {k} is missing"))?;
+            x.to_dtype(DType::F32).map_err(|e| format!("tensor {k}: {e}"))
+        };
+        let (w1, b1, w2, b2) = (
+            get("l1.weight")?,
+            get("l1.bias")?,
+            get("l2.weight")?,
+            get("l2.bias")?,
+        );
+        let p = mean.len();
+        let h = b1.elem_count();
+        if scale.len() != p
+            || w1.dims() != [h, p]
+            || b1.dims() != [h]
+            || w2.dims() != [1, h]
+            || b2.dims() != [1]
+        {
+            return Err(format!(
+                "tensor shapes {:?} {:?} {:?} {:?} do not fit {p} inputs",
+                w1.dims(),
+                b1.dims(),
+                w2.dims(),
+                b2.dims()
+            ));
+        }
+        for (k, x) in [("l1.weight", &w1), ("l1.bias", &b1), ("l2.weight", &w2), ("l2.bias", &b2)] {
+            let v: Vec<f32> = x
+                .flatten_all()
+                .and_then(|f| f.to_vec1())
+                .map_err(|e| format!("tensor {k}: {e}"))?;
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(format!("tensor {k} holds a non-finite value"));
+            }
+        }
+        Ok(Nn {
+            mean,
+            scale,
+            l1: candle_nn::Linear::new(w1, Some(b1)),
+            l2: candle_nn::Linear::new(w2, Some(b2)),
+            epochs_run: 0,
+        })
+    }
+
     /// P(target = 1) of each row (row-major, p columns).
     pub fn predict(&self, x: &[f64]) -> candle_core::Result<Vec<f64>> {
         let p = self.mean.len();

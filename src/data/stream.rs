@@ -1,0 +1,458 @@
+//! Data read chunk by chunk, so that scoring a collection needs memory for one chunk, not the
+//! whole set: IDX files (plain or gzip) read in pieces, image folders decoded file by file,
+//! noise generated from the same seeded stream as [`super::load`], and every other named set
+//! (small: letters, natural crops, sampled sets) loaded whole and handed out in pieces. Every
+//! stream yields exactly the images, labels and order of [`super::load`] for the same spec.
+
+use super::{check_count, fetch, idx, render, stage_rng, Dataset, LoadCtx, Source, Split, PIXELS};
+use crate::error::{Error, Result};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+use std::io::BufReader;
+use std::path::PathBuf;
+
+/// Images of a stream: `images` (n × 784), labels if the source has them, each image's index
+/// in its source, its position in the stream, and its file path (folders; empty otherwise).
+#[derive(Debug, Clone, Default)]
+pub struct Chunk {
+    pub images: Vec<f32>,
+    pub labels: Option<Vec<u32>>,
+    pub index: Vec<usize>,
+    pub pos: Vec<usize>,
+    pub paths: Vec<String>,
+}
+
+impl Chunk {
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+    /// The chunk as a data set named `name` (indices kept).
+    pub fn dataset(&self, name: &str) -> Dataset {
+        let mut d = Dataset::new(name, self.images.clone(), self.labels.clone());
+        d.index = self.index.clone();
+        d
+    }
+}
+
+/// What to do with an image file that cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Stop with an error naming the file (the default).
+    Stop,
+    /// Skip it (logged, and listed by [`ImageStream::skipped`]).
+    Skip,
+}
+
+/// A source read in chunks.
+pub trait ImageStream {
+    /// Images in the source.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn labelled(&self) -> bool;
+    /// The images at the next `max` positions (fewer at the end; a folder's unreadable files
+    /// are left out with [`OnError::Skip`], so a chunk may be empty); `None` at the end.
+    fn next_chunk(&mut self, max: usize) -> Result<Option<Chunk>>;
+    /// Skips the next `k` images without decoding them where the source allows.
+    fn skip(&mut self, k: usize) -> Result<()>;
+    /// Files skipped as unreadable (with [`OnError::Skip`]).
+    fn skipped(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+struct IdxStream {
+    images: Option<idx::Records<BufReader<std::fs::File>>>,
+    labels: Option<Vec<u32>>,
+    pos: usize,
+    n: usize,
+}
+
+impl ImageStream for IdxStream {
+    fn len(&self) -> usize {
+        self.n
+    }
+    fn labelled(&self) -> bool {
+        self.labels.is_some()
+    }
+    fn next_chunk(&mut self, max: usize) -> Result<Option<Chunk>> {
+        let k = max.max(1).min(self.n - self.pos);
+        if k == 0 {
+            if let Some(r) = self.images.take() {
+                r.finish()?;
+            }
+            return Ok(None);
+        }
+        let rec = self.images.as_mut().expect("open until the end");
+        let px = rec.read(k)?;
+        let c = Chunk {
+            images: px.iter().map(|&p| p as f32 / 255.0).collect(),
+            labels: self
+                .labels
+                .as_ref()
+                .map(|l| l[self.pos..self.pos + k].to_vec()),
+            index: (self.pos..self.pos + k).collect(),
+            pos: (self.pos..self.pos + k).collect(),
+            paths: vec![String::new(); k],
+        };
+        self.pos += k;
+        if self.pos == self.n {
+            if let Some(r) = self.images.take() {
+                r.finish()?;
+            }
+        }
+        Ok(Some(c))
+    }
+    fn skip(&mut self, k: usize) -> Result<()> {
+        let k = k.min(self.n - self.pos);
+        if let Some(r) = self.images.as_mut() {
+            r.skip(k)?;
+        }
+        self.pos += k;
+        Ok(())
+    }
+}
+
+struct FolderStream {
+    files: Vec<PathBuf>,
+    labels: Option<Vec<u32>>,
+    pos: usize,
+    on_error: OnError,
+    skipped: Vec<String>,
+}
+
+impl ImageStream for FolderStream {
+    fn len(&self) -> usize {
+        self.files.len()
+    }
+    fn labelled(&self) -> bool {
+        self.labels.is_some()
+    }
+    fn next_chunk(&mut self, max: usize) -> Result<Option<Chunk>> {
+        if self.pos >= self.files.len() {
+            return Ok(None);
+        }
+        let mut c = Chunk {
+            labels: self.labels.as_ref().map(|_| Vec::new()),
+            ..Default::default()
+        };
+        let end = (self.pos + max.max(1)).min(self.files.len());
+        while self.pos < end {
+            let i = self.pos;
+            self.pos += 1;
+            let p = &self.files[i];
+            match render::convert_file(p) {
+                Ok(px) => {
+                    c.images.extend_from_slice(&px);
+                    if let (Some(l), Some(all)) = (c.labels.as_mut(), &self.labels) {
+                        l.push(all[i]);
+                    }
+                    c.index.push(i);
+                    c.pos.push(i);
+                    c.paths.push(p.display().to_string());
+                }
+                Err(e) if self.on_error == OnError::Skip => {
+                    tracing::warn!("skipped: {e}");
+                    self.skipped.push(p.display().to_string());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Some(c))
+    }
+    fn skip(&mut self, k: usize) -> Result<()> {
+        self.pos = (self.pos + k).min(self.files.len());
+        Ok(())
+    }
+    fn skipped(&self) -> Vec<String> {
+        self.skipped.clone()
+    }
+}
+
+struct NoiseStream {
+    normal: bool,
+    rng: ChaCha8Rng,
+    pos: usize,
+    n: usize,
+}
+
+impl NoiseStream {
+    fn draw(&mut self, k: usize) -> Vec<f32> {
+        if self.normal {
+            let d = Normal::new(0.5f32, 0.25).expect("valid normal");
+            (0..k * PIXELS)
+                .map(|_| d.sample(&mut self.rng).clamp(0.0, 1.0))
+                .collect()
+        } else {
+            (0..k * PIXELS).map(|_| self.rng.gen::<f32>()).collect()
+        }
+    }
+}
+
+impl ImageStream for NoiseStream {
+    fn len(&self) -> usize {
+        self.n
+    }
+    fn labelled(&self) -> bool {
+        false
+    }
+    fn next_chunk(&mut self, max: usize) -> Result<Option<Chunk>> {
+        let k = max.max(1).min(self.n - self.pos);
+        if k == 0 {
+            return Ok(None);
+        }
+        let c = Chunk {
+            images: self.draw(k),
+            labels: None,
+            index: (self.pos..self.pos + k).collect(),
+            pos: (self.pos..self.pos + k).collect(),
+            paths: vec![String::new(); k],
+        };
+        self.pos += k;
+        Ok(Some(c))
+    }
+    fn skip(&mut self, k: usize) -> Result<()> {
+        let mut left = k.min(self.n - self.pos);
+        while left > 0 {
+            let step = left.min(4096);
+            self.draw(step);
+            left -= step;
+            self.pos += step;
+        }
+        Ok(())
+    }
+}
+
+struct MemStream {
+    ds: Dataset,
+    pos: usize,
+}
+
+impl ImageStream for MemStream {
+    fn len(&self) -> usize {
+        self.ds.len()
+    }
+    fn labelled(&self) -> bool {
+        self.ds.labels.is_some()
+    }
+    fn next_chunk(&mut self, max: usize) -> Result<Option<Chunk>> {
+        let k = max.max(1).min(self.ds.len() - self.pos);
+        if k == 0 {
+            return Ok(None);
+        }
+        let r = self.pos..self.pos + k;
+        self.pos += k;
+        Ok(Some(Chunk {
+            images: self.ds.images[r.start * PIXELS..r.end * PIXELS].to_vec(),
+            labels: self.ds.labels.as_ref().map(|l| l[r.clone()].to_vec()),
+            index: self.ds.index[r.clone()].to_vec(),
+            pos: r.collect(),
+            paths: vec![String::new(); k],
+        }))
+    }
+    fn skip(&mut self, k: usize) -> Result<()> {
+        self.pos = (self.pos + k).min(self.ds.len());
+        Ok(())
+    }
+}
+
+fn idx_stream(
+    images: &std::path::Path,
+    labels: Option<&std::path::Path>,
+    max_label: u32,
+) -> Result<Box<dyn ImageStream>> {
+    let rec = idx::open_images(images)?;
+    let n = rec.n;
+    let labels = match labels {
+        Some(lp) => {
+            let l = idx::read_labels(lp)?;
+            if l.len() != n {
+                return Err(Error::Format {
+                    path: lp.to_path_buf(),
+                    msg: format!("{} labels for {n} images in {}", l.len(), images.display()),
+                });
+            }
+            if let Some((i, v)) = l.iter().enumerate().find(|(_, &v)| v as u32 >= max_label) {
+                return Err(Error::Format {
+                    path: lp.to_path_buf(),
+                    msg: format!("label {v} at index {i} is out of range 0..{max_label}"),
+                });
+            }
+            Some(l.into_iter().map(u32::from).collect())
+        }
+        None => None,
+    };
+    Ok(Box::new(IdxStream {
+        images: Some(rec),
+        labels,
+        pos: 0,
+        n,
+    }))
+}
+
+/// Opens a data spec as a stream (the same images, in the same order, as [`super::load`]).
+pub fn open(spec: &str, ctx: &LoadCtx, on_error: OnError) -> Result<Box<dyn ImageStream>> {
+    let src = Source::parse(spec).map_err(|msg| Error::Data {
+        name: spec.into(),
+        msg,
+    })?;
+    check_count(spec, ctx.count)?;
+    let whole = |spec: &str| -> Result<Box<dyn ImageStream>> {
+        Ok(Box::new(MemStream {
+            ds: super::load(spec, ctx)?,
+            pos: 0,
+        }))
+    };
+    let s: Box<dyn ImageStream> = match src {
+        Source::Mnist(split) if ctx.count == 0 => {
+            let dir = fetch::ensure(&ctx.data_dir, "mnist")?;
+            let p = if split == Split::Train { "train" } else { "t10k" };
+            idx_stream(
+                &dir.join(format!("{p}-images-idx3-ubyte")),
+                Some(&dir.join(format!("{p}-labels-idx1-ubyte"))),
+                10,
+            )?
+        }
+        Source::FashionMnist(split) if ctx.count == 0 => {
+            let dir = fetch::ensure(&ctx.data_dir, "fashion-mnist")?;
+            let p = if split == Split::Train { "train" } else { "t10k" };
+            idx_stream(
+                &dir.join(format!("{p}-images-idx3-ubyte.gz")),
+                Some(&dir.join(format!("{p}-labels-idx1-ubyte.gz"))),
+                10,
+            )?
+        }
+        Source::Idx { images, labels } => idx_stream(&images, labels.as_deref(), super::MAX_CLASSES)?,
+        Source::Folder(path) => {
+            let (_, files, labels) = render::folder_files(&path)?;
+            Box::new(FolderStream {
+                files,
+                labels,
+                pos: 0,
+                on_error,
+                skipped: Vec::new(),
+            })
+        }
+        Source::UniformNoise | Source::NormalNoise => Box::new(NoiseStream {
+            normal: src == Source::NormalNoise,
+            rng: stage_rng(ctx.seed, &format!("{}/{}", ctx.stage, spec)),
+            pos: 0,
+            n: if ctx.count == 0 { 2000 } else { ctx.count },
+        }),
+        _ => whole(spec)?,
+    };
+    if s.is_empty() {
+        return Err(Error::Data {
+            name: spec.into(),
+            msg: "holds no images".into(),
+        });
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(s: &mut dyn ImageStream, chunk: usize) -> Chunk {
+        let mut all = Chunk::default();
+        while let Some(c) = s.next_chunk(chunk).unwrap() {
+            all.images.extend(c.images);
+            if let Some(l) = c.labels {
+                all.labels.get_or_insert_with(Vec::new).extend(l);
+            }
+            all.index.extend(c.index);
+            all.pos.extend(c.pos);
+            all.paths.extend(c.paths);
+        }
+        all
+    }
+
+    #[test]
+    fn streams_equal_whole_loads_for_every_chunk_size_and_skip() {
+        let d = tempfile::tempdir().unwrap();
+        let px: Vec<u8> = (0..23 * 784).map(|i| (i * 7 % 256) as u8).collect();
+        let labels: Vec<u8> = (0..23).map(|i| (i % 10) as u8).collect();
+        let ip = d.path().join("i.gz");
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut raw = Vec::new();
+        for v in [0x803u32, 23, 28, 28] {
+            raw.extend_from_slice(&v.to_be_bytes());
+        }
+        raw.extend_from_slice(&px);
+        std::io::Write::write_all(&mut e, &raw).unwrap();
+        std::fs::write(&ip, e.finish().unwrap()).unwrap();
+        let lp = d.path().join("l");
+        idx::write_labels(&lp, &labels).unwrap();
+        let ctx = LoadCtx {
+            data_dir: d.path().join("cache"),
+            seed: 5,
+            count: 30,
+            stage: "s".into(),
+        };
+        for spec in [
+            format!("idx:{},{}", ip.display(), lp.display()),
+            "uniform-noise".to_string(),
+            "normal-noise".to_string(),
+        ] {
+            let whole = super::super::load(&spec, &ctx).unwrap();
+            for chunk in [1, 4, 7, 100] {
+                let mut s = open(&spec, &ctx, OnError::Stop).unwrap();
+                assert_eq!(s.len(), whole.len());
+                let got = drain(&mut *s, chunk);
+                assert_eq!(got.images, whole.images, "{spec} chunk {chunk}");
+                assert_eq!(got.labels, whole.labels);
+                assert_eq!(got.index, whole.index);
+                assert_eq!(got.pos, (0..whole.len()).collect::<Vec<_>>());
+                // skipping the first 5 gives the rest
+                let mut s = open(&spec, &ctx, OnError::Stop).unwrap();
+                s.skip(5).unwrap();
+                let rest = drain(&mut *s, chunk);
+                assert_eq!(rest.images, whole.images[5 * PIXELS..]);
+                assert_eq!(rest.index[0], 5);
+            }
+        }
+    }
+
+    #[test]
+    fn folder_stream_skips_or_stops_on_bad_files() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("imgs");
+        std::fs::create_dir_all(&f).unwrap();
+        let img = image::GrayImage::from_fn(28, 28, |x, y| image::Luma([((x * 9 + y) % 256) as u8]));
+        img.save(f.join("a.png")).unwrap();
+        std::fs::write(f.join("b.png"), "not a png").unwrap();
+        img.save(f.join("c, with comma.png")).unwrap();
+        let ctx = LoadCtx {
+            data_dir: d.path().into(),
+            seed: 1,
+            count: 0,
+            stage: "s".into(),
+        };
+        let spec = format!("folder:{}", f.display());
+        let mut s = open(&spec, &ctx, OnError::Stop).unwrap();
+        let e = drain_err(&mut *s);
+        assert!(e.contains("b.png"), "{e}");
+        let mut s = open(&spec, &ctx, OnError::Skip).unwrap();
+        let got = drain(&mut *s, 2);
+        assert_eq!(got.index, vec![0, 2]);
+        assert!(got.paths[1].ends_with("c, with comma.png"));
+        assert_eq!(s.skipped().len(), 1);
+        assert!(s.skipped()[0].ends_with("b.png"));
+    }
+
+    fn drain_err(s: &mut dyn ImageStream) -> String {
+        loop {
+            match s.next_chunk(10) {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("no error"),
+                Err(e) => return e.to_string(),
+            }
+        }
+    }
+}

@@ -1,0 +1,694 @@
+//! `metaclf score`: applies a finished run's trust model to new (usually unlabeled) images and
+//! says which predictions not to trust: `scores.csv` (one row per image, ranked), `summary.json`
+//! and `review.html` (the least trustworthy images to look at). Images are read, scored and
+//! summarised chunk by chunk (memory is bounded by the chunk plus one small record per image);
+//! `--shard K/N` scores one of N contiguous parts and `--merge` joins the parts' outputs into
+//! exactly what one unsharded run writes.
+
+use crate::config::Config;
+use crate::data::stream::{self, Chunk, ImageStream, OnError};
+use crate::data::{LoadCtx, PIXELS};
+use crate::error::{Error, IoContext, Result};
+use crate::features::{self, FeatureParams};
+use crate::model::{Arch, Net};
+use crate::runfolder::{write_atomic, Staged};
+use crate::trust::Trust;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+/// Columns of scores.csv, in order.
+pub const COLUMNS: [&str; 8] = ["index", "path", "label", "pred", "msp", "trust", "flag", "rank"];
+
+/// Images at or above this msp that are flagged are "confident but not trusted".
+pub const CONFIDENT: f64 = 0.9;
+
+/// Options of `metaclf score`.
+#[derive(Debug, Clone)]
+pub struct ScoreOptions {
+    pub run: PathBuf,
+    pub data: String,
+    pub out: PathBuf,
+    /// Operating point (default: the run's `score.threshold`).
+    pub threshold: Option<String>,
+    /// Least trustworthy images in review.html (default: the run's `score.top`).
+    pub top: Option<usize>,
+    /// (K, N): score the K-th (0-based) of N contiguous parts.
+    pub shard: Option<(usize, usize)>,
+    pub force: bool,
+    pub on_error: OnError,
+    /// Images to draw from generated or sampled sets (0 = the set's default).
+    pub count: usize,
+}
+
+/// One scored image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub index: usize,
+    pub path: String,
+    pub label: Option<u32>,
+    pub pred: u32,
+    pub msp: f32,
+    pub trust: f64,
+    pub flag: bool,
+}
+
+/// Images and flagged images of one predicted class.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PerClass {
+    pub images: usize,
+    pub flagged: usize,
+}
+
+/// Which part of the data a shard scored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ShardInfo {
+    pub k: usize,
+    pub n: usize,
+    /// Positions [start, end) of the data's `total` images.
+    pub start: usize,
+    pub end: usize,
+    pub total: usize,
+}
+
+/// summary.json.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Summary {
+    pub run: String,
+    pub data: String,
+    pub count: usize,
+    pub trust_model: String,
+    pub threshold: String,
+    pub threshold_value: f64,
+    pub images: usize,
+    pub flagged: usize,
+    pub flagged_fraction: f64,
+    pub flagged_by_pred: BTreeMap<u32, PerClass>,
+    /// Flagged although msp ≥ 0.9.
+    pub confident_flagged: usize,
+    pub labelled: bool,
+    /// With labels: accuracy of all, kept and flagged predictions, and errors caught.
+    pub accuracy: Option<f64>,
+    pub kept_accuracy: Option<f64>,
+    pub flagged_accuracy: Option<f64>,
+    pub errors: Option<usize>,
+    pub errors_flagged: Option<usize>,
+    pub errors_flagged_fraction: Option<f64>,
+    /// Unreadable files left out (`--on-error skip`).
+    pub skipped: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub shard: Option<ShardInfo>,
+}
+
+impl Summary {
+    /// The one line printed on stdout.
+    pub fn line(&self) -> String {
+        let mut s = format!(
+            "{} images, {} flagged for review ({:.1}%) at {} (trust < {:.4})",
+            self.images,
+            self.flagged,
+            100.0 * self.flagged_fraction,
+            self.threshold,
+            self.threshold_value
+        );
+        if let (Some(k), Some(f), Some(c)) = (
+            self.kept_accuracy,
+            self.flagged_accuracy,
+            self.errors_flagged_fraction,
+        ) {
+            s.push_str(&format!(
+                "; accuracy {:.2}% kept vs {:.2}% flagged; {:.1}% of the errors flagged",
+                100.0 * k,
+                100.0 * f,
+                100.0 * c
+            ));
+        }
+        if !self.skipped.is_empty() {
+            s.push_str(&format!("; {} unreadable files skipped", self.skipped.len()));
+        }
+        s
+    }
+}
+
+fn other(msg: impl Into<String>) -> Error {
+    Error::Other(msg.into())
+}
+
+/// Parses `K/N` (0 ≤ K < N).
+pub fn parse_shard(s: &str) -> std::result::Result<(usize, usize), String> {
+    let bad = || format!("--shard {s:?}: write K/N with 0 ≤ K < N, e.g. 0/4");
+    let (k, n) = s.split_once('/').ok_or_else(bad)?;
+    let (k, n): (usize, usize) = (
+        k.trim().parse().map_err(|_| bad())?,
+        n.trim().parse().map_err(|_| bad())?,
+    );
+    if n == 0 || k >= n || n > 100_000 {
+        return Err(bad());
+    }
+    Ok((k, n))
+}
+
+/// Positions [start, end) of shard `k` of `n` over `total` images: whole batches, contiguous.
+pub fn shard_range(total: usize, batch: usize, k: usize, n: usize) -> (usize, usize) {
+    let nb = total.div_ceil(batch);
+    let (b0, b1) = (k * nb / n, (k + 1) * nb / n);
+    ((b0 * batch).min(total), (b1 * batch).min(total))
+}
+
+/// A finished run loaded for scoring: its config, CNN and trust model (checked to belong to it).
+pub struct Scorer {
+    pub cfg: Config,
+    pub net: Net,
+    pub trust: Trust,
+}
+
+impl Scorer {
+    pub fn load(run: &Path) -> Result<Scorer> {
+        let cfg = Config::load(&run.join("config.toml"))?;
+        let rj = crate::pipeline::read_run_json(run)?;
+        let classes = rj["classes"].as_u64().ok_or_else(|| Error::Format {
+            path: run.join("run.json"),
+            msg: "no `classes` (the run did not finish)".into(),
+        })? as usize;
+        let model = run.join("model.safetensors");
+        let net = Net::load(Arch::from_config(&cfg, classes), &model)?;
+        let trust = Trust::load(run)?;
+        let info = crate::pipeline::net_info(classes, &features::columns(&net), &model)?;
+        trust.check_net(&info, run)?;
+        Ok(Scorer { cfg, net, trust })
+    }
+
+    fn ctx(&self, count: usize) -> LoadCtx {
+        LoadCtx {
+            data_dir: self.cfg.data.data_dir.clone(),
+            seed: self.cfg.run.seed,
+            count,
+            stage: "score".into(),
+        }
+    }
+
+    /// Features and trust of one chunk, batch by batch at the batches' stream positions (so
+    /// any chunking or sharding gives the same values).
+    pub fn score_chunk(&self, c: &Chunk) -> Result<Vec<Row>> {
+        let bs = self.cfg.features.batch_size;
+        let fp = FeatureParams {
+            // MC passes only when the trust model reads their columns
+            mc: self.trust.model.columns.iter().any(|c| c.starts_with("mc_")),
+            ..FeatureParams::from_config(&self.cfg)
+        };
+        let mut rows = Vec::with_capacity(c.len());
+        let mut i = 0;
+        while i < c.len() {
+            let w = c.pos[i] / bs * bs;
+            let mut j = i;
+            while j < c.len() && c.pos[j] < w + bs {
+                j += 1;
+            }
+            let ds = crate::data::Dataset::new(
+                "score",
+                c.images[i * PIXELS..j * PIXELS].to_vec(),
+                c.labels.as_ref().map(|l| l[i..j].to_vec()),
+            );
+            let t = features::score_at(&self.net, &ds, "score", &fp, w)?;
+            let all: Vec<usize> = (0..t.len()).collect();
+            let trust = self.trust.predict_table(&t, &all)?;
+            let msp = t.col("msp").expect("msp column");
+            for r in 0..t.len() {
+                rows.push(Row {
+                    index: c.index[i + r],
+                    path: c.paths[i + r].clone(),
+                    label: c.labels.as_ref().map(|l| l[i + r]),
+                    pred: t.pred[r],
+                    msp: t.row(r)[msp],
+                    trust: trust[r],
+                    flag: false,
+                });
+            }
+            i = j;
+        }
+        Ok(rows)
+    }
+}
+
+/// Ranks (1 = least trustworthy: lowest trust, then lowest index) of rows.
+pub fn ranks(rows: &[Row]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by(|&a, &b| {
+        rows[a]
+            .trust
+            .total_cmp(&rows[b].trust)
+            .then(rows[a].index.cmp(&rows[b].index))
+    });
+    let mut rank = vec![0; rows.len()];
+    for (r, &i) in order.iter().enumerate() {
+        rank[i] = r + 1;
+    }
+    rank
+}
+
+/// scores.csv text (csv crate: paths with commas, quotes or any characters are quoted).
+pub fn scores_csv(rows: &[Row]) -> Result<Vec<u8>> {
+    let rank = ranks(rows);
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let e = |e: csv::Error| other(format!("writing scores.csv: {e}"));
+    w.write_record(COLUMNS).map_err(e)?;
+    for (r, row) in rows.iter().enumerate() {
+        w.write_record([
+            row.index.to_string(),
+            row.path.clone(),
+            row.label.map(|l| l.to_string()).unwrap_or_default(),
+            row.pred.to_string(),
+            row.msp.to_string(),
+            row.trust.to_string(),
+            if row.flag { "review" } else { "keep" }.to_string(),
+            rank[r].to_string(),
+        ])
+        .map_err(e)?;
+    }
+    w.into_inner()
+        .map_err(|e| other(format!("writing scores.csv: {e}")))
+}
+
+/// Reads a scores.csv written by [`scores_csv`].
+pub fn read_scores_csv(path: &Path) -> Result<Vec<Row>> {
+    let bad = |line: u64, msg: String| Error::Format {
+        path: path.into(),
+        msg: format!("line {line}: {msg}"),
+    };
+    let mut r = csv::Reader::from_path(path).map_err(|e| Error::Format {
+        path: path.into(),
+        msg: e.to_string(),
+    })?;
+    let head = r
+        .headers()
+        .map_err(|e| bad(1, e.to_string()))?
+        .iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+    if head != COLUMNS {
+        return Err(bad(1, format!("header must be {}", COLUMNS.join(","))));
+    }
+    let mut rows = Vec::new();
+    for (i, rec) in r.records().enumerate() {
+        let ln = i as u64 + 2;
+        let rec = rec.map_err(|e| bad(ln, e.to_string()))?;
+        let f = |k: usize| rec.get(k).unwrap_or("");
+        let num = |k: usize| -> Result<f64> {
+            f(k).parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| bad(ln, format!("{} {:?} is not a finite number", COLUMNS[k], f(k))))
+        };
+        let int = |k: usize| -> Result<u64> {
+            f(k).parse::<u64>()
+                .map_err(|_| bad(ln, format!("{} {:?} is not a whole number", COLUMNS[k], f(k))))
+        };
+        rows.push(Row {
+            index: int(0)? as usize,
+            path: f(1).to_string(),
+            label: if f(2).is_empty() {
+                None
+            } else {
+                Some(u32::try_from(int(2)?).map_err(|_| bad(ln, "label too large".into()))?)
+            },
+            pred: u32::try_from(int(3)?).map_err(|_| bad(ln, "pred too large".into()))?,
+            msp: num(4)? as f32,
+            trust: num(5)?,
+            flag: match f(6) {
+                "review" => true,
+                "keep" => false,
+                o => return Err(bad(ln, format!("flag {o:?} is neither keep nor review"))),
+            },
+        });
+    }
+    Ok(rows)
+}
+
+/// The summary of scored rows.
+fn summarise(rows: &[Row], base: &Summary) -> Summary {
+    let n = rows.len();
+    let flagged = rows.iter().filter(|r| r.flag).count();
+    let mut by: BTreeMap<u32, PerClass> = BTreeMap::new();
+    for r in rows {
+        let e = by.entry(r.pred).or_default();
+        e.images += 1;
+        e.flagged += r.flag as usize;
+    }
+    let labelled = n > 0 && rows.iter().all(|r| r.label.is_some());
+    let acc = |sel: &dyn Fn(&Row) -> bool| -> Option<f64> {
+        let s: Vec<&Row> = rows.iter().filter(|r| sel(r)).collect();
+        (labelled && !s.is_empty())
+            .then(|| s.iter().filter(|r| r.label == Some(r.pred)).count() as f64 / s.len() as f64)
+    };
+    let errors = labelled.then(|| rows.iter().filter(|r| r.label != Some(r.pred)).count());
+    let errors_flagged =
+        labelled.then(|| rows.iter().filter(|r| r.flag && r.label != Some(r.pred)).count());
+    Summary {
+        images: n,
+        flagged,
+        flagged_fraction: if n == 0 { 0.0 } else { flagged as f64 / n as f64 },
+        flagged_by_pred: by,
+        confident_flagged: rows
+            .iter()
+            .filter(|r| r.flag && r.msp as f64 >= CONFIDENT)
+            .count(),
+        labelled,
+        accuracy: acc(&|_| true),
+        kept_accuracy: acc(&|r| !r.flag),
+        flagged_accuracy: acc(&|r| r.flag),
+        errors,
+        errors_flagged,
+        errors_flagged_fraction: match (errors, errors_flagged) {
+            (Some(e), Some(f)) if e > 0 => Some(f as f64 / e as f64),
+            _ => None,
+        },
+        ..base.clone()
+    }
+}
+
+/// Writes scores.csv, summary.json and review.html for `rows` into `dir`.
+fn write_outputs(
+    dir: &Path,
+    rows: &[Row],
+    summary: &Summary,
+    scorer: &Scorer,
+    images: &HashMap<usize, Vec<f32>>,
+    top: usize,
+) -> Result<()> {
+    write_atomic(&dir.join("scores.csv"), &scores_csv(rows)?)?;
+    let text = serde_json::to_string_pretty(summary).map_err(|e| other(e.to_string()))?;
+    write_atomic(&dir.join("summary.json"), (text + "\n").as_bytes())?;
+    let html = crate::review::page(rows, summary, &scorer.trust, images, top);
+    write_atomic(&dir.join("review.html"), html.as_bytes())
+}
+
+/// The rows review.html shows (their indices).
+fn review_indices(rows: &[Row], top: usize) -> HashSet<usize> {
+    crate::review::shown(rows, top)
+        .into_iter()
+        .map(|i| rows[i].index)
+        .collect()
+}
+
+/// Reads the images of `want` (source indices) from positions [start, end) of a stream.
+fn fetch_images(
+    s: &mut dyn ImageStream,
+    start: usize,
+    end: usize,
+    want: &HashSet<usize>,
+    chunk: usize,
+) -> Result<HashMap<usize, Vec<f32>>> {
+    let mut out = HashMap::new();
+    s.skip(start)?;
+    let mut pos = start;
+    while pos < end {
+        let step = chunk.min(end - pos);
+        let Some(c) = s.next_chunk(step)? else {
+            break;
+        };
+        pos += step;
+        for (i, idx) in c.index.iter().enumerate() {
+            if want.contains(idx) {
+                out.insert(*idx, c.images[i * PIXELS..(i + 1) * PIXELS].to_vec());
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn output_folder(out: &Path, force: bool) -> Result<Staged> {
+    Staged::for_folder(out, force, &["summary.json"], "a metaclf score folder")
+}
+
+/// `metaclf score`: scores `opts.data` with the run's trust model and writes the folder.
+pub fn score(opts: &ScoreOptions) -> Result<Summary> {
+    let sc = Scorer::load(&opts.run)?;
+    let th_name = opts
+        .threshold
+        .clone()
+        .unwrap_or_else(|| sc.cfg.score.threshold.clone());
+    let th = sc.trust.threshold(&th_name)?.clone();
+    let top = opts.top.unwrap_or(sc.cfg.score.top);
+    let staged = output_folder(&opts.out, opts.force)?;
+    let ctx = sc.ctx(opts.count);
+    let mut s = stream::open(&opts.data, &ctx, opts.on_error)?;
+    let total = s.len();
+    let bs = sc.cfg.features.batch_size;
+    let (start, end, shard) = match opts.shard {
+        Some((k, n)) => {
+            let (a, b) = shard_range(total, bs, k, n);
+            (
+                a,
+                b,
+                Some(ShardInfo {
+                    k,
+                    n,
+                    start: a,
+                    end: b,
+                    total,
+                }),
+            )
+        }
+        None => (0, total, None),
+    };
+    let chunk = sc.cfg.score.chunk.div_ceil(bs) * bs;
+    s.skip(start)?;
+    let pb = indicatif::ProgressBar::new((end - start) as u64);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("score {bar:30} {pos}/{len} [{elapsed}<{eta}] {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut rows: Vec<Row> = Vec::new();
+    let mut pos = start;
+    while pos < end {
+        let want = chunk.min(end - pos);
+        let Some(c) = s.next_chunk(want)? else { break };
+        pos += want;
+        rows.extend(sc.score_chunk(&c)?);
+        pb.set_position((pos - start) as u64);
+    }
+    pb.finish_and_clear();
+    for r in rows.iter_mut() {
+        r.flag = r.trust < th.value;
+    }
+    let base = Summary {
+        run: opts.run.display().to_string(),
+        data: opts.data.clone(),
+        count: opts.count,
+        trust_model: describe(&sc.trust),
+        threshold: th_name,
+        threshold_value: th.value,
+        images: 0,
+        flagged: 0,
+        flagged_fraction: 0.0,
+        flagged_by_pred: BTreeMap::new(),
+        confident_flagged: 0,
+        labelled: false,
+        accuracy: None,
+        kept_accuracy: None,
+        flagged_accuracy: None,
+        errors: None,
+        errors_flagged: None,
+        errors_flagged_fraction: None,
+        skipped: s.skipped(),
+        shard,
+    };
+    let summary = summarise(&rows, &base);
+    let want = review_indices(&rows, top);
+    let mut s2 = stream::open(&opts.data, &ctx, OnError::Skip)?;
+    let images = fetch_images(&mut *s2, start, end, &want, chunk)?;
+    write_outputs(&staged.folder.path, &rows, &summary, &sc, &images, top)?;
+    staged.commit()?;
+    Ok(summary)
+}
+
+fn describe(t: &Trust) -> String {
+    format!(
+        "{} on {}{}",
+        t.model.model,
+        t.model.features,
+        if t.model.known_unknowns {
+            " with known unknowns"
+        } else {
+            ""
+        }
+    )
+}
+
+/// `metaclf score --merge`: joins the outputs of shards 0..N of one scoring into `out`,
+/// recomputing ranks, summary and review page: the same bytes one unsharded run writes.
+pub fn merge(dirs: &[PathBuf], out: &Path, force: bool, top: Option<usize>) -> Result<Summary> {
+    if dirs.is_empty() {
+        return Err(other("--merge needs the shard folders"));
+    }
+    let mut parts: Vec<(Summary, PathBuf)> = Vec::new();
+    for d in dirs {
+        let p = d.join("summary.json");
+        let text = std::fs::read_to_string(&p).at(&p)?;
+        let s: Summary = serde_json::from_str(&text).map_err(|e| Error::Format {
+            path: p.clone(),
+            msg: format!("not a metaclf score summary: {e}"),
+        })?;
+        if s.shard.is_none() {
+            return Err(Error::Format {
+                path: p,
+                msg: "is not a shard's summary (no `shard`; was it scored with --shard K/N?)".into(),
+            });
+        }
+        parts.push((s, d.clone()));
+    }
+    parts.sort_by_key(|(s, _)| s.shard.as_ref().map(|x| x.k));
+    let first = parts[0].0.clone();
+    let sh0 = first.shard.clone().expect("checked");
+    let mut expect = 0;
+    for (k, (s, d)) in parts.iter().enumerate() {
+        let sh = s.shard.as_ref().expect("checked");
+        let same = s.run == first.run
+            && s.data == first.data
+            && s.count == first.count
+            && s.threshold == first.threshold
+            && s.trust_model == first.trust_model
+            && sh.n == sh0.n
+            && sh.total == sh0.total;
+        if !same {
+            return Err(other(format!(
+                "{} is a shard of another scoring (run, data, count, threshold or shard count differ from {})",
+                d.display(),
+                parts[0].1.display()
+            )));
+        }
+        if sh.k != k || sh.start != expect {
+            return Err(other(format!(
+                "shards do not line up: expected shard {k} of {} starting at {expect}, {} is shard {} at {}",
+                sh0.n,
+                d.display(),
+                sh.k,
+                sh.start
+            )));
+        }
+        expect = sh.end;
+    }
+    if parts.len() != sh0.n || expect != sh0.total {
+        return Err(other(format!(
+            "{} of {} shards given; every shard 0..{} is needed",
+            parts.len(),
+            sh0.n,
+            sh0.n
+        )));
+    }
+    let sc = Scorer::load(Path::new(&first.run))?;
+    let top = top.unwrap_or(sc.cfg.score.top);
+    let staged = output_folder(out, force)?;
+    let mut rows = Vec::new();
+    let mut skipped = Vec::new();
+    for (s, d) in &parts {
+        rows.extend(read_scores_csv(&d.join("scores.csv"))?);
+        skipped.extend(s.skipped.iter().cloned());
+    }
+    let base = Summary {
+        skipped,
+        shard: None,
+        ..first.clone()
+    };
+    let summary = summarise(&rows, &base);
+    let want = review_indices(&rows, top);
+    let bs = sc.cfg.features.batch_size;
+    let chunk = sc.cfg.score.chunk.div_ceil(bs) * bs;
+    let mut s = stream::open(&first.data, &sc.ctx(first.count), OnError::Skip)?;
+    let images = fetch_images(&mut *s, 0, sh0.total, &want, chunk)?;
+    write_outputs(&staged.folder.path, &rows, &summary, &sc, &images, top)?;
+    staged.commit()?;
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_cover_whole_batches_contiguously() {
+        for (total, bs, n) in [(1000, 256, 4), (10, 4, 3), (5, 8, 4), (1_000_000, 256, 7)] {
+            let mut expect = 0;
+            for k in 0..n {
+                let (a, b) = shard_range(total, bs, k, n);
+                assert_eq!(a, expect);
+                assert!(a % bs == 0 || a == total);
+                expect = b;
+            }
+            assert_eq!(expect, total);
+        }
+        assert_eq!(parse_shard("1/4").unwrap(), (1, 4));
+        assert!(parse_shard("4/4").is_err());
+        assert!(parse_shard("x").is_err());
+        assert!(parse_shard("0/0").is_err());
+    }
+
+    #[test]
+    fn ranks_and_csv_round_trip_with_awkward_paths() {
+        let rows = vec![
+            Row {
+                index: 0,
+                path: "a, \"quoted\"/ü.png".into(),
+                label: Some(3),
+                pred: 3,
+                msp: 0.99,
+                trust: 0.8,
+                flag: false,
+            },
+            Row {
+                index: 1,
+                path: "b\nc.png".into(),
+                label: None,
+                pred: 1,
+                msp: 0.5,
+                trust: 0.1,
+                flag: true,
+            },
+            Row {
+                index: 2,
+                path: String::new(),
+                label: None,
+                pred: 1,
+                msp: 0.95,
+                trust: 0.1,
+                flag: true,
+            },
+        ];
+        assert_eq!(ranks(&rows), vec![3, 1, 2]);
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("scores.csv");
+        std::fs::write(&p, scores_csv(&rows).unwrap()).unwrap();
+        assert_eq!(read_scores_csv(&p).unwrap(), rows);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.starts_with("index,path,label,pred,msp,trust,flag,rank\n"));
+        assert!(text.contains("0,\"a, \"\"quoted\"\"/ü.png\",3,3,0.99,0.8,keep,3\n"));
+        let s = summarise(
+            &rows,
+            &Summary {
+                run: "r".into(),
+                data: "d".into(),
+                count: 0,
+                trust_model: "m".into(),
+                threshold: "keep95".into(),
+                threshold_value: 0.5,
+                images: 0,
+                flagged: 0,
+                flagged_fraction: 0.0,
+                flagged_by_pred: BTreeMap::new(),
+                confident_flagged: 0,
+                labelled: false,
+                accuracy: None,
+                kept_accuracy: None,
+                flagged_accuracy: None,
+                errors: None,
+                errors_flagged: None,
+                errors_flagged_fraction: None,
+                skipped: vec![],
+                shard: None,
+            },
+        );
+        assert_eq!((s.images, s.flagged, s.confident_flagged), (3, 2, 1));
+        assert_eq!(s.flagged_by_pred[&1], PerClass { images: 2, flagged: 2 });
+        assert!(!s.labelled && s.kept_accuracy.is_none());
+    }
+}
