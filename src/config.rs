@@ -559,7 +559,10 @@ impl Config {
             ));
         }
         if !(2..=20).contains(&sc.folds) {
-            return Err(cfg("score.folds", format!("{} is outside 2..=20", sc.folds)));
+            return Err(cfg(
+                "score.folds",
+                format!("{} is outside 2..=20", sc.folds),
+            ));
         }
         if sc.chunk == 0 {
             return Err(cfg("score.chunk", "0: must be ≥ 1"));

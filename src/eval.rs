@@ -550,23 +550,33 @@ pub fn pool(a: &mut MetaResults, b: MetaResults) {
 
 /// Records as CSV (values joined by ';').
 pub fn records_csv(records: &[Record]) -> String {
-    let mut s = String::from("task,ood_set,model,features,known_unknowns,metric,mean,std,values\n");
-    for r in records {
-        let vals: Vec<String> = r.values.iter().map(|v| v.to_string()).collect();
-        s.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{}\n",
-            r.task,
-            r.ood_set.clone().unwrap_or_default(),
-            r.model,
-            r.features,
-            r.known_unknowns,
-            r.metric,
-            r.mean,
-            r.std,
-            vals.join(";")
-        ));
-    }
-    s
+    crate::runfolder::csv_text(
+        &[
+            "task",
+            "ood_set",
+            "model",
+            "features",
+            "known_unknowns",
+            "metric",
+            "mean",
+            "std",
+            "values",
+        ],
+        records.iter().map(|r| {
+            let vals: Vec<String> = r.values.iter().map(|v| v.to_string()).collect();
+            vec![
+                r.task.clone(),
+                r.ood_set.clone().unwrap_or_default(),
+                r.model.clone(),
+                r.features.clone(),
+                r.known_unknowns.to_string(),
+                r.metric.clone(),
+                r.mean.to_string(),
+                r.std.to_string(),
+                vals.join(";"),
+            ]
+        }),
+    )
 }
 
 /// Ablation tables: per model and known-unknowns setting, rows = feature groups, columns =
@@ -604,10 +614,12 @@ pub fn ablation(records: &[Record]) -> (String, String) {
                 && r.metric == c.2
         })
     };
-    let mut csv = format!(
-        "model,known_unknowns,features,{}\n",
-        cols.iter().map(&col_name).collect::<Vec<_>>().join(",")
-    );
+    let csv_head: Vec<String> = ["model", "known_unknowns", "features"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(cols.iter().map(&col_name))
+        .collect();
+    let mut csv_rows: Vec<Vec<String>> = Vec::new();
     let mut md = String::from("# Ablation: feature groups\n\nMean ± std over repetitions; **bold** = best in its column within the table (lowest for fpr95, highest otherwise).\n");
     for (model, ku) in &tables {
         let rows: Vec<(String, String)> = if model == "baseline" {
@@ -667,11 +679,16 @@ pub fn ablation(records: &[Record]) -> (String, String) {
                     }
                 }
             }
-            csv.push_str(&format!("{m},{ku},{f},{}\n", cells_csv.join(",")));
+            csv_rows.push(
+                [m.clone(), ku.to_string(), f.clone()]
+                    .into_iter()
+                    .chain(cells_csv)
+                    .collect(),
+            );
             md.push_str(&format!("| {f} | {} |\n", cells_md.join(" | ")));
         }
     }
-    (csv, md)
+    (crate::runfolder::csv_text(&csv_head, csv_rows), md)
 }
 
 #[cfg(test)]

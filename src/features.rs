@@ -111,35 +111,52 @@ impl FeatureTable {
         self
     }
 
-    /// The CSV text (full f32 precision: shortest round-trip decimal).
-    pub fn to_csv(&self) -> String {
-        let mut s = String::with_capacity(self.values.len() * 12);
-        s.push_str(&ID_COLUMNS.join(","));
-        for c in &self.columns {
-            s.push(',');
-            s.push_str(c);
-        }
-        s.push('\n');
+    /// The header record of the CSV form.
+    pub fn csv_header(&self) -> Vec<String> {
+        ID_COLUMNS
+            .iter()
+            .map(|s| s.to_string())
+            .chain(self.columns.iter().cloned())
+            .collect()
+    }
+
+    /// Writes the rows (no header) as CSV records (full f32 precision: shortest round-trip
+    /// decimal; the csv crate quotes any field that needs it).
+    pub fn write_rows<W: std::io::Write>(&self, w: &mut csv::Writer<W>) -> Result<()> {
+        let e = |e: csv::Error| Error::Other(format!("writing features CSV: {e}"));
+        let mut rec: Vec<String> = Vec::with_capacity(ID_COLUMNS.len() + self.columns.len());
         for r in 0..self.len() {
-            let lab = self.label[r].map(|l| l.to_string()).unwrap_or_default();
-            let cor = self
-                .correct(r)
-                .map(|c| (c as u8).to_string())
-                .unwrap_or_default();
-            let src = self.source_label[r]
-                .map(|l| l.to_string())
-                .unwrap_or_default();
-            s.push_str(&format!(
-                "{},{},{},{},{},{}",
-                self.set[r], self.index[r], lab, self.pred[r], cor, src
-            ));
-            for v in self.row(r) {
-                s.push(',');
-                s.push_str(&v.to_string());
-            }
-            s.push('\n');
+            rec.clear();
+            rec.push(self.set[r].clone());
+            rec.push(self.index[r].to_string());
+            rec.push(self.label[r].map(|l| l.to_string()).unwrap_or_default());
+            rec.push(self.pred[r].to_string());
+            rec.push(
+                self.correct(r)
+                    .map(|c| (c as u8).to_string())
+                    .unwrap_or_default(),
+            );
+            rec.push(
+                self.source_label[r]
+                    .map(|l| l.to_string())
+                    .unwrap_or_default(),
+            );
+            rec.extend(self.row(r).iter().map(|v| v.to_string()));
+            w.write_record(&rec).map_err(e)?;
         }
-        s
+        Ok(())
+    }
+
+    /// The CSV text (header and rows).
+    pub fn to_csv(&self) -> String {
+        let mut w = csv::Writer::from_writer(Vec::with_capacity(self.values.len() * 12));
+        let ok = w
+            .write_record(self.csv_header())
+            .map_err(|e| Error::Other(e.to_string()))
+            .and_then(|_| self.write_rows(&mut w));
+        let bytes = w.into_inner().unwrap_or_default();
+        debug_assert!(ok.is_ok(), "writing CSV into memory cannot fail");
+        String::from_utf8(bytes).unwrap_or_default()
     }
 
     /// Reads a features CSV written by [`FeatureTable::to_csv`] (also the older form without
@@ -157,16 +174,23 @@ impl FeatureTable {
 
     /// Parses the text of a features CSV; `path` names it in errors.
     pub fn parse_csv(text: &str, path: &Path) -> Result<FeatureTable> {
-        let bad = |line: usize, msg: String| Error::Format {
+        let bad = |line: u64, msg: String| Error::Format {
             path: path.into(),
             msg: format!("line {line}: {msg}"),
         };
-        let mut lines = text.lines();
-        let head: Vec<&str> = lines
-            .next()
-            .ok_or_else(|| bad(1, "empty file".into()))?
-            .split(',')
-            .collect();
+        let mut rd = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(text.as_bytes());
+        let mut records = rd.records();
+        let head: Vec<String> = match records.next() {
+            None => return Err(bad(1, "empty file".into())),
+            Some(r) => r
+                .map_err(|e| bad(1, e.to_string()))?
+                .iter()
+                .map(String::from)
+                .collect(),
+        };
         let nid = if head.len() >= ID_COLUMNS.len() && head[..ID_COLUMNS.len()] == ID_COLUMNS {
             ID_COLUMNS.len()
         } else if head.len() >= OLD_ID_COLUMNS.len()
@@ -180,17 +204,25 @@ impl FeatureTable {
             ));
         };
         let mut t = FeatureTable {
-            columns: head[nid..].iter().map(|s| s.to_string()).collect(),
+            columns: head[nid..].to_vec(),
             ..Default::default()
         };
+        let plain = |s: &str| !s.is_empty() && !s.chars().any(char::is_control);
         for (ci, c) in t.columns.iter().enumerate() {
-            if c.is_empty() || t.columns[..ci].contains(c) || ID_COLUMNS.contains(&c.as_str()) {
-                return Err(bad(1, format!("column {:?} is empty or repeated", c)));
+            if !plain(c) || t.columns[..ci].contains(c) || ID_COLUMNS.contains(&c.as_str()) {
+                return Err(bad(
+                    1,
+                    format!("column {c:?} is empty, repeated or holds control characters"),
+                ));
             }
         }
-        for (i, line) in lines.enumerate() {
-            let ln = i + 2;
-            let f: Vec<&str> = line.split(',').collect();
+        for rec in records {
+            let rec = rec.map_err(|e| {
+                let line = e.position().map_or(0, |p| p.line());
+                bad(line, e.to_string())
+            })?;
+            let ln = rec.position().map_or(0, |p| p.line());
+            let f: Vec<&str> = rec.iter().collect();
             if f.len() != head.len() {
                 return Err(bad(
                     ln,
@@ -210,8 +242,11 @@ impl FeatureTable {
                     .map(Some)
                     .map_err(|_| bad(ln, format!("{what} {s:?} is too large")))
             };
-            if f[0].is_empty() {
-                return Err(bad(ln, "empty set name".into()));
+            if !plain(f[0]) {
+                return Err(bad(
+                    ln,
+                    format!("set name {:?} is empty or holds control characters", f[0]),
+                ));
             }
             t.set.push(f[0].to_string());
             t.index.push(
@@ -936,12 +971,23 @@ mod score_tests {
         let mut parts = FeatureTable::default();
         for (lo, hi) in [(0, 14), (14, 28), (28, 30)] {
             let part = ds.select(&(lo..hi).collect::<Vec<_>>());
-            parts.append(score_at(&net, &part, "s", &p(2, 7), lo).unwrap()).unwrap();
+            parts
+                .append(score_at(&net, &part, "s", &p(2, 7), lo).unwrap())
+                .unwrap();
         }
         assert_eq!(parts.values, a.values);
         assert!(score_at(&net, &ds, "s", &p(2, 7), 3).is_err());
         // without MC passes: the other columns are unchanged
-        let no_mc = score(&net, &ds, "s", &FeatureParams { mc: false, ..p(2, 7) }).unwrap();
+        let no_mc = score(
+            &net,
+            &ds,
+            "s",
+            &FeatureParams {
+                mc: false,
+                ..p(2, 7)
+            },
+        )
+        .unwrap();
         assert_eq!(no_mc.column("grad_all_l2"), a.column("grad_all_l2"));
         assert_eq!(no_mc.column("mc_std").unwrap(), vec![0.0; 30]);
         // msp is the probability of pred; entropy is bounded by ln 10

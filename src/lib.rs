@@ -22,8 +22,8 @@ pub mod meta;
 pub mod model;
 pub mod pipeline;
 pub mod report;
-pub mod runfolder;
 pub mod review;
+pub mod runfolder;
 pub mod score;
 pub mod trust;
 

@@ -102,14 +102,28 @@ pub fn num_classes(cfg: &Config, s: &Splits) -> usize {
 
 /// History as CSV.
 pub fn history_csv(t: &Trained) -> String {
-    let mut s = String::from("epoch,lr,train_loss,train_acc,val_loss,val_acc,seconds\n");
-    for r in &t.history {
-        s.push_str(&format!(
-            "{},{},{},{},{},{},{:.3}\n",
-            r.epoch, r.lr, r.train_loss, r.train_acc, r.val_loss, r.val_acc, r.seconds
-        ));
-    }
-    s
+    crate::runfolder::csv_text(
+        &[
+            "epoch",
+            "lr",
+            "train_loss",
+            "train_acc",
+            "val_loss",
+            "val_acc",
+            "seconds",
+        ],
+        t.history.iter().map(|r| {
+            vec![
+                r.epoch.to_string(),
+                r.lr.to_string(),
+                r.train_loss.to_string(),
+                r.train_acc.to_string(),
+                r.val_loss.to_string(),
+                r.val_acc.to_string(),
+                format!("{:.3}", r.seconds),
+            ]
+        }),
+    )
 }
 
 /// Scores the test set, every OOD set and the known unknowns.
@@ -207,37 +221,55 @@ pub fn write_meta(folder: &RunFolder, t: &FeatureTable, r: &eval::MetaResults) -
         serde_json::to_string_pretty(&metrics).map_err(|e| Error::Other(e.to_string()))?,
     )?;
     folder.write("metrics.csv", eval::records_csv(&r.records))?;
-    let mut s = String::from("rep,model,features,known_unknowns,set,index,target,score\n");
-    for x in &r.scores {
-        s.push_str(&format!(
-            "{},{},{},{},{},{},{},{}\n",
-            x.rep,
-            x.model,
-            x.features,
-            x.known_unknowns,
-            t.set[x.row],
-            t.index[x.row],
-            x.target,
-            x.score
-        ));
-    }
-    folder.write("meta_scores.csv", s)?;
-    let mut c = String::from(
-        "rep,model,features,known_unknowns,term,coef_original,coef_standardized,lambda\n",
+    let s = crate::runfolder::csv_text(
+        &[
+            "rep",
+            "model",
+            "features",
+            "known_unknowns",
+            "set",
+            "index",
+            "target",
+            "score",
+        ],
+        r.scores.iter().map(|x| {
+            vec![
+                x.rep.to_string(),
+                x.model.clone(),
+                x.features.clone(),
+                x.known_unknowns.to_string(),
+                t.set[x.row].clone(),
+                t.index[x.row].to_string(),
+                x.target.to_string(),
+                x.score.to_string(),
+            ]
+        }),
     );
-    for x in &r.coefs {
-        c.push_str(&format!(
-            "{},{},{},{},{},{},{},{}\n",
-            x.rep,
-            x.model,
-            x.features,
-            x.known_unknowns,
-            x.term,
-            x.original,
-            x.standardized,
-            x.lambda
-        ));
-    }
+    folder.write("meta_scores.csv", s)?;
+    let c = crate::runfolder::csv_text(
+        &[
+            "rep",
+            "model",
+            "features",
+            "known_unknowns",
+            "term",
+            "coef_original",
+            "coef_standardized",
+            "lambda",
+        ],
+        r.coefs.iter().map(|x| {
+            vec![
+                x.rep.to_string(),
+                x.model.clone(),
+                x.features.clone(),
+                x.known_unknowns.to_string(),
+                x.term.clone(),
+                x.original.to_string(),
+                x.standardized.to_string(),
+                x.lambda.to_string(),
+            ]
+        }),
+    );
     folder.write("coefficients.csv", c)?;
     let (csv, md) = eval::ablation(&r.records);
     folder.write("ablation.csv", csv)?;
@@ -453,8 +485,10 @@ pub fn read_run_json(run_dir: &Path) -> Result<serde_json::Value> {
     })
 }
 
-/// `metaclf features`: scores a data set with a finished run's model.
+/// `metaclf features`: scores a data set with a finished run's model, chunk by chunk (memory is
+/// bounded by the chunk, `score.chunk` images), into a CSV written through a temporary file.
 pub fn features_for(run_dir: &Path, spec: &str, out: &Path, count: usize) -> Result<usize> {
+    use crate::data::stream::{self, OnError};
     let cfg = Config::load(&run_dir.join("config.toml"))?;
     let run = read_run_json(run_dir)?;
     let classes = run["classes"].as_u64().ok_or_else(|| Error::Format {
@@ -471,11 +505,59 @@ pub fn features_for(run_dir: &Path, spec: &str, out: &Path, count: usize) -> Res
         count,
         stage: "features".into(),
     };
-    let ds = data::load(spec, &ctx)?;
+    let mut s = stream::open(spec, &ctx, OnError::Stop)?;
     let fp = FeatureParams::from_config(&cfg);
-    let t = features::score(&net, &ds, &Source::short_name(spec), &fp)?;
-    crate::runfolder::write_atomic(out, t.to_csv().as_bytes())?;
-    Ok(t.len())
+    let bs = fp.batch_size;
+    let chunk = cfg.score.chunk.div_ceil(bs) * bs;
+    let set = Source::short_name(spec);
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::runfolder::create_dirs(dir)?;
+    }
+    let mut tmp_name = out.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(format!(".tmp{}", std::process::id()));
+    let tmp = out.with_file_name(tmp_name);
+    let mut write = || -> Result<usize> {
+        let f = std::fs::File::create(&tmp).map_err(|source| Error::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+        let mut w = csv::Writer::from_writer(std::io::BufWriter::new(f));
+        let header: Vec<String> = features::ID_COLUMNS
+            .iter()
+            .map(|c| c.to_string())
+            .chain(features::columns(&net))
+            .collect();
+        let io = |e: csv::Error| Error::Other(format!("writing {}: {e}", tmp.display()));
+        w.write_record(&header).map_err(io)?;
+        let (mut pos, mut rows) = (0, 0);
+        let pb = indicatif::ProgressBar::new(s.len() as u64);
+        while let Some(c) = s.next_chunk(chunk)? {
+            let t = features::score_at(&net, &c.dataset(&set), &set, &fp, pos)?;
+            t.write_rows(&mut w)?;
+            pos += chunk;
+            rows += t.len();
+            pb.set_position(pos.min(s.len()) as u64);
+        }
+        pb.finish_and_clear();
+        w.flush().map_err(|source| Error::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+        Ok(rows)
+    };
+    match write() {
+        Ok(rows) => {
+            std::fs::rename(&tmp, out).map_err(|source| Error::Io {
+                path: out.to_path_buf(),
+                source,
+            })?;
+            Ok(rows)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
 }
 
 /// `metaclf meta`: refits the meta classifiers of a finished run from its features.csv (with the
@@ -499,7 +581,14 @@ pub fn refit_meta(run_dir: &Path, cfg: &Config) -> Result<f64> {
         path: run_dir.join("run.json"),
         msg: "no `classes` (the run did not finish)".into(),
     })? as usize;
-    fit_trust(cfg, &folder, &table, &meta_params(cfg)?, &results.records, classes)?;
+    fit_trust(
+        cfg,
+        &folder,
+        &table,
+        &meta_params(cfg)?,
+        &results.records,
+        classes,
+    )?;
     crate::report::build(run_dir)?;
     Ok(secs)
 }

@@ -180,33 +180,36 @@ pub fn rejection_curve(correct: &[bool], s: &[f64], steps: usize) -> Vec<(f64, f
         .collect()
 }
 
-/// A run-folder CSV as header and rows; every row must have the header's field count.
+/// A run-folder CSV as header and rows (csv crate); every row must have the header's field
+/// count.
 fn read_csv(path: &Path) -> Result<(Vec<String>, Vec<Vec<String>>)> {
     let text = std::fs::read_to_string(path).at(path)?;
-    let mut lines = text.lines();
-    let head: Vec<String> = lines
-        .next()
-        .unwrap_or_default()
-        .split(',')
-        .map(String::from)
-        .collect();
+    let bad = |line: u64, msg: String| Error::Format {
+        path: path.into(),
+        msg: format!("line {line}: {msg}"),
+    };
+    let mut rd = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(text.as_bytes());
+    let mut head: Option<Vec<String>> = None;
     let mut rows = Vec::new();
-    for (i, l) in lines.enumerate() {
-        let r: Vec<String> = l.split(',').map(String::from).collect();
-        if r.len() != head.len() {
-            return Err(Error::Format {
-                path: path.into(),
-                msg: format!(
-                    "line {}: {} fields, header has {}",
-                    i + 2,
-                    r.len(),
-                    head.len()
-                ),
-            });
+    for rec in rd.records() {
+        let rec = rec.map_err(|e| bad(e.position().map_or(0, |p| p.line()), e.to_string()))?;
+        let r: Vec<String> = rec.iter().map(String::from).collect();
+        match &head {
+            None => head = Some(r),
+            Some(h) if r.len() != h.len() => {
+                let line = rec.position().map_or(0, |p| p.line());
+                return Err(bad(
+                    line,
+                    format!("{} fields, header has {}", r.len(), h.len()),
+                ));
+            }
+            Some(_) => rows.push(r),
         }
-        rows.push(r);
     }
-    Ok((head, rows))
+    Ok((head.unwrap_or_default(), rows))
 }
 
 /// Field `col` of data row `row` (0-based, after the header) as a finite number, or an error

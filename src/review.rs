@@ -77,7 +77,8 @@ fn thumb(px: &[f32]) -> String {
         .take(PIXELS)
         .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
         .collect();
-    let img = image::GrayImage::from_raw(28, 28, bytes).unwrap_or_else(|| image::GrayImage::new(28, 28));
+    let img =
+        image::GrayImage::from_raw(28, 28, bytes).unwrap_or_else(|| image::GrayImage::new(28, 28));
     let mut png = Vec::new();
     if img
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
@@ -181,7 +182,8 @@ fn lift_svg(rows: &[Row], s: &Summary) -> String {
 }
 
 fn pct(v: Option<f64>) -> String {
-    v.map(|x| format!("{:.2}%", 100.0 * x)).unwrap_or_else(|| "–".into())
+    v.map(|x| format!("{:.2}%", 100.0 * x))
+        .unwrap_or_else(|| "–".into())
 }
 
 /// The whole page.
@@ -198,7 +200,11 @@ pub fn page(
     for (k, &i) in order.iter().enumerate() {
         rank[i] = k + 1;
     }
-    let th = trust.model.thresholds.iter().find(|t| t.name == s.threshold);
+    let th = trust
+        .model
+        .thresholds
+        .iter()
+        .find(|t| t.name == s.threshold);
     let mut h = String::from(
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>metaclf review</title><style>\
          body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em;color:#222}\

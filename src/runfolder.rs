@@ -33,6 +33,23 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).at(path)
 }
 
+/// CSV text of a header and rows, written with the csv crate (fields that hold a comma, quote
+/// or line break are quoted; everything else is written as it is).
+pub fn csv_text<H, R, F>(header: &[H], rows: R) -> String
+where
+    H: AsRef<[u8]>,
+    R: IntoIterator<Item = Vec<F>>,
+    F: AsRef<[u8]>,
+{
+    let mut w = csv::Writer::from_writer(Vec::new());
+    // writing into memory cannot fail
+    let _ = w.write_record(header);
+    for r in rows {
+        let _ = w.write_record(&r);
+    }
+    String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
+}
+
 /// A run folder being written.
 #[derive(Debug, Clone)]
 pub struct RunFolder {

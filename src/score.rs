@@ -18,7 +18,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// Columns of scores.csv, in order.
-pub const COLUMNS: [&str; 8] = ["index", "path", "label", "pred", "msp", "trust", "flag", "rank"];
+pub const COLUMNS: [&str; 8] = [
+    "index", "path", "label", "pred", "msp", "trust", "flag", "rank",
+];
 
 /// Images at or above this msp that are flagged are "confident but not trusted".
 pub const CONFIDENT: f64 = 0.9;
@@ -124,7 +126,10 @@ impl Summary {
             ));
         }
         if !self.skipped.is_empty() {
-            s.push_str(&format!("; {} unreadable files skipped", self.skipped.len()));
+            s.push_str(&format!(
+                "; {} unreadable files skipped",
+                self.skipped.len()
+            ));
         }
         s
     }
@@ -193,7 +198,12 @@ impl Scorer {
         let bs = self.cfg.features.batch_size;
         let fp = FeatureParams {
             // MC passes only when the trust model reads their columns
-            mc: self.trust.model.columns.iter().any(|c| c.starts_with("mc_")),
+            mc: self
+                .trust
+                .model
+                .columns
+                .iter()
+                .any(|c| c.starts_with("mc_")),
             ..FeatureParams::from_config(&self.cfg)
         };
         let mut rows = Vec::with_capacity(c.len());
@@ -297,11 +307,20 @@ pub fn read_scores_csv(path: &Path) -> Result<Vec<Row>> {
             f(k).parse::<f64>()
                 .ok()
                 .filter(|v| v.is_finite())
-                .ok_or_else(|| bad(ln, format!("{} {:?} is not a finite number", COLUMNS[k], f(k))))
+                .ok_or_else(|| {
+                    bad(
+                        ln,
+                        format!("{} {:?} is not a finite number", COLUMNS[k], f(k)),
+                    )
+                })
         };
         let int = |k: usize| -> Result<u64> {
-            f(k).parse::<u64>()
-                .map_err(|_| bad(ln, format!("{} {:?} is not a whole number", COLUMNS[k], f(k))))
+            f(k).parse::<u64>().map_err(|_| {
+                bad(
+                    ln,
+                    format!("{} {:?} is not a whole number", COLUMNS[k], f(k)),
+                )
+            })
         };
         rows.push(Row {
             index: int(0)? as usize,
@@ -341,12 +360,19 @@ fn summarise(rows: &[Row], base: &Summary) -> Summary {
             .then(|| s.iter().filter(|r| r.label == Some(r.pred)).count() as f64 / s.len() as f64)
     };
     let errors = labelled.then(|| rows.iter().filter(|r| r.label != Some(r.pred)).count());
-    let errors_flagged =
-        labelled.then(|| rows.iter().filter(|r| r.flag && r.label != Some(r.pred)).count());
+    let errors_flagged = labelled.then(|| {
+        rows.iter()
+            .filter(|r| r.flag && r.label != Some(r.pred))
+            .count()
+    });
     Summary {
         images: n,
         flagged,
-        flagged_fraction: if n == 0 { 0.0 } else { flagged as f64 / n as f64 },
+        flagged_fraction: if n == 0 {
+            0.0
+        } else {
+            flagged as f64 / n as f64
+        },
         flagged_by_pred: by,
         confident_flagged: rows
             .iter()
@@ -455,8 +481,10 @@ pub fn score(opts: &ScoreOptions) -> Result<Summary> {
     s.skip(start)?;
     let pb = indicatif::ProgressBar::new((end - start) as u64);
     pb.set_style(
-        indicatif::ProgressStyle::with_template("score {bar:30} {pos}/{len} [{elapsed}<{eta}] {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "score {bar:30} {pos}/{len} [{elapsed}<{eta}] {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut rows: Vec<Row> = Vec::new();
     let mut pos = start;
@@ -532,7 +560,8 @@ pub fn merge(dirs: &[PathBuf], out: &Path, force: bool, top: Option<usize>) -> R
         if s.shard.is_none() {
             return Err(Error::Format {
                 path: p,
-                msg: "is not a shard's summary (no `shard`; was it scored with --shard K/N?)".into(),
+                msg: "is not a shard's summary (no `shard`; was it scored with --shard K/N?)"
+                    .into(),
             });
         }
         parts.push((s, d.clone()));
@@ -688,7 +717,13 @@ mod tests {
             },
         );
         assert_eq!((s.images, s.flagged, s.confident_flagged), (3, 2, 1));
-        assert_eq!(s.flagged_by_pred[&1], PerClass { images: 2, flagged: 2 });
+        assert_eq!(
+            s.flagged_by_pred[&1],
+            PerClass {
+                images: 2,
+                flagged: 2
+            }
+        );
         assert!(!s.labelled && s.kept_accuracy.is_none());
     }
 }

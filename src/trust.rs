@@ -217,8 +217,7 @@ fn select(
                 if (r.mean - b.mean).abs() > 1e-12 {
                     r.mean > b.mean
                 } else {
-                    (mi, g.columns.len(), r.known_unknowns)
-                        < (bmi, bcols, b.known_unknowns)
+                    (mi, g.columns.len(), r.known_unknowns) < (bmi, bcols, b.known_unknowns)
                 }
             }
         };
@@ -278,7 +277,8 @@ fn select(
             }
             v
         });
-    let g = FeatureGroup::parse(&sc.features, &convs).map_err(|e| crate::error::cfg("score.features", e))?;
+    let g = FeatureGroup::parse(&sc.features, &convs)
+        .map_err(|e| crate::error::cfg("score.features", e))?;
     Ok((
         sc.model.clone(),
         g,
@@ -341,7 +341,10 @@ pub fn thresholds(s: &[f64], ok: &[bool], sc: &ScoreSection) -> Vec<Threshold> {
     ));
     // reject_fraction: the lowest fraction r of all id predictions is flagged
     let k = ((n as f64) * sc.reject_fraction).round() as usize;
-    let t = sorted.get(k.min(n.saturating_sub(1))).cloned().unwrap_or(0.0);
+    let t = sorted
+        .get(k.min(n.saturating_sub(1)))
+        .cloned()
+        .unwrap_or(0.0);
     out.push(rates(
         "reject_fraction",
         format!(
@@ -359,7 +362,8 @@ pub fn thresholds(s: &[f64], ok: &[bool], sc: &ScoreSection) -> Vec<Threshold> {
     let mut t = f64::INFINITY;
     for k in 0..n {
         let kept = n - k;
-        if (right as f64) >= sc.target_accuracy * kept as f64 && (k == 0 || s[order[k]] > s[order[k - 1]])
+        if (right as f64) >= sc.target_accuracy * kept as f64
+            && (k == 0 || s[order[k]] > s[order[k - 1]])
         {
             t = s[order[k]];
             break;
@@ -402,7 +406,10 @@ pub fn fit(
     sc: &ScoreSection,
     net: NetInfo,
 ) -> Result<Trust> {
-    let ku_set = mp.known_unknowns.as_ref().map(|k| format!("known-unknown-{k}"));
+    let ku_set = mp
+        .known_unknowns
+        .as_ref()
+        .map(|k| format!("known-unknown-{k}"));
     let ku_rows: Vec<usize> = match &ku_set {
         Some(k) => (0..table.len()).filter(|&r| &table.set[r] == k).collect(),
         None => vec![],
@@ -445,15 +452,28 @@ pub fn fit(
     for f in 0..sc.folds {
         let tr: Vec<usize> = (0..id.len()).filter(|&i| fold[i] != f).collect();
         let te: Vec<usize> = (0..id.len()).filter(|&i| fold[i] == f).collect();
-        let rows: Vec<usize> = tr.iter().map(|&i| id[i]).chain(ku_fit.iter().cloned()).collect();
+        let rows: Vec<usize> = tr
+            .iter()
+            .map(|&i| id[i])
+            .chain(ku_fit.iter().cloned())
+            .collect();
         let y: Vec<f64> = tr
             .iter()
             .map(|&i| ok[i] as u8 as f64)
             .chain(ku_fit.iter().map(|_| 0.0))
             .collect();
-        let m = fit_scorer(&model, &design(table, &rows, &cols), &y, mp, seed ^ (f as u64 + 1))?;
+        let m = fit_scorer(
+            &model,
+            &design(table, &rows, &cols),
+            &y,
+            mp,
+            seed ^ (f as u64 + 1),
+        )?;
         let te_rows: Vec<usize> = te.iter().map(|&i| id[i]).collect();
-        for (k, v) in predict(&m, &design(table, &te_rows, &cols))?.into_iter().enumerate() {
+        for (k, v) in predict(&m, &design(table, &te_rows, &cols))?
+            .into_iter()
+            .enumerate()
+        {
             oof[te[k]] = v;
         }
     }
@@ -482,7 +502,12 @@ pub fn fit(
                 None,
             )
         }
-        Scorer::Nn(m) => (m.mean.clone(), m.scale.clone(), None, Some(NN_FILE.to_string())),
+        Scorer::Nn(m) => (
+            m.mean.clone(),
+            m.scale.clone(),
+            None,
+            Some(NN_FILE.to_string()),
+        ),
     };
     Ok(Trust {
         model: TrustModel {
@@ -572,11 +597,14 @@ impl Trust {
         }
         let len = std::fs::metadata(&path).at(&path)?.len();
         if len > 64 << 20 {
-            return Err(fmt_err(&path, format!("{len} bytes is too large for a trust model")));
+            return Err(fmt_err(
+                &path,
+                format!("{len} bytes is too large for a trust model"),
+            ));
         }
         let text = std::fs::read_to_string(&path).at(&path)?;
-        let m: TrustModel =
-            serde_json::from_str(&text).map_err(|e| fmt_err(&path, format!("not a trust model: {e}")))?;
+        let m: TrustModel = serde_json::from_str(&text)
+            .map_err(|e| fmt_err(&path, format!("not a trust model: {e}")))?;
         if m.format != FORMAT {
             return Err(fmt_err(
                 &path,
@@ -596,11 +624,17 @@ impl Trust {
         }
         for c in &m.columns {
             if !m.net.feature_columns.contains(c) {
-                return Err(fmt_err(&path, format!("column {c} is not a feature of its net")));
+                return Err(fmt_err(
+                    &path,
+                    format!("column {c} is not a feature of its net"),
+                ));
             }
         }
         let finite = |v: &[f64]| v.iter().all(|x| x.is_finite());
-        if !finite(&m.mean) || !finite(&m.scale) || m.thresholds.iter().any(|t| !t.value.is_finite()) {
+        if !finite(&m.mean)
+            || !finite(&m.scale)
+            || m.thresholds.iter().any(|t| !t.value.is_finite())
+        {
             return Err(fmt_err(&path, "holds a non-finite number"));
         }
         for name in THRESHOLDS {
@@ -613,7 +647,10 @@ impl Trust {
                 if l.coef.len() != p || !finite(&l.coef) || !l.intercept.is_finite() {
                     return Err(fmt_err(
                         &path,
-                        format!("{} coefficients for {p} columns, or non-finite", l.coef.len()),
+                        format!(
+                            "{} coefficients for {p} columns, or non-finite",
+                            l.coef.len()
+                        ),
                     ));
                 }
                 Scorer::Logistic(Logistic {
@@ -627,7 +664,10 @@ impl Trust {
             }
             (None, Some(f)) if m.model == "nn" => {
                 if f.contains(['/', '\\']) || f == ".." {
-                    return Err(fmt_err(&path, format!("nn_weights {f:?} is not a file name")));
+                    return Err(fmt_err(
+                        &path,
+                        format!("nn_weights {f:?} is not a file name"),
+                    ));
                 }
                 let wp = run_dir.join(f);
                 let bytes = std::fs::read(&wp).at(&wp)?;
@@ -664,13 +704,19 @@ impl Trust {
         if was.classes != now.classes {
             return Err(fmt_err(
                 &path,
-                format!("was fitted for a {}-class CNN; this run's has {}", was.classes, now.classes),
+                format!(
+                    "was fitted for a {}-class CNN; this run's has {}",
+                    was.classes, now.classes
+                ),
             ));
         }
         if was.input != now.input {
             return Err(fmt_err(
                 &path,
-                format!("was fitted for {:?} inputs; this run's CNN takes {:?}", was.input, now.input),
+                format!(
+                    "was fitted for {:?} inputs; this run's CNN takes {:?}",
+                    was.input, now.input
+                ),
             ));
         }
         if was.feature_columns != now.feature_columns {
@@ -688,7 +734,15 @@ impl Trust {
                     if missing.is_empty() {
                         String::new()
                     } else {
-                        format!("; gone: {}", missing.iter().take(3).map(|s| s.as_str()).collect::<Vec<_>>().join(", "))
+                        format!(
+                            "; gone: {}",
+                            missing
+                                .iter()
+                                .take(3)
+                                .map(|s| s.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
                     }
                 ),
             ));
@@ -715,7 +769,9 @@ mod tests {
     fn thresholds_by_hand() {
         // 10 id rows: trust 0.1..1.0; rows with trust 0.1, 0.2, 0.5 are wrong
         let s: Vec<f64> = (1..=10).map(|i| i as f64 / 10.0).collect();
-        let ok = [false, false, true, true, false, true, true, true, true, true];
+        let ok = [
+            false, false, true, true, false, true, true, true, true, true,
+        ];
         let sc = ScoreSection {
             reject_fraction: 0.2,
             target_accuracy: 0.85,

@@ -136,7 +136,14 @@ pub struct Records<R: BufRead> {
 }
 
 impl<R: BufRead> Records<R> {
-    fn new(body: Body<R>, path: &Path, n: usize, rec: usize, bound: u64, head: u64) -> Result<Self> {
+    fn new(
+        body: Body<R>,
+        path: &Path,
+        n: usize,
+        rec: usize,
+        bound: u64,
+        head: u64,
+    ) -> Result<Self> {
         let len = (n as u64).saturating_mul(rec as u64);
         let want = head.saturating_add(len);
         let gz = matches!(body, Body::Gz(_));

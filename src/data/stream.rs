@@ -311,7 +311,11 @@ pub fn open(spec: &str, ctx: &LoadCtx, on_error: OnError) -> Result<Box<dyn Imag
     let s: Box<dyn ImageStream> = match src {
         Source::Mnist(split) if ctx.count == 0 => {
             let dir = fetch::ensure(&ctx.data_dir, "mnist")?;
-            let p = if split == Split::Train { "train" } else { "t10k" };
+            let p = if split == Split::Train {
+                "train"
+            } else {
+                "t10k"
+            };
             idx_stream(
                 &dir.join(format!("{p}-images-idx3-ubyte")),
                 Some(&dir.join(format!("{p}-labels-idx1-ubyte"))),
@@ -320,14 +324,20 @@ pub fn open(spec: &str, ctx: &LoadCtx, on_error: OnError) -> Result<Box<dyn Imag
         }
         Source::FashionMnist(split) if ctx.count == 0 => {
             let dir = fetch::ensure(&ctx.data_dir, "fashion-mnist")?;
-            let p = if split == Split::Train { "train" } else { "t10k" };
+            let p = if split == Split::Train {
+                "train"
+            } else {
+                "t10k"
+            };
             idx_stream(
                 &dir.join(format!("{p}-images-idx3-ubyte.gz")),
                 Some(&dir.join(format!("{p}-labels-idx1-ubyte.gz"))),
                 10,
             )?
         }
-        Source::Idx { images, labels } => idx_stream(&images, labels.as_deref(), super::MAX_CLASSES)?,
+        Source::Idx { images, labels } => {
+            idx_stream(&images, labels.as_deref(), super::MAX_CLASSES)?
+        }
         Source::Folder(path) => {
             let (_, files, labels) = render::folder_files(&path)?;
             Box::new(FolderStream {
@@ -424,7 +434,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("imgs");
         std::fs::create_dir_all(&f).unwrap();
-        let img = image::GrayImage::from_fn(28, 28, |x, y| image::Luma([((x * 9 + y) % 256) as u8]));
+        let img =
+            image::GrayImage::from_fn(28, 28, |x, y| image::Luma([((x * 9 + y) % 256) as u8]));
         img.save(f.join("a.png")).unwrap();
         std::fs::write(f.join("b.png"), "not a png").unwrap();
         img.save(f.join("c, with comma.png")).unwrap();

@@ -77,7 +77,8 @@ impl Nn {
     ) -> Result<Nn, String> {
         let get = |k: &str| -> Result<Tensor, String> {
             let x = t.get(k).ok_or(format!("tensor {k} is missing"))?;
-            x.to_dtype(DType::F32).map_err(|e| format!("tensor {k}: {e}"))
+            x.to_dtype(DType::F32)
+                .map_err(|e| format!("tensor {k}: {e}"))
         };
         let (w1, b1, w2, b2) = (
             get("l1.weight")?,
@@ -101,7 +102,12 @@ impl Nn {
                 b2.dims()
             ));
         }
-        for (k, x) in [("l1.weight", &w1), ("l1.bias", &b1), ("l2.weight", &w2), ("l2.bias", &b2)] {
+        for (k, x) in [
+            ("l1.weight", &w1),
+            ("l1.bias", &b1),
+            ("l2.weight", &w2),
+            ("l2.bias", &b2),
+        ] {
             let v: Vec<f32> = x
                 .flatten_all()
                 .and_then(|f| f.to_vec1())
