@@ -755,7 +755,7 @@ pub fn score_at(
         pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let bs = p.batch_size.max(1);
-    if offset % bs != 0 {
+    if !offset.is_multiple_of(bs) {
         return Err(Error::Other(format!(
             "scoring offset {offset} is not a multiple of the batch size {bs}"
         )));

@@ -5,25 +5,13 @@
 
 use crate::data::PIXELS;
 use crate::report::{esc, rejection_curve};
-use crate::score::{Row, Summary, CONFIDENT};
+use crate::score::{by_trust, ranks, Row, Summary, CONFIDENT};
 use crate::trust::Trust;
 use base64::Engine;
 use std::collections::{BTreeMap, HashMap};
 
 /// Flagged images shown per predicted class.
 pub const PER_CLASS: usize = 12;
-
-/// Row numbers of the least trustworthy rows (lowest trust first, then lowest index).
-fn by_trust(rows: &[Row]) -> Vec<usize> {
-    let mut o: Vec<usize> = (0..rows.len()).collect();
-    o.sort_by(|&a, &b| {
-        rows[a]
-            .trust
-            .total_cmp(&rows[b].trust)
-            .then(rows[a].index.cmp(&rows[b].index))
-    });
-    o
-}
 
 struct Sections {
     least: Vec<usize>,
@@ -195,11 +183,7 @@ pub fn page(
     top: usize,
 ) -> String {
     let sec = sections(rows, top);
-    let order = by_trust(rows);
-    let mut rank = vec![0; rows.len()];
-    for (k, &i) in order.iter().enumerate() {
-        rank[i] = k + 1;
-    }
+    let rank = ranks(rows);
     let th = trust
         .model
         .thresholds

@@ -74,7 +74,7 @@ pub struct ShardInfo {
 }
 
 /// summary.json.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Summary {
     pub run: String,
     pub data: String,
@@ -240,8 +240,8 @@ impl Scorer {
     }
 }
 
-/// Ranks (1 = least trustworthy: lowest trust, then lowest index) of rows.
-pub fn ranks(rows: &[Row]) -> Vec<usize> {
+/// Row numbers from the least trustworthy (lowest trust, then lowest index) to the most.
+pub fn by_trust(rows: &[Row]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..rows.len()).collect();
     order.sort_by(|&a, &b| {
         rows[a]
@@ -249,6 +249,12 @@ pub fn ranks(rows: &[Row]) -> Vec<usize> {
             .total_cmp(&rows[b].trust)
             .then(rows[a].index.cmp(&rows[b].index))
     });
+    order
+}
+
+/// Ranks (1 = least trustworthy, as [`by_trust`]) of rows.
+pub fn ranks(rows: &[Row]) -> Vec<usize> {
+    let order = by_trust(rows);
     let mut rank = vec![0; rows.len()];
     for (r, &i) in order.iter().enumerate() {
         rank[i] = r + 1;
@@ -506,20 +512,9 @@ pub fn score(opts: &ScoreOptions) -> Result<Summary> {
         trust_model: describe(&sc.trust),
         threshold: th_name,
         threshold_value: th.value,
-        images: 0,
-        flagged: 0,
-        flagged_fraction: 0.0,
-        flagged_by_pred: BTreeMap::new(),
-        confident_flagged: 0,
-        labelled: false,
-        accuracy: None,
-        kept_accuracy: None,
-        flagged_accuracy: None,
-        errors: None,
-        errors_flagged: None,
-        errors_flagged_fraction: None,
         skipped: s.skipped(),
         shard,
+        ..Default::default()
     };
     let summary = summarise(&rows, &base);
     let want = review_indices(&rows, top);
@@ -700,20 +695,7 @@ mod tests {
                 trust_model: "m".into(),
                 threshold: "keep95".into(),
                 threshold_value: 0.5,
-                images: 0,
-                flagged: 0,
-                flagged_fraction: 0.0,
-                flagged_by_pred: BTreeMap::new(),
-                confident_flagged: 0,
-                labelled: false,
-                accuracy: None,
-                kept_accuracy: None,
-                flagged_accuracy: None,
-                errors: None,
-                errors_flagged: None,
-                errors_flagged_fraction: None,
-                skipped: vec![],
-                shard: None,
+                ..Default::default()
             },
         );
         assert_eq!((s.images, s.flagged, s.confident_flagged), (3, 2, 1));

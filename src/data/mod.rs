@@ -432,6 +432,24 @@ fn subsample(d: Dataset, count: usize, rng: &mut ChaCha8Rng) -> Dataset {
     d.select(&idx)
 }
 
+/// Reads an IDX label file for `n` images (of file `images`); every label must be < `max_label`.
+pub fn read_idx_labels(lp: &Path, n: usize, images: &Path, max_label: u32) -> Result<Vec<u32>> {
+    let l = idx::read_labels(lp)?;
+    if l.len() != n {
+        return Err(Error::Format {
+            path: lp.to_path_buf(),
+            msg: format!("{} labels for {n} images in {}", l.len(), images.display()),
+        });
+    }
+    if let Some((i, v)) = l.iter().enumerate().find(|(_, &v)| v as u32 >= max_label) {
+        return Err(Error::Format {
+            path: lp.to_path_buf(),
+            msg: format!("label {v} at index {i} is out of range 0..{max_label}"),
+        });
+    }
+    Ok(l.into_iter().map(u32::from).collect())
+}
+
 /// Reads an IDX image file and optional label file; labels must be < `max_label`.
 pub fn load_idx(
     name: &str,
@@ -441,22 +459,7 @@ pub fn load_idx(
 ) -> Result<Dataset> {
     let (px, n) = idx::read_images(images)?;
     let labels = match labels {
-        Some(lp) => {
-            let l = idx::read_labels(lp)?;
-            if l.len() != n {
-                return Err(Error::Format {
-                    path: lp.to_path_buf(),
-                    msg: format!("{} labels for {n} images in {}", l.len(), images.display()),
-                });
-            }
-            if let Some((i, v)) = l.iter().enumerate().find(|(_, &v)| v as u32 >= max_label) {
-                return Err(Error::Format {
-                    path: lp.to_path_buf(),
-                    msg: format!("label {v} at index {i} is out of range 0..{max_label}"),
-                });
-            }
-            Some(l.into_iter().map(u32::from).collect())
-        }
+        Some(lp) => Some(read_idx_labels(lp, n, images, max_label)?),
         None => None,
     };
     let images = px.iter().map(|&p| p as f32 / 255.0).collect();

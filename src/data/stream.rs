@@ -269,22 +269,7 @@ fn idx_stream(
     let rec = idx::open_images(images)?;
     let n = rec.n;
     let labels = match labels {
-        Some(lp) => {
-            let l = idx::read_labels(lp)?;
-            if l.len() != n {
-                return Err(Error::Format {
-                    path: lp.to_path_buf(),
-                    msg: format!("{} labels for {n} images in {}", l.len(), images.display()),
-                });
-            }
-            if let Some((i, v)) = l.iter().enumerate().find(|(_, &v)| v as u32 >= max_label) {
-                return Err(Error::Format {
-                    path: lp.to_path_buf(),
-                    msg: format!("label {v} at index {i} is out of range 0..{max_label}"),
-                });
-            }
-            Some(l.into_iter().map(u32::from).collect())
-        }
+        Some(lp) => Some(super::read_idx_labels(lp, n, images, max_label)?),
         None => None,
     };
     Ok(Box::new(IdxStream {
