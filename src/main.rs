@@ -128,6 +128,21 @@ enum DataCmd {
     List,
     /// Fetches named data sets (all when none is named).
     Fetch { names: Vec<String> },
+    /// Writes the images of a data spec as PNG files into a folder (one subfolder per class
+    /// when the data has labels), e.g. to build a test batch for `metaclf score`.
+    Export {
+        spec: String,
+        out: PathBuf,
+        /// Images to draw from generated or sampled sets (0 = the set's default).
+        #[arg(long, default_value_t = 0)]
+        count: usize,
+        /// At most this many images (0 = all).
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+        /// Seed of generated and sampled sets.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -232,6 +247,22 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                     data::fetch::fetch(&data_dir, &n)?;
                     println!("{n}: {}", data_status(&data_dir, &n)?);
                 }
+            }
+            DataCmd::Export {
+                spec,
+                out,
+                count,
+                limit,
+                seed,
+            } => {
+                let ctx = data::LoadCtx {
+                    data_dir,
+                    seed,
+                    count,
+                    stage: "export".into(),
+                };
+                let n = data::stream::export_png(&spec, &ctx, &out, limit)?;
+                println!("{n} images written to {}", out.display());
             }
         },
         Cmd::Features {

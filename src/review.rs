@@ -235,6 +235,9 @@ pub fn page(
         ))
         .unwrap_or_default()
     ));
+    if let Some(why) = &s.labels_ignored {
+        h.push_str(&format!("<p>Labels not used: {}.</p>", esc(why)));
+    }
     if !s.skipped.is_empty() {
         h.push_str(&format!(
             "<p><b>{} unreadable files were skipped</b>: {}</p>",

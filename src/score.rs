@@ -98,6 +98,9 @@ pub struct Summary {
     pub errors_flagged_fraction: Option<f64>,
     /// Unreadable files left out (`--on-error skip`).
     pub skipped: Vec<String>,
+    /// Why the data's labels were not used (a named set of another concept than the run's).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub labels_ignored: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub shard: Option<ShardInfo>,
 }
@@ -492,13 +495,20 @@ pub fn score(opts: &ScoreOptions) -> Result<Summary> {
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
+    // a named set of another concept (e.g. Fashion-MNIST for an MNIST run) has labels, but not
+    // of the run's classes: its images are all "unknown", so its labels are not used
+    let foreign = foreign_labels(&sc.cfg.data.train, &opts.data);
     let mut rows: Vec<Row> = Vec::new();
     let mut pos = start;
     while pos < end {
         let want = chunk.min(end - pos);
         let Some(c) = s.next_chunk(want)? else { break };
         pos += want;
-        rows.extend(sc.score_chunk(&c)?);
+        let mut scored = sc.score_chunk(&c)?;
+        if foreign.is_some() {
+            scored.iter_mut().for_each(|r| r.label = None);
+        }
+        rows.extend(scored);
         pb.set_position((pos - start) as u64);
     }
     pb.finish_and_clear();
@@ -513,6 +523,7 @@ pub fn score(opts: &ScoreOptions) -> Result<Summary> {
         threshold: th_name,
         threshold_value: th.value,
         skipped: s.skipped(),
+        labels_ignored: foreign,
         shard,
         ..Default::default()
     };
@@ -523,6 +534,30 @@ pub fn score(opts: &ScoreOptions) -> Result<Summary> {
     write_outputs(&staged.folder.path, &rows, &summary, &sc, &images, top)?;
     staged.commit()?;
     Ok(summary)
+}
+
+/// Why the labels of `data` are not the run's classes, if it is a named set other than the
+/// run's training source.
+fn foreign_labels(train: &str, data: &str) -> Option<String> {
+    use crate::data::Source;
+    let (Ok(t), Ok(d)) = (Source::parse(train), Source::parse(data)) else {
+        return None;
+    };
+    let kind = |s: &Source| -> Option<String> {
+        match s {
+            Source::Mnist(_) => Some("mnist".into()),
+            Source::FashionMnist(_) => Some("fashion-mnist".into()),
+            Source::Emnist(v, _) => Some(format!("emnist-{v}")),
+            Source::Letters => Some("letters".into()),
+            _ => None,
+        }
+    };
+    match (kind(&t), kind(&d)) {
+        (Some(a), Some(b)) if a != b => Some(format!(
+            "{b}'s labels are not classes of the run (trained on {a}): every image is of an unknown class"
+        )),
+        _ => None,
+    }
 }
 
 fn describe(t: &Trust) -> String {

@@ -350,6 +350,53 @@ pub fn open(spec: &str, ctx: &LoadCtx, on_error: OnError) -> Result<Box<dyn Imag
     Ok(s)
 }
 
+/// Writes the images of `spec` as 28×28 PNG files `<name>-<index>.png` into `out` (inside a
+/// subfolder per label when the data has labels, so the folder reads back as the same classes);
+/// at most `limit` images (0 = all). Refuses an `out` that exists and is not empty.
+pub fn export_png(spec: &str, ctx: &LoadCtx, out: &std::path::Path, limit: usize) -> Result<usize> {
+    use crate::error::IoContext;
+    if out.exists() && std::fs::read_dir(out).at(out)?.next().is_some() {
+        return Err(Error::Other(format!(
+            "{} exists and is not empty; export writes into a new folder",
+            out.display()
+        )));
+    }
+    let mut s = open(spec, ctx, OnError::Stop)?;
+    let name = Source::short_name(spec);
+    let want = if limit == 0 {
+        s.len()
+    } else {
+        limit.min(s.len())
+    };
+    let mut done = 0;
+    while done < want {
+        let Some(c) = s.next_chunk((want - done).min(4096))? else {
+            break;
+        };
+        for i in 0..c.len() {
+            let dir = match &c.labels {
+                Some(l) => out.join(l[i].to_string()),
+                None => out.to_path_buf(),
+            };
+            crate::runfolder::create_dirs(&dir)?;
+            let px: Vec<u8> = c.images[i * PIXELS..(i + 1) * PIXELS]
+                .iter()
+                .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+                .collect();
+            let p = dir.join(format!("{name}-{:06}.png", c.index[i]));
+            image::GrayImage::from_raw(28, 28, px)
+                .expect("28×28")
+                .save(&p)
+                .map_err(|e| Error::Format {
+                    path: p.clone(),
+                    msg: e.to_string(),
+                })?;
+        }
+        done += c.len();
+    }
+    Ok(done)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -440,6 +487,42 @@ mod tests {
         assert!(got.paths[1].ends_with("c, with comma.png"));
         assert_eq!(s.skipped().len(), 1);
         assert!(s.skipped()[0].ends_with("b.png"));
+    }
+
+    #[test]
+    fn export_writes_pngs_that_read_back_as_the_same_images_and_classes() {
+        let d = tempfile::tempdir().unwrap();
+        // dark images (mean < 0.5): the folder reader inverts light ones
+        let px: Vec<u8> = (0..6 * 784).map(|i| (i * 13 % 128) as u8).collect();
+        let ip = d.path().join("i");
+        idx::write_images(&ip, &px).unwrap();
+        let lp = d.path().join("l");
+        idx::write_labels(&lp, &[2, 0, 2, 1, 0, 2]).unwrap();
+        let ctx = LoadCtx {
+            data_dir: d.path().into(),
+            seed: 1,
+            count: 0,
+            stage: "s".into(),
+        };
+        let spec = format!("idx:{},{}", ip.display(), lp.display());
+        let out = d.path().join("png");
+        assert_eq!(export_png(&spec, &ctx, &out, 0).unwrap(), 6);
+        assert!(out.join("2/idx-000005.png").exists());
+        let back = render::folder(&out).unwrap();
+        // class folders 0, 1, 2 in order: images 1, 4 | 3 | 0, 2, 5
+        assert_eq!(back.labels.unwrap(), vec![0, 0, 1, 2, 2, 2]);
+        let want: Vec<f32> = [1, 4, 3, 0, 2, 5]
+            .iter()
+            .flat_map(|&k| px[k * 784..(k + 1) * 784].iter().map(|&p| p as f32 / 255.0))
+            .collect();
+        assert_eq!(back.images.len(), want.len());
+        assert!(back
+            .images
+            .iter()
+            .zip(&want)
+            .all(|(a, b)| (a - b).abs() < 1e-6));
+        // a non-empty folder is refused
+        assert!(export_png(&spec, &ctx, &out, 0).is_err());
     }
 
     fn drain_err(s: &mut dyn ImageStream) -> String {
