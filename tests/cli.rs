@@ -601,6 +601,29 @@ fn score_applies_the_trust_model_streams_shards_and_refuses_mismatches() {
     for (r, w) in rows.iter().zip(&want) {
         assert!((r.trust - w).abs() <= 1e-6, "{} vs {w}", r.trust);
     }
+    // `metaclf features` (streamed in 64-image chunks) gives the run's own feature rows
+    let fo = dp.join("f.csv");
+    let o = run(
+        &[
+            "features",
+            "--run",
+            rd.to_str().unwrap(),
+            "--data",
+            &test,
+            "--out",
+            fo.to_str().unwrap(),
+        ],
+        dp,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let streamed = metaclf::features::FeatureTable::read_csv(&fo).unwrap();
+    assert_eq!(streamed.len(), 200);
+    let id_vals: Vec<f32> = id.iter().flat_map(|&r| table.row(r).to_vec()).collect();
+    assert_eq!(streamed.values, id_vals);
+    assert_eq!(
+        streamed.label,
+        id.iter().map(|&r| table.label[r]).collect::<Vec<_>>()
+    );
     let th = trust.threshold("keep95").unwrap().value;
     assert!(rows.iter().all(|r| r.flag == (r.trust < th)));
     let summary: serde_json::Value =
