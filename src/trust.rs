@@ -765,6 +765,135 @@ impl Trust {
 mod tests {
     use super::*;
 
+    /// A feature table where `msp` predicts correctness (with noise) and `x` is noise.
+    fn table(n: usize) -> FeatureTable {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let mut t = FeatureTable {
+            columns: vec!["msp".into(), "entropy".into()],
+            ..Default::default()
+        };
+        for i in 0..n {
+            let ok = rng.gen::<f64>() < 0.8;
+            let msp = if ok {
+                0.7 + 0.3 * rng.gen::<f32>()
+            } else {
+                0.3 + 0.5 * rng.gen::<f32>()
+            };
+            t.set.push("id-test".into());
+            t.index.push(i);
+            t.label.push(Some(1));
+            t.pred.push(if ok { 1 } else { 2 });
+            t.source_label.push(None);
+            t.values.extend([msp, rng.gen::<f32>()]);
+        }
+        t
+    }
+
+    fn params(models: &[&str]) -> MetaParams {
+        MetaParams {
+            repetitions: 1,
+            test_fraction: 0.5,
+            models: models.iter().map(|m| m.to_string()).collect(),
+            groups: vec![FeatureGroup::parse("softmax", &[]).unwrap()],
+            alpha: 0.5,
+            lambda: None,
+            cv_folds: 3,
+            n_lambda: 5,
+            nn: NnParams {
+                hidden: 8,
+                epochs: 30,
+                lr: 0.03,
+                weight_decay: 1e-4,
+                patience: 10,
+                seed: 1,
+            },
+            seed: 1,
+            known_unknowns: None,
+            keep_scores: 0,
+        }
+    }
+
+    fn info(t: &FeatureTable) -> NetInfo {
+        NetInfo {
+            classes: 10,
+            input: [1, 28, 28],
+            feature_columns: t.columns.clone(),
+            model_sha256: "ab".repeat(32),
+        }
+    }
+
+    #[test]
+    fn fitted_models_save_load_and_score_the_same_and_refuse_other_nets() {
+        let t = table(300);
+        for model in ["lasso", "nn"] {
+            let sc = ScoreSection {
+                model: model.into(),
+                features: "softmax".into(),
+                ..Default::default()
+            };
+            let rec = Record {
+                task: "error".into(),
+                ood_set: None,
+                model: model.into(),
+                features: "softmax".into(),
+                known_unknowns: false,
+                metric: "auroc".into(),
+                mean: 0.9,
+                std: 0.0,
+                values: vec![0.9],
+            };
+            let tr = fit(&t, &params(&[model]), &[rec], &sc, info(&t)).unwrap();
+            assert_eq!(tr.model.model, model);
+            let rows: Vec<usize> = (0..t.len()).collect();
+            let a = tr.predict_table(&t, &rows).unwrap();
+            // trust follows msp: correct rows score higher on average
+            let mean = |ok: bool| {
+                let v: Vec<f64> = rows
+                    .iter()
+                    .filter(|&&r| t.correct(r) == Some(ok))
+                    .map(|&r| a[r])
+                    .collect();
+                v.iter().sum::<f64>() / v.len() as f64
+            };
+            assert!(mean(true) > mean(false) + 0.1, "{model}");
+            let d = tempfile::tempdir().unwrap();
+            let f = RunFolder {
+                path: d.path().into(),
+            };
+            tr.save(&f).unwrap();
+            assert_eq!(d.path().join(NN_FILE).exists(), model == "nn");
+            let back = Trust::load(d.path()).unwrap();
+            assert_eq!(back.model, tr.model);
+            assert_eq!(back.predict_table(&t, &rows).unwrap(), a);
+            back.check_net(&info(&t), d.path()).unwrap();
+            let other = NetInfo {
+                classes: 4,
+                ..info(&t)
+            };
+            let e = back.check_net(&other, d.path()).unwrap_err().to_string();
+            assert!(e.contains("10-class") && e.contains("has 4"), "{e}");
+            let other = NetInfo {
+                feature_columns: vec!["msp".into()],
+                ..info(&t)
+            };
+            let e = back.check_net(&other, d.path()).unwrap_err().to_string();
+            assert!(e.contains("gone: entropy"), "{e}");
+        }
+        // too few errors: no trust model (not an error of the run)
+        let mut t1 = table(50);
+        t1.pred = vec![1; 50];
+        let e = fit(
+            &t1,
+            &params(&["lasso"]),
+            &[],
+            &ScoreSection::default(),
+            info(&t1),
+        )
+        .unwrap_err();
+        assert!(matches!(e, Error::NoTrustModel(_)), "{e}");
+    }
+
     #[test]
     fn thresholds_by_hand() {
         // 10 id rows: trust 0.1..1.0; rows with trust 0.1, 0.2, 0.5 are wrong
