@@ -240,7 +240,8 @@ struct RepOut {
     warnings: Vec<String>,
 }
 
-fn design(t: &FeatureTable, rows: &[usize], cols: &[usize]) -> Vec<f64> {
+/// Rows of `t` × columns `cols` as a row-major f64 design matrix.
+pub(crate) fn design(t: &FeatureTable, rows: &[usize], cols: &[usize]) -> Vec<f64> {
     let mut x = Vec::with_capacity(rows.len() * cols.len());
     for &r in rows {
         let row = t.row(r);

@@ -113,11 +113,7 @@ impl FeatureTable {
 
     /// The header record of the CSV form.
     pub fn csv_header(&self) -> Vec<String> {
-        ID_COLUMNS
-            .iter()
-            .map(|s| s.to_string())
-            .chain(self.columns.iter().cloned())
-            .collect()
+        csv_header(&self.columns)
     }
 
     /// Writes the rows (no header) as CSV records (full f32 precision: shortest round-trip
@@ -304,6 +300,15 @@ impl FeatureTable {
         }
         Ok(t)
     }
+}
+
+/// The CSV header of a feature table with these feature columns.
+pub fn csv_header(columns: &[String]) -> Vec<String> {
+    ID_COLUMNS
+        .iter()
+        .map(|s| s.to_string())
+        .chain(columns.iter().cloned())
+        .collect()
 }
 
 /// Whether a feature-table set name is an out-of-distribution set (`ood-*`, `known-unknown-*`).

@@ -297,7 +297,7 @@ pub fn fit_trust(
     classes: usize,
 ) -> Result<()> {
     let info = net_info(classes, &table.columns, &folder.file("model.safetensors"))?;
-    let trust = match crate::trust::fit(table, mp, records, &cfg.score, info) {
+    let trust = match crate::trust::fit(table, mp, records, &cfg.score, &cfg.conv_names(), info) {
         Ok(t) => t,
         Err(Error::NoTrustModel(why)) => {
             // e.g. a test set without wrong predictions: nothing to learn trust from
@@ -485,16 +485,24 @@ pub fn read_run_json(run_dir: &Path) -> Result<serde_json::Value> {
     })
 }
 
+/// The number of classes of a finished run (from its run.json).
+pub fn run_classes(run_dir: &Path) -> Result<usize> {
+    let run = read_run_json(run_dir)?;
+    run["classes"]
+        .as_u64()
+        .map(|c| c as usize)
+        .ok_or_else(|| Error::Format {
+            path: run_dir.join("run.json"),
+            msg: "no `classes` (the run did not finish)".into(),
+        })
+}
+
 /// `metaclf features`: scores a data set with a finished run's model, chunk by chunk (memory is
 /// bounded by the chunk, `score.chunk` images), into a CSV written through a temporary file.
 pub fn features_for(run_dir: &Path, spec: &str, out: &Path, count: usize) -> Result<usize> {
     use crate::data::stream::{self, OnError};
     let cfg = Config::load(&run_dir.join("config.toml"))?;
-    let run = read_run_json(run_dir)?;
-    let classes = run["classes"].as_u64().ok_or_else(|| Error::Format {
-        path: run_dir.join("run.json"),
-        msg: "no `classes` (the run did not finish)".into(),
-    })? as usize;
+    let classes = run_classes(run_dir)?;
     let net = Net::load(
         Arch::from_config(&cfg, classes),
         &run_dir.join("model.safetensors"),
@@ -513,31 +521,26 @@ pub fn features_for(run_dir: &Path, spec: &str, out: &Path, count: usize) -> Res
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         crate::runfolder::create_dirs(dir)?;
     }
-    let mut tmp_name = out.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    let tmp = out.with_file_name(tmp_name);
+    let tmp = crate::runfolder::tmp_sibling(out);
     let mut write = || -> Result<usize> {
         let f = std::fs::File::create(&tmp).map_err(|source| Error::Io {
             path: tmp.clone(),
             source,
         })?;
         let mut w = csv::Writer::from_writer(std::io::BufWriter::new(f));
-        let header: Vec<String> = features::ID_COLUMNS
-            .iter()
-            .map(|c| c.to_string())
-            .chain(features::columns(&net))
-            .collect();
+        let header = features::csv_header(&features::columns(&net));
         let io = |e: csv::Error| Error::Other(format!("writing {}: {e}", tmp.display()));
         w.write_record(&header).map_err(io)?;
-        let (mut pos, mut rows) = (0, 0);
-        let pb = indicatif::ProgressBar::new(s.len() as u64);
-        while let Some(c) = s.next_chunk(chunk)? {
-            let t = features::score_at(&net, &c.dataset(&set), &set, &fp, pos)?;
+        let mut rows = 0;
+        let n = s.len();
+        let pb = indicatif::ProgressBar::new(n as u64);
+        stream::for_each_chunk(&mut *s, 0, n, chunk, |c, from, to| {
+            let t = features::score_at(&net, &c.dataset(&set), &set, &fp, from)?;
             t.write_rows(&mut w)?;
-            pos += chunk;
             rows += t.len();
-            pb.set_position(pos.min(s.len()) as u64);
-        }
+            pb.set_position(to as u64);
+            Ok(())
+        })?;
         pb.finish_and_clear();
         w.flush().map_err(|source| Error::Io {
             path: tmp.clone(),
@@ -565,9 +568,10 @@ pub fn features_for(run_dir: &Path, spec: &str, out: &Path, count: usize) -> Res
 /// Returns the seconds the fitting took.
 pub fn refit_meta(run_dir: &Path, cfg: &Config) -> Result<f64> {
     let table = FeatureTable::read_csv(&run_dir.join("features.csv"))?;
+    let mp = meta_params(cfg)?;
     let t = Instant::now();
-    let results = eval::run_meta(&table, &meta_params(cfg)?)
-        .map_err(|e| Error::Other(format!("meta classifiers: {e}")))?;
+    let results =
+        eval::run_meta(&table, &mp).map_err(|e| Error::Other(format!("meta classifiers: {e}")))?;
     let secs = t.elapsed().as_secs_f64();
     for w in &results.warnings {
         tracing::warn!("{w}");
@@ -576,19 +580,8 @@ pub fn refit_meta(run_dir: &Path, cfg: &Config) -> Result<f64> {
         path: run_dir.to_path_buf(),
     };
     write_meta(&folder, &table, &results)?;
-    let run: serde_json::Value = read_run_json(run_dir)?;
-    let classes = run["classes"].as_u64().ok_or_else(|| Error::Format {
-        path: run_dir.join("run.json"),
-        msg: "no `classes` (the run did not finish)".into(),
-    })? as usize;
-    fit_trust(
-        cfg,
-        &folder,
-        &table,
-        &meta_params(cfg)?,
-        &results.records,
-        classes,
-    )?;
+    let classes = run_classes(run_dir)?;
+    fit_trust(cfg, &folder, &table, &mp, &results.records, classes)?;
     crate::report::build(run_dir)?;
     Ok(secs)
 }

@@ -21,14 +21,19 @@ pub fn create_dirs(dir: &Path) -> Result<()> {
     })
 }
 
+/// The temporary file `path` is written through (`<name>.tmp<pid>` beside it).
+pub fn tmp_sibling(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp{}", std::process::id()));
+    path.with_file_name(name)
+}
+
 /// Writes bytes to `path` through a temp file in the same folder and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         create_dirs(dir)?;
     }
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp{}", std::process::id()));
-    let tmp = path.with_file_name(name);
+    let tmp = tmp_sibling(path);
     std::fs::write(&tmp, bytes).at(&tmp)?;
     std::fs::rename(&tmp, path).at(path)
 }
@@ -60,18 +65,6 @@ pub struct RunFolder {
 const MARKER: &str = "run.json";
 
 impl RunFolder {
-    /// Creates `dir`; an existing non-empty folder is refused unless `force`, and even with
-    /// `force` only a folder that holds a metaclf run (its `run.json` or `config.toml`) is reused.
-    /// Files are written into `dir` directly: `metaclf run` uses [`Staged`] instead, so that a
-    /// failed run never touches a finished one.
-    pub fn create(dir: &Path, force: bool) -> Result<RunFolder> {
-        check_replaceable(dir, force)?;
-        std::fs::create_dir_all(dir).at(dir)?;
-        Ok(RunFolder {
-            path: dir.to_path_buf(),
-        })
-    }
-
     pub fn file(&self, name: &str) -> PathBuf {
         self.path.join(name)
     }
@@ -81,14 +74,9 @@ impl RunFolder {
     }
 }
 
-/// Refuses an existing non-empty `dir` without `force`, and any non-empty folder that is not a
-/// metaclf run (no `run.json` / `config.toml`) even with it.
-fn check_replaceable(dir: &Path, force: bool) -> Result<()> {
-    check_replaceable_as(dir, force, &[MARKER, "config.toml"], "a metaclf run folder")
-}
-
-/// [`check_replaceable`] for folders that hold one of `markers` (`what` names such a folder).
-fn check_replaceable_as(dir: &Path, force: bool, markers: &[&str], what: &str) -> Result<()> {
+/// Refuses an existing non-empty `dir` without `force`, and even with it any non-empty folder
+/// that holds none of `markers` (`what` names such a folder).
+fn check_replaceable(dir: &Path, force: bool, markers: &[&str], what: &str) -> Result<()> {
     if dir.exists() {
         if !dir.is_dir() {
             return Err(Error::Other(format!(
@@ -139,8 +127,9 @@ fn sibling(dir: &Path, what: &str) -> PathBuf {
 }
 
 impl Staged {
-    /// Checks that `dir` may be written (as [`RunFolder::create`]) and creates the temporary
-    /// sibling folder.
+    /// Checks that `dir` may be written (an existing non-empty folder only with `force`, and
+    /// then only one that holds a metaclf run: its `run.json` or `config.toml`) and creates the
+    /// temporary sibling folder.
     pub fn new(dir: &Path, force: bool) -> Result<Staged> {
         Self::for_folder(dir, force, &[MARKER, "config.toml"], "a metaclf run folder")
     }
@@ -158,7 +147,7 @@ impl Staged {
                 dir.display()
             )));
         }
-        check_replaceable_as(dir, force, markers, what)?;
+        check_replaceable(dir, force, markers, what)?;
         let mut made_parents = Vec::new();
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             made_parents = parent
@@ -199,7 +188,7 @@ impl Staged {
             e
         };
         // the folder may have appeared while the run went on
-        check_replaceable_as(&self.target, self.force, self.markers, self.what).map_err(fail)?;
+        check_replaceable(&self.target, self.force, self.markers, self.what).map_err(fail)?;
         let old = sibling(&self.target, "old");
         let had_old = self.target.exists();
         if had_old {
@@ -296,16 +285,15 @@ mod tests {
     fn refuses_existing_without_force_and_foreign_with_force() {
         let d = tempfile::tempdir().unwrap();
         let run = d.path().join("r");
-        RunFolder::create(&run, false).unwrap();
+        // an empty folder may be written
+        std::fs::create_dir(&run).unwrap();
+        Staged::new(&run, false).unwrap().abort();
         std::fs::write(run.join("mine.txt"), "keep").unwrap();
-        assert!(matches!(
-            RunFolder::create(&run, false),
-            Err(Error::RunExists(_))
-        ));
+        assert!(matches!(Staged::new(&run, false), Err(Error::RunExists(_))));
         // not a metaclf run: even --force leaves it alone
-        assert!(RunFolder::create(&run, true).is_err());
+        assert!(Staged::new(&run, true).is_err());
         std::fs::write(run.join("run.json"), "{}").unwrap();
-        RunFolder::create(&run, true).unwrap();
+        Staged::new(&run, true).unwrap().abort();
         assert_eq!(
             std::fs::read_to_string(run.join("mine.txt")).unwrap(),
             "keep"

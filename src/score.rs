@@ -173,11 +173,7 @@ pub struct Scorer {
 impl Scorer {
     pub fn load(run: &Path) -> Result<Scorer> {
         let cfg = Config::load(&run.join("config.toml"))?;
-        let rj = crate::pipeline::read_run_json(run)?;
-        let classes = rj["classes"].as_u64().ok_or_else(|| Error::Format {
-            path: run.join("run.json"),
-            msg: "no `classes` (the run did not finish)".into(),
-        })? as usize;
+        let classes = crate::pipeline::run_classes(run)?;
         let model = run.join("model.safetensors");
         let net = Net::load(Arch::from_config(&cfg, classes), &model)?;
         let trust = Trust::load(run)?;
@@ -217,7 +213,7 @@ impl Scorer {
             while j < c.len() && c.pos[j] < w + bs {
                 j += 1;
             }
-            let ds = crate::data::Dataset::new(
+            let ds = crate::data::Dataset::unhashed(
                 "score",
                 c.images[i * PIXELS..j * PIXELS].to_vec(),
                 c.labels.as_ref().map(|l| l[i..j].to_vec()),
@@ -434,20 +430,14 @@ fn fetch_images(
     chunk: usize,
 ) -> Result<HashMap<usize, Vec<f32>>> {
     let mut out = HashMap::new();
-    s.skip(start)?;
-    let mut pos = start;
-    while pos < end {
-        let step = chunk.min(end - pos);
-        let Some(c) = s.next_chunk(step)? else {
-            break;
-        };
-        pos += step;
+    stream::for_each_chunk(s, start, end, chunk, |c, _, _| {
         for (i, idx) in c.index.iter().enumerate() {
             if want.contains(idx) {
                 out.insert(*idx, c.images[i * PIXELS..(i + 1) * PIXELS].to_vec());
             }
         }
-    }
+        Ok(())
+    })?;
     Ok(out)
 }
 
@@ -487,7 +477,6 @@ pub fn score(opts: &ScoreOptions) -> Result<Summary> {
         None => (0, total, None),
     };
     let chunk = sc.cfg.score.chunk.div_ceil(bs) * bs;
-    s.skip(start)?;
     let pb = indicatif::ProgressBar::new((end - start) as u64);
     pb.set_style(
         indicatif::ProgressStyle::with_template(
@@ -499,18 +488,15 @@ pub fn score(opts: &ScoreOptions) -> Result<Summary> {
     // of the run's classes: its images are all "unknown", so its labels are not used
     let foreign = foreign_labels(&sc.cfg.data.train, &opts.data);
     let mut rows: Vec<Row> = Vec::new();
-    let mut pos = start;
-    while pos < end {
-        let want = chunk.min(end - pos);
-        let Some(c) = s.next_chunk(want)? else { break };
-        pos += want;
+    stream::for_each_chunk(&mut *s, start, end, chunk, |c, _, pos| {
         let mut scored = sc.score_chunk(&c)?;
         if foreign.is_some() {
             scored.iter_mut().for_each(|r| r.label = None);
         }
         rows.extend(scored);
         pb.set_position((pos - start) as u64);
-    }
+        Ok(())
+    })?;
     pb.finish_and_clear();
     for r in rows.iter_mut() {
         r.flag = r.trust < th.value;

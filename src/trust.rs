@@ -11,7 +11,7 @@
 use crate::config::{ScoreSection, THRESHOLDS};
 use crate::data::stage_rng;
 use crate::error::{Error, IoContext, Result};
-use crate::eval::{logistic_params, MetaParams, Record};
+use crate::eval::{design, logistic_params, MetaParams, Record};
 use crate::features::FeatureTable;
 use crate::meta::logistic::Logistic;
 use crate::meta::nn::{Nn, NnParams};
@@ -165,16 +165,6 @@ fn predict(s: &Scorer, x: &[f64]) -> Result<Vec<f64>> {
     }
 }
 
-/// Rows of `t` × `cols` as a row-major f64 design matrix.
-fn design(t: &FeatureTable, rows: &[usize], cols: &[usize]) -> Vec<f64> {
-    let mut x = Vec::with_capacity(rows.len() * cols.len());
-    for &r in rows {
-        let row = t.row(r);
-        x.extend(cols.iter().map(|&c| row[c] as f64));
-    }
-    x
-}
-
 /// The model, feature group and known-unknowns setting: those `[score]` names, the rest the
 /// best mean error-detection AUROC among the grid's entries that fit them (ties: simpler model
 /// in [`MODELS`] order, then fewer columns, then without known unknowns).
@@ -182,6 +172,7 @@ fn select(
     records: &[Record],
     mp: &MetaParams,
     sc: &ScoreSection,
+    convs: &[String],
     have_ku: bool,
 ) -> Result<(String, FeatureGroup, bool, String)> {
     let ku_ok = |ku: bool| match sc.known_unknowns.as_str() {
@@ -261,23 +252,7 @@ fn select(
                 .into(),
         ));
     }
-    let convs: Vec<String> = mp
-        .groups
-        .iter()
-        .flat_map(|g| g.columns.iter())
-        .filter_map(|c| {
-            c.strip_prefix("grad_")
-                .and_then(|s| s.split('_').next())
-                .filter(|l| l.starts_with("conv"))
-                .map(String::from)
-        })
-        .fold(Vec::new(), |mut v, c| {
-            if !v.contains(&c) {
-                v.push(c);
-            }
-            v
-        });
-    let g = FeatureGroup::parse(&sc.features, &convs)
+    let g = FeatureGroup::parse(&sc.features, convs)
         .map_err(|e| crate::error::cfg("score.features", e))?;
     Ok((
         sc.model.clone(),
@@ -396,7 +371,8 @@ pub fn thresholds(s: &[f64], ok: &[bool], sc: &ScoreSection) -> Vec<Threshold> {
     out
 }
 
-/// Fits the trust model on all meta data of `table`: the id-test rows (target: correct) and,
+/// Fits the trust model on all meta data of `table` (`convs`: the CNN's conv layer names, for
+/// a `[score]` feature group outside the grid): the id-test rows (target: correct) and,
 /// when the chosen setting has them, the known unknowns (target 0). Thresholds come from
 /// `sc.folds`-fold out-of-fold scores of the id rows (stratified by correctness, seeded).
 pub fn fit(
@@ -404,6 +380,7 @@ pub fn fit(
     mp: &MetaParams,
     records: &[Record],
     sc: &ScoreSection,
+    convs: &[String],
     net: NetInfo,
 ) -> Result<Trust> {
     let ku_set = mp
@@ -414,7 +391,7 @@ pub fn fit(
         Some(k) => (0..table.len()).filter(|&r| &table.set[r] == k).collect(),
         None => vec![],
     };
-    let (model, group, ku, selection) = select(records, mp, sc, !ku_rows.is_empty())?;
+    let (model, group, ku, selection) = select(records, mp, sc, convs, !ku_rows.is_empty())?;
     let cols: Vec<usize> = group
         .columns
         .iter()
@@ -843,7 +820,7 @@ mod tests {
                 std: 0.0,
                 values: vec![0.9],
             };
-            let tr = fit(&t, &params(&[model]), &[rec], &sc, info(&t)).unwrap();
+            let tr = fit(&t, &params(&[model]), &[rec], &sc, &[], info(&t)).unwrap();
             assert_eq!(tr.model.model, model);
             let rows: Vec<usize> = (0..t.len()).collect();
             let a = tr.predict_table(&t, &rows).unwrap();
@@ -880,18 +857,23 @@ mod tests {
             let e = back.check_net(&other, d.path()).unwrap_err().to_string();
             assert!(e.contains("gone: entropy"), "{e}");
         }
+        // [score] names a model and group the grid does not have: fitted all the same
+        let sc = ScoreSection {
+            model: "ridge".into(),
+            features: "softmax".into(),
+            ..Default::default()
+        };
+        let tr = fit(&t, &params(&["lasso"]), &[], &sc, &[], info(&t)).unwrap();
+        assert_eq!(tr.model.model, "ridge");
+        assert_eq!(tr.model.selection, "set in [score] (not in the grid)");
         // too few errors: no trust model (not an error of the run)
         let mut t1 = table(50);
         t1.pred = vec![1; 50];
-        let e = fit(
-            &t1,
-            &params(&["lasso"]),
-            &[],
-            &ScoreSection::default(),
-            info(&t1),
-        )
-        .unwrap_err();
-        assert!(matches!(e, Error::NoTrustModel(_)), "{e}");
+        let e = fit(&t1, &params(&["lasso"]), &[], &sc, &[], info(&t1)).unwrap_err();
+        assert!(
+            matches!(&e, Error::NoTrustModel(m) if m.contains("0 wrong predictions")),
+            "{e}"
+        );
     }
 
     #[test]

@@ -239,16 +239,6 @@ fn toy_run_writes_folder_reproducibly_and_refuses_overwrite() {
 
     // --force with data that then fails to load: the finished run stays byte-identical, no
     // temporary folder is left, and the run still serves `metaclf features` (below)
-    let snapshot = |dir: &Path| -> Vec<(PathBuf, Vec<u8>)> {
-        let mut v: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.is_file())
-            .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
-            .collect();
-        v.sort();
-        v
-    };
     let before_all = snapshot(&rd);
     let broken = d.path().join("broken.toml");
     std::fs::write(
@@ -528,22 +518,6 @@ fn several_cnn_seeds_pool_their_repetitions() {
     );
 }
 
-/// Every file of a folder with its bytes.
-fn folder_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| {
-            let p = e.unwrap().path();
-            (
-                p.file_name().unwrap().to_string_lossy().into_owned(),
-                std::fs::read(&p).unwrap(),
-            )
-        })
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn score_applies_the_trust_model_streams_shards_and_refuses_mismatches() {
     let d = tempfile::tempdir().unwrap();
@@ -661,7 +635,7 @@ fn score_applies_the_trust_model_streams_shards_and_refuses_mismatches() {
     args.extend(shards.iter().map(|s| s.as_str()));
     let o = run(&args, dp);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(folder_bytes(&merged), folder_bytes(&s1));
+    assert_eq!(snapshot(&merged), snapshot(&s1));
     // a missing shard is refused
     let o = run(
         &["score", "--out", "m2", "--merge", &shards[0], &shards[1]],
@@ -722,7 +696,7 @@ fn score_applies_the_trust_model_streams_shards_and_refuses_mismatches() {
     assert_eq!(summary["labelled"], false);
 
     // an existing output folder is refused without --force, and kept as it was
-    let before = folder_bytes(&dp.join("f1"));
+    let before = snapshot(&dp.join("f1"));
     let o = run(
         &[
             "score",
@@ -740,7 +714,7 @@ fn score_applies_the_trust_model_streams_shards_and_refuses_mismatches() {
         dp,
     );
     fails_with(&o, &["already exists"]);
-    assert_eq!(folder_bytes(&dp.join("f1")), before);
+    assert_eq!(snapshot(&dp.join("f1")), before);
 
     // a trust model of another model is refused, naming the mismatch; so is none at all
     let other = dp.join("other");

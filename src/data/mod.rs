@@ -35,16 +35,26 @@ pub struct Dataset {
 
 impl Dataset {
     pub fn new(name: impl Into<String>, images: Vec<f32>, labels: Option<Vec<u32>>) -> Dataset {
+        let mut d = Dataset::unhashed(name, images, labels);
+        d.rehash();
+        d
+    }
+
+    /// A data set without its sha256 (empty): for the pieces `metaclf score` and `metaclf
+    /// features` score one after another, where hashing every image would only cost time.
+    pub fn unhashed(
+        name: impl Into<String>,
+        images: Vec<f32>,
+        labels: Option<Vec<u32>>,
+    ) -> Dataset {
         let n = images.len() / PIXELS;
-        let mut d = Dataset {
+        Dataset {
             name: name.into(),
             images,
             labels,
             sha256: String::new(),
             index: (0..n).collect(),
-        };
-        d.rehash();
-        d
+        }
     }
 
     fn rehash(&mut self) {

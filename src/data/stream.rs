@@ -30,9 +30,9 @@ impl Chunk {
     pub fn is_empty(&self) -> bool {
         self.index.is_empty()
     }
-    /// The chunk as a data set named `name` (indices kept).
+    /// The chunk as a data set named `name` (indices kept; not hashed).
     pub fn dataset(&self, name: &str) -> Dataset {
-        let mut d = Dataset::new(name, self.images.clone(), self.labels.clone());
+        let mut d = Dataset::unhashed(name, self.images.clone(), self.labels.clone());
         d.index = self.index.clone();
         d
     }
@@ -348,6 +348,28 @@ pub fn open(spec: &str, ctx: &LoadCtx, on_error: OnError) -> Result<Box<dyn Imag
         });
     }
     Ok(s)
+}
+
+/// Calls `f` with the chunks (of `chunk` positions) that cover positions [start, end) of a
+/// stream, and the positions [from, to) each covers.
+pub fn for_each_chunk(
+    s: &mut dyn ImageStream,
+    start: usize,
+    end: usize,
+    chunk: usize,
+    mut f: impl FnMut(Chunk, usize, usize) -> Result<()>,
+) -> Result<()> {
+    s.skip(start)?;
+    let mut pos = start;
+    while pos < end {
+        let step = chunk.max(1).min(end - pos);
+        let Some(c) = s.next_chunk(step)? else {
+            break;
+        };
+        f(c, pos, pos + step)?;
+        pos += step;
+    }
+    Ok(())
 }
 
 /// Writes the images of `spec` as 28×28 PNG files `<name>-<index>.png` into `out` (inside a

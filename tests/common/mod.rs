@@ -2,6 +2,7 @@
 //! IDX data sets.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -80,4 +81,22 @@ pub fn toy(dir: &Path, name: &str, n: usize, seed: u32) -> (PathBuf, PathBuf) {
     write_idx_images(&ip, &px);
     write_idx_labels(&lp, &labels);
     (ip, lp)
+}
+
+/// Every file under `dir` (recursively) with its bytes.
+pub fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut m = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().display().to_string();
+                m.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    m
 }
