@@ -1,8 +1,9 @@
 //! Benchmarks (`metaclf bench`): images per second of the forward pass, MC dropout, batched
 //! per-sample gradient metrics, the naive batch-1 candle-autograd loop, and a training step, on
-//! MNIST-shaped random input with the default architecture and random weights.
+//! random input of a chosen shape (28×28×1 unless told) with the default architecture and random
+//! weights; and the reference scripts (JAX, PyTorch) run at the same shape.
 
-use crate::data::{stage_rng, PIXELS};
+use crate::data::{stage_rng, Shape};
 use crate::features::{grad_stats_batch, mc_dropout_probs};
 use crate::model::net::{Arch, Net};
 use crate::model::oracle::per_sample_grads_naive;
@@ -19,6 +20,8 @@ pub struct BenchResult {
     pub grad_naive: f64,
     pub train_step: f64,
     pub threads: usize,
+    /// Input shape as [C, H, W].
+    pub shape: [usize; 3],
 }
 
 fn rate(n: usize, f: impl FnMut()) -> f64 {
@@ -33,12 +36,13 @@ fn rate(n: usize, f: impl FnMut()) -> f64 {
     (n * reps) as f64 / t.elapsed().as_secs_f64()
 }
 
-/// Runs every benchmark.
-pub fn run(seed: u64) -> candle_core::Result<BenchResult> {
+/// Runs every benchmark at input `shape`.
+pub fn run(seed: u64, shape: Shape) -> candle_core::Result<BenchResult> {
     let mut rng = stage_rng(seed, "bench");
-    let net = Net::new(Arch::paper(), &mut rng);
+    let net = Net::new(Arch::paper_at(shape), &mut rng);
     let n = 256;
-    let x: Vec<f32> = (0..n * PIXELS).map(|_| rng.gen::<f32>()).collect();
+    let len = shape.len();
+    let x: Vec<f32> = (0..n * len).map(|_| rng.gen::<f32>()).collect();
     let forward = rate(n, || {
         net.forward(&x, n, None, false);
     });
@@ -53,14 +57,14 @@ pub fn run(seed: u64) -> candle_core::Result<BenchResult> {
     let m = 64;
     let grad_naive = rate(m, || {
         for i in 0..m {
-            per_sample_grads_naive(&net, &x[i * PIXELS..(i + 1) * PIXELS]).expect("candle");
+            per_sample_grads_naive(&net, &x[i * len..(i + 1) * len]).expect("candle");
         }
     });
     let mut tnet = net.clone();
     let mut opt = Sgd::new(&tnet, 0.9, 5e-4);
     let y: Vec<u32> = (0..128).map(|i| (i % 10) as u32).collect();
     let train = rate(128, || {
-        train_step(&mut tnet, &mut opt, &x[..128 * PIXELS], &y, 0.01, &mut rng);
+        train_step(&mut tnet, &mut opt, &x[..128 * len], &y, 0.01, &mut rng);
     });
     Ok(BenchResult {
         forward,
@@ -69,15 +73,24 @@ pub fn run(seed: u64) -> candle_core::Result<BenchResult> {
         grad_naive,
         train_step: train,
         threads: rayon::current_num_threads(),
+        shape: [shape.c, shape.h, shape.w],
     })
 }
 
-/// Runs `bench/reference_jax.py` (if python3 with jax is there) and returns its JSON object.
-pub fn reference(script: &std::path::Path) -> Result<serde_json::Value, String> {
-    let out = std::process::Command::new("python3")
+/// Runs a reference script (`bench/reference_jax.py`, `bench/reference_torch.py`) with
+/// `python` at `shape` (`--shape C,H,W`) and returns the JSON object it prints last: `name`,
+/// `grad` (gradient metrics, images/s) and `train` (training step, images/s).
+pub fn reference(
+    python: &str,
+    script: &std::path::Path,
+    shape: Shape,
+) -> Result<serde_json::Value, String> {
+    let out = std::process::Command::new(python)
         .arg(script)
+        .arg("--shape")
+        .arg(format!("{},{},{}", shape.c, shape.h, shape.w))
         .output()
-        .map_err(|e| format!("cannot run python3 {}: {e}", script.display()))?;
+        .map_err(|e| format!("cannot run {python} {}: {e}", script.display()))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         return Err(format!(

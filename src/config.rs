@@ -52,13 +52,27 @@ pub struct DataSection {
     pub test: String,
     /// Fraction of the training images held out for validation (plateau, checkpoint).
     pub val_fraction: f64,
-    /// Keep only these classes (empty = all); labels are re-indexed 0..k in this order.
+    /// Keep only these classes (empty = all); the network sees them as 0..k in this order, and
+    /// every output maps back to these labels.
     pub classes: Vec<u32>,
+    /// Classes held out of training, validation and the in-distribution test set; their test
+    /// images become the OOD set `unknown-classes`.
+    pub unknown_classes: Vec<u32>,
+    /// Image height and width every image is brought to.
+    pub image_size: [usize; 2],
+    /// Channels per image (a folder of RGB images with 1 channel is converted to gray).
+    pub channels: usize,
+    /// How images of another size are brought to `image_size`: "fit", "stretch",
+    /// "center-crop" or "mnist" ("" = mnist for 28×28 grayscale, fit otherwise; the resolved
+    /// config names the choice).
+    pub resize: String,
     /// Use at most this many training images (0 = all), drawn at random from the seed.
     pub train_limit: usize,
     /// Use at most this many test images (0 = all), the first ones in file order.
     pub test_limit: usize,
-    /// Transpose every image (EMNIST's IDX files are stored column-major).
+    /// Transpose every image of data.train and data.test (files stored column-major). The
+    /// `emnist-*` sources are transposed when loaded, wherever they are loaded, so this stays
+    /// false for them.
     pub transpose: bool,
 }
 
@@ -70,6 +84,10 @@ impl Default for DataSection {
             test: "mnist:test".into(),
             val_fraction: 0.1,
             classes: vec![],
+            unknown_classes: vec![],
+            image_size: [28, 28],
+            channels: 1,
+            resize: String::new(),
             train_limit: 0,
             test_limit: 0,
             transpose: false,
@@ -361,6 +379,56 @@ impl Config {
         if r.data.classes.len() == 1 {
             return Err(cfg("data.classes", "a classifier needs at least 2 classes"));
         }
+        let mut seen = std::collections::HashSet::new();
+        for c in &r.data.unknown_classes {
+            if !seen.insert(c) {
+                return Err(cfg(
+                    "data.unknown_classes",
+                    format!("class {c} is listed twice"),
+                ));
+            }
+            if r.data.classes.contains(c) {
+                return Err(cfg(
+                    "data.unknown_classes",
+                    format!("class {c} is also in data.classes; a class is known or unknown"),
+                ));
+            }
+        }
+        let [ih, iw] = r.data.image_size;
+        if !(1..=MAX_SIDE).contains(&ih) || !(1..=MAX_SIDE).contains(&iw) {
+            return Err(cfg(
+                "data.image_size",
+                format!("[{ih}, {iw}]: height and width must be 1..={MAX_SIDE}"),
+            ));
+        }
+        if !(1..=MAX_IMAGE_CHANNELS).contains(&r.data.channels) {
+            return Err(cfg(
+                "data.channels",
+                format!("{} is outside 1..={MAX_IMAGE_CHANNELS}", r.data.channels),
+            ));
+        }
+        let shape = crate::data::Shape::new(r.data.channels, ih, iw);
+        let resize = if r.data.resize.is_empty() {
+            crate::data::Resize::default_for(shape)
+        } else {
+            crate::data::Resize::parse(&r.data.resize).map_err(|m| cfg("data.resize", m))?
+        };
+        if resize == crate::data::Resize::Mnist && shape.c != 1 {
+            return Err(cfg(
+                "data.resize",
+                format!(
+                    "\"mnist\" normalises grayscale ink; with data.channels = {} use fit, stretch or center-crop",
+                    shape.c
+                ),
+            ));
+        }
+        let emnist = |s: &str| s.starts_with("emnist-");
+        let transpose = r.data.transpose && !(emnist(&r.data.train) && emnist(&r.data.test));
+        if r.data.transpose && !transpose {
+            tracing::warn!(
+                "data.transpose: emnist-* sources are transposed when loaded; the key is resolved to false"
+            );
+        }
         let m = &r.model;
         if m.channels.is_empty() || m.channels.contains(&0) {
             return Err(cfg(
@@ -406,17 +474,21 @@ impl Config {
         if m.pool < 2 {
             return Err(cfg("model.pool", format!("{} must be ≥ 2", m.pool)));
         }
-        let mut side = 28usize;
-        for name in &conv_names {
-            if m.pool_after.contains(name) {
-                side /= m.pool;
-                if side == 0 {
-                    return Err(cfg(
-                        "model.pool_after",
-                        format!("pooling after {name} shrinks the 28×28 image to nothing"),
-                    ));
-                }
-            }
+        let pools = conv_names
+            .iter()
+            .filter(|n| m.pool_after.contains(n))
+            .count() as u32;
+        let min_side = (m.pool as u64).saturating_pow(pools);
+        if (ih.min(iw) as u64) < min_side {
+            return Err(cfg(
+                "data.image_size",
+                format!(
+                    "[{ih}, {iw}] is too small for the {pools} pooling layer{} of window {}: \
+                     height and width must be at least {min_side}",
+                    if pools == 1 { "" } else { "s" },
+                    m.pool
+                ),
+            ));
         }
         let t = &r.train;
         if t.epochs == 0 {
@@ -607,7 +679,24 @@ impl Config {
                 ),
             ));
         }
+        let mut raw = raw;
+        raw.data.resize = resize.name().to_string();
+        raw.data.transpose = transpose;
         Ok(Config { raw })
+    }
+
+    /// The image shape (C, H, W) of the run.
+    pub fn shape(&self) -> crate::data::Shape {
+        let [h, w] = self.data.image_size;
+        crate::data::Shape::new(self.data.channels, h, w)
+    }
+
+    /// The preprocessing every image of the run goes through.
+    pub fn prep(&self) -> crate::data::Prep {
+        crate::data::Prep {
+            shape: self.shape(),
+            resize: crate::data::Resize::parse(&self.data.resize).expect("validated"),
+        }
     }
 
     /// The resolved config as TOML (every key, defaults filled in).
@@ -625,6 +714,10 @@ impl Config {
 
 /// Most conv layers a config may ask for.
 pub const MAX_LAYERS: usize = 16;
+/// Largest image height or width.
+pub const MAX_SIDE: usize = 2048;
+/// Most channels of an input image.
+pub const MAX_IMAGE_CHANNELS: usize = 64;
 /// Most channels of one conv layer.
 pub const MAX_CHANNELS: usize = 1024;
 /// Largest training or scoring batch.
@@ -694,11 +787,42 @@ mod tests {
             ("[meta]\nnn_weight_decay = nan", "meta.nn_weight_decay"),
             ("[meta]\nlambda = inf", "meta.lambda"),
             ("[model]\nleaky_slope = -inf", "model.leaky_slope"),
+            ("[data]\nimage_size = [3, 28]", "data.image_size"),
+            ("[data]\nimage_size = [0, 28]", "data.image_size"),
+            ("[data]\nchannels = 0", "data.channels"),
+            ("[data]\nchannels = 2\nresize = \"mnist\"", "data.resize"),
+            ("[data]\nresize = \"squash\"", "data.resize"),
+            ("[data]\nunknown_classes = [7, 7]", "data.unknown_classes"),
+            (
+                "[data]\nclasses = [1, 2, 7]\nunknown_classes = [7]",
+                "data.unknown_classes",
+            ),
         ];
         for (text, key) in cases {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(key), "{text:?} gave {e}");
         }
+    }
+
+    #[test]
+    fn shape_and_resize_resolve() {
+        let c = parse("").unwrap();
+        assert_eq!(c.data.resize, "mnist");
+        assert_eq!(c.prep(), crate::data::Prep::MNIST);
+        let c = parse("[data]\nimage_size = [64, 64]\nchannels = 2").unwrap();
+        assert_eq!(c.data.resize, "fit");
+        assert_eq!(c.shape(), crate::data::Shape::new(2, 64, 64));
+        // the smallest size the default pools allow is 4 (two pools of 2)
+        let e = parse("[data]\nimage_size = [3, 64]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 4"), "{e}");
+        assert!(parse("[data]\nimage_size = [4, 5]").is_ok());
+        let c = parse(
+            "[data]\ntrain = \"emnist-digits:train\"\ntest = \"emnist-digits:test\"\ntranspose = true",
+        )
+        .unwrap();
+        assert!(!c.data.transpose);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! unfolded inputs and reduced to their statistics inside the batch), and the feature table
 //! with its CSV form.
 
-use crate::data::{stage_rng, Dataset, PIXELS};
+use crate::data::{stage_rng, Dataset};
 use crate::error::{Error, IoContext, Result};
 use crate::model::layers::gemm;
 use crate::model::net::{argmax_rows, softmax, Net, Saved};
@@ -109,6 +109,29 @@ impl FeatureTable {
             }
         }
         self
+    }
+
+    /// Writes the network's class indices as the original labels `map[index]`: every
+    /// prediction, and the known-concept labels too when `labels` (they are indices after
+    /// `data.classes` re-indexed them; a stream's raw labels are original already).
+    pub fn map_classes(&mut self, map: &[u32], labels: bool) -> Result<()> {
+        if map.iter().enumerate().all(|(i, &c)| c == i as u32) {
+            return Ok(());
+        }
+        let get = |v: u32| {
+            map.get(v as usize).copied().ok_or_else(|| {
+                Error::Other(format!("class index {v} outside the {} classes", map.len()))
+            })
+        };
+        for p in self.pred.iter_mut() {
+            *p = get(*p)?;
+        }
+        if labels {
+            for l in self.label.iter_mut().flatten() {
+                *l = get(*l)?;
+            }
+        }
+        Ok(())
     }
 
     /// The header record of the CSV form.
@@ -725,6 +748,20 @@ pub fn mc_dropout_probs(
     mc
 }
 
+/// Checks that a data set has the net's input shape.
+pub fn check_shape(net: &Net, ds: &Dataset) -> Result<()> {
+    if ds.shape != net.arch.input {
+        return Err(Error::Data {
+            name: ds.name.clone(),
+            msg: format!(
+                "images are {}, the network takes {}",
+                ds.shape, net.arch.input
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Scores a data set: one feature row per image. `set` names the rows (`id-test`, `ood-<name>`).
 pub fn score(net: &Net, ds: &Dataset, set: &str, p: &FeatureParams) -> Result<FeatureTable> {
     score_at(net, ds, set, p, 0)
@@ -741,10 +778,12 @@ pub fn score_at(
     p: &FeatureParams,
     offset: usize,
 ) -> Result<FeatureTable> {
+    check_shape(net, ds)?;
     let k = net.arch.classes;
     let cols = columns(net);
     let nc = cols.len();
     let n_total = ds.len();
+    let len = ds.shape.len();
     let mut values = vec![0f32; n_total * nc];
     let mut preds = vec![0u32; n_total];
     let pb = indicatif::ProgressBar::new(n_total as u64);
@@ -769,7 +808,7 @@ pub fn score_at(
     for start in (0..n_total).step_by(bs) {
         let end = (start + bs).min(n_total);
         let n = end - start;
-        let x = &ds.images[start * PIXELS..end * PIXELS];
+        let x = &ds.images[start * len..end * len];
         let (probs, gstats) = grad_stats_batch(net, x, n);
         let t = p.mc_samples;
         let mut rng = stage_rng(p.seed, &format!("mc/batch{}", (offset + start) / bs));
@@ -956,8 +995,8 @@ mod score_tests {
     fn pred_and_msp_do_not_depend_on_t_and_seed_repeats() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let net = Net::new(Arch::paper(), &mut rng);
-        let x: Vec<f32> = (0..30 * PIXELS).map(|_| rng.gen::<f32>()).collect();
-        let ds = Dataset::new("t", x, None);
+        let x: Vec<f32> = (0..30 * 784).map(|_| rng.gen::<f32>()).collect();
+        let ds = Dataset::new("t", crate::data::Shape::MNIST, x, None);
         let p = |t: usize, bs: usize| FeatureParams {
             mc_samples: t,
             batch_size: bs,
@@ -1050,7 +1089,7 @@ mod precision_tests {
         let n = 12;
         // no exact zeros: tied maxima in a pooling window would make candle's max backward
         // split the gradient where the kernels route it to the first maximum
-        let x: Vec<f32> = (0..n * PIXELS).map(|_| rng.gen::<f32>()).collect();
+        let x: Vec<f32> = (0..n * 784).map(|_| rng.gen::<f32>()).collect();
         let (mut checked, mut confident, mut very) = (0, 0, 0);
         // fc weights scaled up, and class 3's bias raised: logits up to ~±320 (a trained MNIST
         // net stays within ~±60), gaps up to ~25 nats
@@ -1076,9 +1115,9 @@ mod precision_tests {
             let nl = net.layers.len() + 1;
             for s in 0..n {
                 let (pred, one_minus, g) =
-                    per_sample_grads_f64(&net, &x[s * PIXELS..(s + 1) * PIXELS]).unwrap();
+                    per_sample_grads_f64(&net, &x[s * 784..(s + 1) * 784]).unwrap();
                 let logits = net
-                    .forward(&x[s * PIXELS..(s + 1) * PIXELS], 1, None, false)
+                    .forward(&x[s * 784..(s + 1) * 784], 1, None, false)
                     .logits;
                 max_logit = logits.iter().fold(max_logit, |m, v| m.max(v.abs()));
                 assert_eq!(argmax_rows(&logits, logits.len())[0], pred);

@@ -80,7 +80,7 @@ pub fn image_folder(data: &[u8], scratch: &Path) {
         let ext = ["png", "jpg", "jpeg"][i % 3];
         std::fs::write(scratch.join(sub).join(format!("{i}.{ext}")), part).expect("scratch file");
     }
-    if let Ok(ds) = crate::data::render::folder(scratch) {
+    if let Ok(ds) = crate::data::render::folder(scratch, &crate::data::Prep::MNIST) {
         assert_eq!(ds.images.len(), ds.len() * crate::data::PIXELS);
         assert!(ds.images.iter().all(|v| (0.0..=1.0).contains(v)));
     }

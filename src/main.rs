@@ -109,10 +109,16 @@ enum Cmd {
         /// One JSON object instead of a table.
         #[arg(long)]
         json: bool,
-        /// Also run this reference script (e.g. bench/reference_jax.py) in the same run and
-        /// report the ratios.
+        /// Also run this reference script (bench/reference_jax.py, bench/reference_torch.py;
+        /// repeat for several) at the same shape in the same run, and report the ratios.
         #[arg(long)]
-        reference: Option<PathBuf>,
+        reference: Vec<PathBuf>,
+        /// Input shape C,H,W (e.g. 2,64,64).
+        #[arg(long, default_value = "1,28,28", value_parser = parse_shape)]
+        shape: data::Shape,
+        /// Python interpreter for the reference scripts.
+        #[arg(long, default_value = "python3")]
+        python: String,
     },
 }
 
@@ -142,6 +148,12 @@ enum DataCmd {
         /// Seed of generated and sampled sets.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Shape C,H,W the images are brought to (PNG holds 1 to 4 channels).
+        #[arg(long, default_value = "1,28,28", value_parser = parse_shape)]
+        shape: data::Shape,
+        /// Resize policy: fit, stretch, center-crop, mnist (default: mnist at 28×28×1, else fit).
+        #[arg(long, value_parser = data::Resize::parse)]
+        resize: Option<data::Resize>,
     },
 }
 
@@ -254,12 +266,20 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 count,
                 limit,
                 seed,
+                shape,
+                resize,
             } => {
+                let resize = resize.unwrap_or_else(|| data::Resize::default_for(shape));
+                anyhow::ensure!(
+                    resize != data::Resize::Mnist || shape.c == 1,
+                    "--resize mnist needs one channel (--shape 1,H,W)"
+                );
                 let ctx = data::LoadCtx {
                     data_dir,
                     seed,
                     count,
                     stage: "export".into(),
+                    prep: data::Prep { shape, resize },
                 };
                 let n = data::stream::export_png(&spec, &ctx, &out, limit)?;
                 println!("{n} images written to {}", out.display());
@@ -322,21 +342,25 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             metaclf::report::build(&run_dir)?;
             println!("{}", run_dir.join("report.html").display());
         }
-        Cmd::Bench { json, reference } => {
-            let r = metaclf::bench::run(42)?;
-            let refv = match &reference {
-                Some(p) => Some(metaclf::bench::reference(p).map_err(anyhow::Error::msg)?),
-                None => None,
-            };
+        Cmd::Bench {
+            json,
+            reference,
+            shape,
+            python,
+        } => {
+            let r = metaclf::bench::run(42, shape)?;
+            let refs = reference
+                .iter()
+                .map(|p| metaclf::bench::reference(&python, p, shape))
+                .collect::<Result<Vec<_>, String>>()
+                .map_err(anyhow::Error::msg)?;
             if json {
                 let mut v = serde_json::to_value(&r)?;
-                if let Some(rv) = &refv {
-                    v["reference"] = rv.clone();
-                }
+                v["reference"] = serde_json::Value::Array(refs.clone());
                 println!("{}", serde_json::to_string(&v)?);
             } else {
                 println!(
-                    "images/s on {} threads (default net, random weights, MNIST-shaped input):",
+                    "images/s on {} threads (default net, random weights, {shape} input):",
                     r.threads
                 );
                 for (k, v) in [
@@ -352,23 +376,28 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                     "  batched / naive gradient metrics: {:.1}×",
                     r.grad_batched / r.grad_naive
                 );
-                if let Some(rv) = &refv {
-                    let g = rv["grad_jax"].as_f64().unwrap_or(f64::NAN);
-                    let t = rv["train_jax"].as_f64().unwrap_or(f64::NAN);
+                for (rv, p) in refs.iter().zip(&reference) {
+                    let g = rv["grad"].as_f64().unwrap_or(f64::NAN);
+                    let t = rv["train"].as_f64().unwrap_or(f64::NAN);
+                    let name = rv["name"].as_str().unwrap_or("reference");
+                    println!("reference {name} ({}):", p.display());
                     println!(
-                        "reference ({}):",
-                        reference
-                            .as_ref()
-                            .map(|p| p.display().to_string())
-                            .unwrap_or_default()
+                        "  grad metrics, per-sample vmap(grad)  {g:>10.0}   metaclf/{name} {:.2}×",
+                        r.grad_batched / g
                     );
-                    println!("  grad metrics jit(vmap(grad))          {g:>10.0}   metaclf/reference {:.2}×", r.grad_batched / g);
-                    println!("  training step (batch 128)             {t:>10.0}   metaclf/reference {:.2}×", r.train_step / t);
+                    println!(
+                        "  training step (batch 128)            {t:>10.0}   metaclf/{name} {:.2}×",
+                        r.train_step / t
+                    );
                 }
             }
         }
     }
     Ok(())
+}
+
+fn parse_shape(s: &str) -> Result<data::Shape, String> {
+    data::Shape::parse(s)
 }
 
 /// "cached", "generated", "missing (fetched on first use)" or what is wrong, for a spec.
@@ -390,11 +419,11 @@ fn data_status(data_dir: &std::path::Path, spec: &str) -> Result<String> {
                 lab.display()
             ));
         }
-        data::Source::Idx { images, labels } => {
+        data::Source::Idx { images, labels } | data::Source::Npy { images, labels } => {
             for p in std::iter::once(images).chain(labels.iter()) {
                 anyhow::ensure!(p.exists(), "{spec}: {} does not exist", p.display());
             }
-            return Ok("user IDX files (checked in full when loaded)".into());
+            return Ok("user files (checked in full when loaded)".into());
         }
         data::Source::Folder(p) => {
             anyhow::ensure!(p.is_dir(), "{spec}: {} is not a folder", p.display());

@@ -36,32 +36,134 @@ pub struct Splits {
     pub train: Dataset,
     pub val: Dataset,
     pub test: Dataset,
+    /// The test images of `data.unknown_classes` (original labels), if any.
+    pub unknown: Option<Dataset>,
+    /// The original label of each of the network's classes (0..k-1), when the config selects
+    /// or holds out classes; empty = the labels are the network's indices.
+    pub class_labels: Vec<u32>,
 }
 
-/// Loads the in-distribution data: class subset, transpose, limits, validation split.
+/// The loading context of a run's config: its data folder, seed and preprocessing.
+pub fn load_ctx(cfg: &Config, count: usize, stage: &str) -> LoadCtx {
+    LoadCtx {
+        data_dir: cfg.data.data_dir.clone(),
+        seed: cfg.run.seed,
+        count,
+        stage: stage.into(),
+        prep: cfg.prep(),
+    }
+}
+
+/// The original label of each of the network's `classes` outputs: `data.classes` (resolved
+/// by the run when classes are held out), else 0..classes.
+pub fn class_labels(cfg: &Config, classes: usize) -> Vec<u32> {
+    if cfg.data.classes.is_empty() {
+        (0..classes as u32).collect()
+    } else {
+        cfg.data.classes.clone()
+    }
+}
+
+/// Whether `data.transpose` of a run applies to `spec`: it does to the run's own training and
+/// test sources (the same source with either split).
+pub fn transposes(cfg: &Config, spec: &str) -> bool {
+    let base = |s: &str| match Source::parse(s) {
+        Ok(Source::Mnist(_)) => "mnist".to_string(),
+        Ok(Source::FashionMnist(_)) => "fashion-mnist".to_string(),
+        _ => s.to_string(),
+    };
+    cfg.data.transpose
+        && (base(spec) == base(&cfg.data.train) || base(spec) == base(&cfg.data.test))
+}
+
+/// The known classes when `data.unknown_classes` holds some out: `data.classes` if given, else
+/// every label of the training and test sets except the unknown ones, sorted.
+fn known_classes(cfg: &Config, train: &Dataset, test: &Dataset) -> Result<Vec<u32>> {
+    let d = &cfg.data;
+    if !d.classes.is_empty() || d.unknown_classes.is_empty() {
+        return Ok(d.classes.clone());
+    }
+    let mut all: Vec<u32> = train
+        .labels
+        .iter()
+        .chain(test.labels.iter())
+        .flatten()
+        .copied()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    for u in &d.unknown_classes {
+        if !all.contains(u) {
+            return Err(crate::error::cfg(
+                "data.unknown_classes",
+                format!(
+                    "class {u} has no images in {} or {} (their classes: {all:?})",
+                    d.train, d.test
+                ),
+            ));
+        }
+    }
+    all.retain(|c| !d.unknown_classes.contains(c));
+    if all.len() < 2 {
+        return Err(crate::error::cfg(
+            "data.unknown_classes",
+            format!(
+                "{:?} leaves {} known class{}; a classifier needs at least 2",
+                d.unknown_classes,
+                all.len(),
+                if all.len() == 1 { "" } else { "es" }
+            ),
+        ));
+    }
+    Ok(all)
+}
+
+/// Loads the in-distribution data: class subset, held-out classes, transpose, limits,
+/// validation split.
 pub fn load_splits(cfg: &Config) -> Result<Splits> {
     let d = &cfg.data;
-    let ctx = LoadCtx {
-        data_dir: d.data_dir.clone(),
-        seed: cfg.run.seed,
-        count: 0,
-        stage: "data".into(),
-    };
+    let ctx = load_ctx(cfg, 0, "data");
     let mut train = data::load(&d.train, &ctx)?;
     let mut test = data::load(&d.test, &ctx)?;
-    for (ds, role, spec) in [
-        (&mut train, "training", &d.train),
-        (&mut test, "test", &d.test),
-    ] {
+    for ds in [&train, &test] {
         if ds.labels.is_none() {
             return Err(Error::Data {
                 name: ds.name.clone(),
                 msg: "in-distribution data needs labels (data.train, data.test)".into(),
             });
         }
-        if !d.classes.is_empty() {
-            *ds = ds.keep_classes(&d.classes)?;
-            data::check_classes_present(ds, &d.classes, role, spec)?;
+    }
+    let known = known_classes(cfg, &train, &test)?;
+    let unknown = if d.unknown_classes.is_empty() {
+        None
+    } else {
+        let labels = test.labels.as_ref().expect("checked");
+        let rows: Vec<usize> = (0..test.len())
+            .filter(|&i| d.unknown_classes.contains(&labels[i]))
+            .collect();
+        if rows.is_empty() {
+            return Err(crate::error::cfg(
+                "data.unknown_classes",
+                format!(
+                    "{:?} has no images in the test set {}",
+                    d.unknown_classes, d.test
+                ),
+            ));
+        }
+        let mut u = test.select(&rows);
+        u.name = "unknown-classes".into();
+        if d.transpose {
+            u.transpose();
+        }
+        Some(u)
+    };
+    for (ds, role, spec) in [
+        (&mut train, "training", &d.train),
+        (&mut test, "test", &d.test),
+    ] {
+        if !known.is_empty() {
+            *ds = ds.keep_classes(&known)?;
+            data::check_classes_present(ds, &known, role, spec)?;
         }
         if d.transpose {
             ds.transpose();
@@ -88,15 +190,21 @@ pub fn load_splits(cfg: &Config) -> Result<Splits> {
             msg: "no training or test images left after data.classes / limits".into(),
         });
     }
-    Ok(Splits { train, val, test })
+    Ok(Splits {
+        train,
+        val,
+        test,
+        unknown,
+        class_labels: known,
+    })
 }
 
 /// The number of classes of the classifier.
-pub fn num_classes(cfg: &Config, s: &Splits) -> usize {
-    if cfg.data.classes.is_empty() {
+pub fn num_classes(_cfg: &Config, s: &Splits) -> usize {
+    if s.class_labels.is_empty() {
         s.train.num_classes().max(s.test.num_classes())
     } else {
-        cfg.data.classes.len()
+        s.class_labels.len()
     }
 }
 
@@ -126,15 +234,28 @@ pub fn history_csv(t: &Trained) -> String {
     )
 }
 
-/// Scores the test set, every OOD set and the known unknowns.
+/// Scores the test set, every OOD set (the held-out classes' test images first, when there are
+/// any) and the known unknowns; labels and predictions are written as the original labels.
 pub fn score_all(
     cfg: &Config,
     net: &Net,
-    test: &Dataset,
+    splits: &Splits,
     sets: &mut Vec<serde_json::Value>,
 ) -> Result<FeatureTable> {
     let fp = FeatureParams::from_config(cfg);
-    let mut table = features::score(net, test, "id-test", &fp)?;
+    let labels = class_labels(cfg, net.arch.classes);
+    let mut table = features::score(net, &splits.test, "id-test", &fp)?;
+    if let Some(u) = &splits.unknown {
+        let u = if cfg.ood.count > 0 && u.len() > cfg.ood.count {
+            u.select(&(0..cfg.ood.count).collect::<Vec<_>>())
+        } else {
+            u.clone()
+        };
+        let set = "ood-unknown-classes";
+        tracing::info!("scoring {set}: {} images", u.len());
+        sets.push(json!({"role": set, "spec": format!("{} classes {:?}", cfg.data.test, cfg.data.unknown_classes), "images": u.len(), "sha256": u.sha256}));
+        table.append(features::score(net, &u, set, &fp)?.into_ood())?;
+    }
     let mut extra: Vec<(String, String, usize, &str)> = cfg
         .ood
         .sets
@@ -158,12 +279,7 @@ pub fn score_all(
         ));
     }
     for (set, spec, count, stage) in extra {
-        let ctx = LoadCtx {
-            data_dir: cfg.data.data_dir.clone(),
-            seed: cfg.run.seed,
-            count,
-            stage: stage.into(),
-        };
+        let ctx = load_ctx(cfg, count, stage);
         let ds = data::load(&spec, &ctx)?;
         let ds = if count > 0 && ds.len() > count {
             ds.select(&(0..count).collect::<Vec<_>>())
@@ -176,6 +292,7 @@ pub fn score_all(
         // `source_label` and `label`/`correct` stay empty
         table.append(features::score(net, &ds, &set, &fp)?.into_ood())?;
     }
+    table.map_classes(&labels, true)?;
     Ok(table)
 }
 
@@ -278,10 +395,15 @@ pub fn write_meta(folder: &RunFolder, t: &FeatureTable, r: &eval::MetaResults) -
 
 /// What the trust model belongs to: the CNN's classes, input and feature columns, and the sha256
 /// of its model.safetensors.
-pub fn net_info(classes: usize, columns: &[String], model: &Path) -> Result<crate::trust::NetInfo> {
+pub fn net_info(
+    classes: usize,
+    input: crate::data::Shape,
+    columns: &[String],
+    model: &Path,
+) -> Result<crate::trust::NetInfo> {
     Ok(crate::trust::NetInfo {
         classes,
-        input: [1, 28, 28],
+        input: [input.c, input.h, input.w],
         feature_columns: columns.to_vec(),
         model_sha256: crate::trust::file_sha256(model)?,
     })
@@ -296,7 +418,12 @@ pub fn fit_trust(
     records: &[eval::Record],
     classes: usize,
 ) -> Result<()> {
-    let info = net_info(classes, &table.columns, &folder.file("model.safetensors"))?;
+    let info = net_info(
+        classes,
+        cfg.shape(),
+        &table.columns,
+        &folder.file("model.safetensors"),
+    )?;
     let trust = match crate::trust::fit(table, mp, records, &cfg.score, &cfg.conv_names(), info) {
         Ok(t) => t,
         Err(Error::NoTrustModel(why)) => {
@@ -350,6 +477,19 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
 
 fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary> {
     let mut times: Vec<(String, f64)> = Vec::new();
+    let t = Instant::now();
+    let splits = load_splits(cfg)?;
+    // held-out classes: the known ones become data.classes of the resolved config, so every
+    // later reader of the run (features, score) maps the network's outputs back to them
+    let resolved;
+    let cfg = if cfg.data.classes.is_empty() && !splits.class_labels.is_empty() {
+        let mut raw = cfg.raw.clone();
+        raw.data.classes = splits.class_labels.clone();
+        resolved = Config::validate(raw)?;
+        &resolved
+    } else {
+        cfg
+    };
     folder.write("config.toml", cfg.to_toml())?;
     let mut run_json = json!({
         "metaclf_version": env!("CARGO_PKG_VERSION"),
@@ -361,8 +501,6 @@ fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary
         serde_json::to_string_pretty(&run_json).unwrap_or_default(),
     )?;
 
-    let t = Instant::now();
-    let splits = load_splits(cfg)?;
     let classes = num_classes(cfg, &splits);
     times.push(("data".into(), t.elapsed().as_secs_f64()));
     tracing::info!(
@@ -396,7 +534,7 @@ fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary
         json!({"role": "validation", "spec": cfg.data.train, "images": splits.val.len(), "sha256": splits.val.sha256}),
         json!({"role": "id-test", "spec": cfg.data.test, "images": splits.test.len(), "sha256": splits.test.sha256}),
     ];
-    let table = score_all(cfg, &trained.net, &splits.test, &mut sets)?;
+    let table = score_all(cfg, &trained.net, &splits, &mut sets)?;
     folder.write("features.csv", table.to_csv())?;
     times.push(("features".into(), t.elapsed().as_secs_f64()));
 
@@ -423,7 +561,7 @@ fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary
         );
         let t2 = TrainParams::from_config(&c2).fit(net2, &s2.train, &s2.val)?;
         extra_acc.push(evaluate(&t2.net, &s2.test, 512)?.1);
-        let table2 = score_all(&c2, &t2.net, &s2.test, &mut Vec::new())?;
+        let table2 = score_all(&c2, &t2.net, &s2, &mut Vec::new())?;
         let r2 = eval::run_meta(&table2, &meta_params(&c2)?)
             .map_err(|e| Error::Other(format!("meta classifiers (seed {}): {e}", c2.run.seed)))?;
         eval::pool(&mut results, r2);
@@ -507,12 +645,9 @@ pub fn features_for(run_dir: &Path, spec: &str, out: &Path, count: usize) -> Res
         Arch::from_config(&cfg, classes),
         &run_dir.join("model.safetensors"),
     )?;
-    let ctx = LoadCtx {
-        data_dir: cfg.data.data_dir.clone(),
-        seed: cfg.run.seed,
-        count,
-        stage: "features".into(),
-    };
+    let ctx = load_ctx(&cfg, count, "features");
+    let labels = class_labels(&cfg, classes);
+    let transpose = transposes(&cfg, spec);
     let mut s = stream::open(spec, &ctx, OnError::Stop)?;
     let fp = FeatureParams::from_config(&cfg);
     let bs = fp.batch_size;
@@ -535,7 +670,12 @@ pub fn features_for(run_dir: &Path, spec: &str, out: &Path, count: usize) -> Res
         let n = s.len();
         let pb = indicatif::ProgressBar::new(n as u64);
         stream::for_each_chunk(&mut *s, 0, n, chunk, |c, from, to| {
-            let t = features::score_at(&net, &c.dataset(&set), &set, &fp, from)?;
+            let mut ds = c.dataset(&set, ctx.prep.shape);
+            if transpose {
+                ds.transpose();
+            }
+            let mut t = features::score_at(&net, &ds, &set, &fp, from)?;
+            t.map_classes(&labels, false)?;
             t.write_rows(&mut w)?;
             rows += t.len();
             pb.set_position(to as u64);

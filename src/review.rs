@@ -3,7 +3,7 @@
 //! ones, the flagged images of each predicted class and, with labels, the accuracy-vs-rejection
 //! curve.
 
-use crate::data::PIXELS;
+use crate::data::Shape;
 use crate::report::{esc, rejection_curve};
 use crate::score::{by_trust, ranks, Row, Summary, CONFIDENT};
 use crate::trust::Trust;
@@ -58,15 +58,19 @@ pub fn shown(rows: &[Row], top: usize) -> Vec<usize> {
     v
 }
 
-/// A 28×28 image as a PNG data URI.
-fn thumb(px: &[f32]) -> String {
-    let bytes: Vec<u8> = px
-        .iter()
-        .take(PIXELS)
-        .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+/// An image as a grayscale PNG data URI, its channels side by side (left to right).
+fn thumb(px: &[f32], s: Shape) -> String {
+    let (w, h) = (s.w * s.c, s.h);
+    let bytes: Vec<u8> = (0..w * h)
+        .map(|i| {
+            let (y, x) = (i / w, i % w);
+            let (c, xx) = (x / s.w, x % s.w);
+            let v = px.get(c * s.hw() + y * s.w + xx).copied().unwrap_or(0.0);
+            (v.clamp(0.0, 1.0) * 255.0).round() as u8
+        })
         .collect();
-    let img =
-        image::GrayImage::from_raw(28, 28, bytes).unwrap_or_else(|| image::GrayImage::new(28, 28));
+    let img = image::GrayImage::from_raw(w as u32, h as u32, bytes)
+        .unwrap_or_else(|| image::GrayImage::new(w as u32, h as u32));
     let mut png = Vec::new();
     if img
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
@@ -80,11 +84,12 @@ fn thumb(px: &[f32]) -> String {
     )
 }
 
-fn card(r: &Row, rank: usize, images: &HashMap<usize, Vec<f32>>) -> String {
+fn card(r: &Row, rank: usize, images: &HashMap<usize, Vec<f32>>, shape: Shape) -> String {
     let img = match images.get(&r.index) {
         Some(px) => format!(
-            "<img src=\"{}\" width=\"84\" height=\"84\" alt=\"image {}\">",
-            thumb(px),
+            "<img src=\"{}\" width=\"{}\" height=\"84\" alt=\"image {}\">",
+            thumb(px, shape),
+            84 * shape.w * shape.c / shape.h.max(1),
             r.index
         ),
         None => "<div class=\"noimg\">no image</div>".into(),
@@ -181,6 +186,7 @@ pub fn page(
     trust: &Trust,
     images: &HashMap<usize, Vec<f32>>,
     top: usize,
+    shape: Shape,
 ) -> String {
     let sec = sections(rows, top);
     let rank = ranks(rows);
@@ -255,7 +261,7 @@ pub fn page(
         sec.least.len()
     ));
     for &i in &sec.least {
-        h.push_str(&card(&rows[i], rank[i], images));
+        h.push_str(&card(&rows[i], rank[i], images, shape));
     }
     h.push_str("</div>");
     h.push_str(&format!(
@@ -264,7 +270,7 @@ pub fn page(
         sec.confident.len()
     ));
     for &i in &sec.confident {
-        h.push_str(&card(&rows[i], rank[i], images));
+        h.push_str(&card(&rows[i], rank[i], images, shape));
     }
     h.push_str("</div><h2>Flagged images by predicted class</h2><table><tr><th>predicted</th><th>images</th><th>flagged</th><th>flagged %</th></tr>");
     for (c, pc) in &s.flagged_by_pred {
@@ -283,7 +289,7 @@ pub fn page(
             s.flagged_by_pred.get(c).map_or(0, |p| p.flagged)
         ));
         for &i in idx {
-            h.push_str(&card(&rows[i], rank[i], images));
+            h.push_str(&card(&rows[i], rank[i], images, shape));
         }
         h.push_str("</div>");
     }

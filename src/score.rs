@@ -7,7 +7,7 @@
 
 use crate::config::Config;
 use crate::data::stream::{self, Chunk, ImageStream, OnError};
-use crate::data::{LoadCtx, PIXELS};
+use crate::data::LoadCtx;
 use crate::error::{Error, IoContext, Result};
 use crate::features::{self, FeatureParams};
 use crate::model::{Arch, Net};
@@ -168,6 +168,10 @@ pub struct Scorer {
     pub cfg: Config,
     pub net: Net,
     pub trust: Trust,
+    /// The original label of each network output.
+    pub labels: Vec<u32>,
+    /// Whether the run's `data.transpose` applies to the data being scored.
+    pub transpose: bool,
 }
 
 impl Scorer {
@@ -177,18 +181,21 @@ impl Scorer {
         let model = run.join("model.safetensors");
         let net = Net::load(Arch::from_config(&cfg, classes), &model)?;
         let trust = Trust::load(run)?;
-        let info = crate::pipeline::net_info(classes, &features::columns(&net), &model)?;
+        let info =
+            crate::pipeline::net_info(classes, cfg.shape(), &features::columns(&net), &model)?;
         trust.check_net(&info, run)?;
-        Ok(Scorer { cfg, net, trust })
+        let labels = crate::pipeline::class_labels(&cfg, classes);
+        Ok(Scorer {
+            cfg,
+            net,
+            trust,
+            labels,
+            transpose: false,
+        })
     }
 
     fn ctx(&self, count: usize) -> LoadCtx {
-        LoadCtx {
-            data_dir: self.cfg.data.data_dir.clone(),
-            seed: self.cfg.run.seed,
-            count,
-            stage: "score".into(),
-        }
+        crate::pipeline::load_ctx(&self.cfg, count, "score")
     }
 
     /// Features and trust of one chunk, batch by batch at the batches' stream positions (so
@@ -213,12 +220,18 @@ impl Scorer {
             while j < c.len() && c.pos[j] < w + bs {
                 j += 1;
             }
-            let ds = crate::data::Dataset::unhashed(
+            let len = self.net.arch.input.len();
+            let mut ds = crate::data::Dataset::unhashed(
                 "score",
-                c.images[i * PIXELS..j * PIXELS].to_vec(),
+                self.cfg.shape(),
+                c.images[i * len..j * len].to_vec(),
                 c.labels.as_ref().map(|l| l[i..j].to_vec()),
             );
-            let t = features::score_at(&self.net, &ds, "score", &fp, w)?;
+            if self.transpose {
+                ds.transpose();
+            }
+            let mut t = features::score_at(&self.net, &ds, "score", &fp, w)?;
+            t.map_classes(&self.labels, false)?;
             let all: Vec<usize> = (0..t.len()).collect();
             let trust = self.trust.predict_table(&t, &all)?;
             let msp = t.col("msp").expect("msp column");
@@ -409,7 +422,14 @@ fn write_outputs(
     write_atomic(&dir.join("scores.csv"), &scores_csv(rows)?)?;
     let text = serde_json::to_string_pretty(summary).map_err(|e| other(e.to_string()))?;
     write_atomic(&dir.join("summary.json"), (text + "\n").as_bytes())?;
-    let html = crate::review::page(rows, summary, &scorer.trust, images, top);
+    let html = crate::review::page(
+        rows,
+        summary,
+        &scorer.trust,
+        images,
+        top,
+        scorer.cfg.shape(),
+    );
     write_atomic(&dir.join("review.html"), html.as_bytes())
 }
 
@@ -431,9 +451,10 @@ fn fetch_images(
 ) -> Result<HashMap<usize, Vec<f32>>> {
     let mut out = HashMap::new();
     stream::for_each_chunk(s, start, end, chunk, |c, _, _| {
+        let len = c.images.len() / c.len().max(1);
         for (i, idx) in c.index.iter().enumerate() {
             if want.contains(idx) {
-                out.insert(*idx, c.images[i * PIXELS..(i + 1) * PIXELS].to_vec());
+                out.insert(*idx, c.images[i * len..(i + 1) * len].to_vec());
             }
         }
         Ok(())
@@ -447,7 +468,8 @@ fn output_folder(out: &Path, force: bool) -> Result<Staged> {
 
 /// `metaclf score`: scores `opts.data` with the run's trust model and writes the folder.
 pub fn score(opts: &ScoreOptions) -> Result<Summary> {
-    let sc = Scorer::load(&opts.run)?;
+    let mut sc = Scorer::load(&opts.run)?;
+    sc.transpose = crate::pipeline::transposes(&sc.cfg, &opts.data);
     let th_name = opts
         .threshold
         .clone()

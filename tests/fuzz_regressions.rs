@@ -84,6 +84,7 @@ fn main_seeds_are_accepted() {
     let b = std::fs::read(seeds.join("image_folder/three")).unwrap();
     // the three files parse as images (blank ones are refused, so check the gray one alone)
     let g = std::fs::read(seeds.join("image_folder/gray")).unwrap();
-    metaclf::data::render::convert_bytes(&g, Path::new("g.png")).unwrap();
+    metaclf::data::render::convert_bytes(&g, Path::new("g.png"), &metaclf::data::Prep::MNIST)
+        .unwrap();
     metaclf::fuzzing::image_folder(&b, &d.path().join("f"));
 }

@@ -8,7 +8,13 @@ use std::io::{BufRead, Read};
 use std::path::Path;
 
 const IMAGE_MAGIC: u32 = 0x0000_0803;
+/// Images with a channel dimension: (N, H, W, C), channels last.
+const IMAGE4_MAGIC: u32 = 0x0000_0804;
 const LABEL_MAGIC: u32 = 0x0000_0801;
+/// Largest height or width of IDX images.
+pub const MAX_SIDE: usize = 8192;
+/// Most channels of IDX images.
+pub const MAX_CHANNELS: usize = 64;
 
 /// Deflate cannot compress better than about 1032:1 (a 258-byte match in at most 2 bits); a
 /// gzip file of `c` bytes therefore holds at most this many bytes per compressed byte. A header
@@ -70,13 +76,10 @@ fn gz_err(path: &Path, e: std::io::Error) -> Error {
     fmt_err(path, format!("corrupt gzip data: {e}"))
 }
 
-fn read_header<R: BufRead>(
-    r: &mut Body<R>,
-    path: &Path,
-    magic: u32,
-    ndim: usize,
-) -> Result<Vec<usize>> {
-    let mut head = vec![0u8; 4 + 4 * ndim];
+/// Reads the magic (one of `magics`; its last byte is the number of dimensions) and the
+/// dimensions of an IDX header.
+fn read_header<R: BufRead>(r: &mut Body<R>, path: &Path, magics: &[u32]) -> Result<Vec<usize>> {
+    let mut head = [0u8; 4];
     let got = read_full(r, &mut head).map_err(|e| gz_err(path, e))?;
     if got < 4 {
         return Err(fmt_err(
@@ -84,26 +87,24 @@ fn read_header<R: BufRead>(
             format!("truncated: only {got} bytes, no IDX header"),
         ));
     }
-    let m = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-    if m != magic {
-        let what = if magic == IMAGE_MAGIC {
-            "images"
+    let m = u32::from_be_bytes(head);
+    if !magics.contains(&m) {
+        let what = if magics[0] == IMAGE_MAGIC {
+            "images files start with 0x00000803 (N, H, W) or 0x00000804 (N, H, W, C)"
         } else {
-            "labels"
+            "labels files start with 0x00000801"
         };
-        return Err(fmt_err(
-            path,
-            format!("wrong magic 0x{m:08x}; IDX {what} files start with 0x{magic:08x}"),
-        ));
+        return Err(fmt_err(path, format!("wrong magic 0x{m:08x}; IDX {what}")));
     }
-    if got < head.len() {
+    let ndim = (m & 0xff) as usize;
+    let mut dims = vec![0u8; 4 * ndim];
+    let got = read_full(r, &mut dims).map_err(|e| gz_err(path, e))?;
+    if got < dims.len() {
         return Err(fmt_err(path, "truncated IDX header"));
     }
-    Ok((0..ndim)
-        .map(|i| {
-            let o = 4 + 4 * i;
-            u32::from_be_bytes([head[o], head[o + 1], head[o + 2], head[o + 3]]) as usize
-        })
+    Ok(dims
+        .chunks_exact(4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
         .collect())
 }
 
@@ -131,6 +132,9 @@ pub struct Records<R: BufRead> {
     path: std::path::PathBuf,
     /// Records (images or labels) the header promises, bytes per record, and records read.
     pub n: usize,
+    /// Shape of one image record (C, H, W); for IDX (N, H, W, C) files the bytes of a record
+    /// are channels-last (see [`planar`]).
+    pub shape: crate::data::Shape,
     rec: usize,
     done: usize,
 }
@@ -173,6 +177,7 @@ impl<R: BufRead> Records<R> {
             body,
             path: path.to_path_buf(),
             n,
+            shape: crate::data::Shape::new(1, 1, rec),
             rec,
             done: 0,
         })
@@ -260,18 +265,45 @@ pub fn open_images(path: &Path) -> Result<Records<std::io::BufReader<std::fs::Fi
 /// [`open_images`] from any reader of `size` bytes.
 pub fn open_images_from<R: BufRead>(r: R, size: u64, path: &Path) -> Result<Records<R>> {
     let (mut r, bound) = open_body(r, size, path)?;
-    let dims = read_header(&mut r, path, IMAGE_MAGIC, 3)?;
+    let dims = read_header(&mut r, path, &[IMAGE_MAGIC, IMAGE4_MAGIC])?;
     let (n, rows, cols) = (dims[0], dims[1], dims[2]);
-    if (rows, cols) != (28, 28) {
+    let chans = dims.get(3).copied().unwrap_or(1);
+    if !(1..=MAX_SIDE).contains(&rows) || !(1..=MAX_SIDE).contains(&cols) {
         return Err(fmt_err(
             path,
-            format!("images are {rows}×{cols}; metaclf needs 28×28"),
+            format!("images are {rows}×{cols}; height and width must be 1..{MAX_SIDE}"),
         ));
     }
-    Records::new(r, path, n, 784, bound, 16)
+    if !(1..=MAX_CHANNELS).contains(&chans) {
+        return Err(fmt_err(
+            path,
+            format!("images have {chans} channels; must be 1..{MAX_CHANNELS}"),
+        ));
+    }
+    let shape = crate::data::Shape::new(chans, rows, cols);
+    let mut rec = Records::new(r, path, n, shape.len(), bound, 4 + 4 * dims.len() as u64)?;
+    rec.shape = shape;
+    Ok(rec)
 }
 
-/// Reads an IDX images file into u8 pixels (N × 28 × 28). Returns (pixels, N).
+/// One IDX record's bytes (channels last, H × W × C) as channel-major values / 255.
+pub fn planar(bytes: &[u8], s: crate::data::Shape) -> Vec<f32> {
+    if s.c == 1 {
+        return bytes.iter().map(|&p| p as f32 / 255.0).collect();
+    }
+    let mut out = vec![0f32; bytes.len()];
+    for (img, dst) in bytes
+        .chunks_exact(s.len())
+        .zip(out.chunks_exact_mut(s.len()))
+    {
+        for (i, &p) in img.iter().enumerate() {
+            dst[(i % s.c) * s.hw() + i / s.c] = p as f32 / 255.0;
+        }
+    }
+    out
+}
+
+/// Reads an IDX images file into u8 pixels as stored (N × H × W [× C]). Returns (pixels, N).
 pub fn read_images(path: &Path) -> Result<(Vec<u8>, usize)> {
     let f = std::fs::File::open(path).at(path)?;
     let size = f.metadata().at(path)?.len();
@@ -281,9 +313,19 @@ pub fn read_images(path: &Path) -> Result<(Vec<u8>, usize)> {
 /// [`read_images`] from any reader of `size` bytes (`path` names it in errors). The header is
 /// checked against the file's size first, then against the memory available.
 pub fn read_images_from<R: BufRead>(r: R, size: u64, path: &Path) -> Result<(Vec<u8>, usize)> {
+    let (px, n, _) = read_images_shaped(r, size, path)?;
+    Ok((px, n))
+}
+
+/// [`read_images_from`] that also returns the images' shape.
+pub fn read_images_shaped<R: BufRead>(
+    r: R,
+    size: u64,
+    path: &Path,
+) -> Result<(Vec<u8>, usize, crate::data::Shape)> {
     let mut rec = open_images_from(r, size, path)?;
     let n = rec.n;
-    let bytes = (n as u64) * 784;
+    let bytes = (n as u64).saturating_mul(rec.shape.len() as u64);
     // The loader keeps u8 pixels and then f32 copies: budget 5 bytes per pixel.
     let budget = memory_budget();
     if bytes.saturating_mul(5) > budget {
@@ -296,9 +338,10 @@ pub fn read_images_from<R: BufRead>(r: R, size: u64, path: &Path) -> Result<(Vec
             ),
         ));
     }
+    let shape = rec.shape;
     let body = rec.read(n)?;
     rec.finish()?;
-    Ok((body, n))
+    Ok((body, n, shape))
 }
 
 /// Reads an IDX labels file.
@@ -311,7 +354,7 @@ pub fn read_labels(path: &Path) -> Result<Vec<u8>> {
 /// [`read_labels`] from any reader of `size` bytes.
 pub fn read_labels_from<R: BufRead>(r: R, size: u64, path: &Path) -> Result<Vec<u8>> {
     let (mut r, bound) = open_body(r, size, path)?;
-    let dims = read_header(&mut r, path, LABEL_MAGIC, 1)?;
+    let dims = read_header(&mut r, path, &[LABEL_MAGIC])?;
     let n = dims[0];
     if n as u64 > memory_budget() {
         return Err(fmt_err(
@@ -325,11 +368,23 @@ pub fn read_labels_from<R: BufRead>(r: R, size: u64, path: &Path) -> Result<Vec<
     Ok(body)
 }
 
-/// Writes an IDX images file (used by tests and `metaclf data` exports).
+/// Writes an IDX images file of 28×28 images (used by tests and `metaclf data` exports).
 pub fn write_images(path: &Path, pixels: &[u8]) -> Result<()> {
-    let n = (pixels.len() / 784) as u32;
-    let mut out = Vec::with_capacity(16 + pixels.len());
-    for v in [IMAGE_MAGIC, n, 28, 28] {
+    write_images_shaped(path, pixels, crate::data::Shape::MNIST)
+}
+
+/// Writes an IDX images file of `shape` (channels last, magic 0x804, when it has more than one
+/// channel).
+pub fn write_images_shaped(path: &Path, pixels: &[u8], shape: crate::data::Shape) -> Result<()> {
+    let n = (pixels.len() / shape.len()) as u32;
+    let mut out = Vec::with_capacity(20 + pixels.len());
+    let (h, w, c) = (shape.h as u32, shape.w as u32, shape.c as u32);
+    let head: Vec<u32> = if shape.c == 1 {
+        vec![IMAGE_MAGIC, n, h, w]
+    } else {
+        vec![IMAGE4_MAGIC, n, h, w, c]
+    };
+    for v in head {
         out.extend_from_slice(&v.to_be_bytes());
     }
     out.extend_from_slice(pixels);

@@ -1,13 +1,19 @@
-//! Data: one typed [`Dataset`] (28×28 images in [0,1], optional labels, name, checksum) from any
-//! source: IDX files, image folders, the named sets fetched into the cache by the ecosystem's
-//! package managers, rendered letters, natural-image crops and seeded noise.
+//! Data: one typed [`Dataset`] (images of one shape C×H×W, channel-major, in [0,1], optional
+//! labels, name, checksum) from any source: IDX files (3 or 4 dimensions), NumPy `.npy` arrays,
+//! image folders (PNG, JPEG, TIFF stacks), the named sets fetched into the cache by the
+//! ecosystem's package managers, rendered letters, natural-image crops and seeded noise, every
+//! one brought to the run's shape by [`prep::Prep`].
 
 pub mod fetch;
 pub mod idx;
+pub mod npy;
+pub mod prep;
 pub mod render;
 pub mod stream;
 
-use crate::error::{Error, Result};
+pub use prep::{Prep, Resize, Shape};
+
+use crate::error::{Error, IoContext, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -17,14 +23,15 @@ use std::path::{Path, PathBuf};
 /// Largest number of classes accepted from user IDX files (EMNIST byclass has 62).
 pub const MAX_CLASSES: u32 = 62;
 
-/// Pixels per image.
+/// Pixels of a 28×28 grayscale image (the built-in sets' own shape).
 pub const PIXELS: usize = 784;
 
-/// A set of 28×28 grayscale images, row-major, pixel/255 in [0, 1].
+/// A set of images of one shape, each channel-major (C, H, W), values in [0, 1].
 #[derive(Debug, Clone)]
 pub struct Dataset {
     pub name: String,
-    /// N × 784 values.
+    pub shape: Shape,
+    /// N × C·H·W values.
     pub images: Vec<f32>,
     pub labels: Option<Vec<u32>>,
     /// sha256 of the images (f32 little-endian) and labels (u32 little-endian).
@@ -34,8 +41,13 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    pub fn new(name: impl Into<String>, images: Vec<f32>, labels: Option<Vec<u32>>) -> Dataset {
-        let mut d = Dataset::unhashed(name, images, labels);
+    pub fn new(
+        name: impl Into<String>,
+        shape: Shape,
+        images: Vec<f32>,
+        labels: Option<Vec<u32>>,
+    ) -> Dataset {
+        let mut d = Dataset::unhashed(name, shape, images, labels);
         d.rehash();
         d
     }
@@ -44,12 +56,14 @@ impl Dataset {
     /// features` score one after another, where hashing every image would only cost time.
     pub fn unhashed(
         name: impl Into<String>,
+        shape: Shape,
         images: Vec<f32>,
         labels: Option<Vec<u32>>,
     ) -> Dataset {
-        let n = images.len() / PIXELS;
+        let n = images.len() / shape.len().max(1);
         Dataset {
             name: name.into(),
+            shape,
             images,
             labels,
             sha256: String::new(),
@@ -71,7 +85,7 @@ impl Dataset {
     }
 
     pub fn len(&self) -> usize {
-        self.images.len() / PIXELS
+        self.images.len() / self.shape.len().max(1)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -79,12 +93,13 @@ impl Dataset {
     }
 
     pub fn image(&self, i: usize) -> &[f32] {
-        &self.images[i * PIXELS..(i + 1) * PIXELS]
+        let n = self.shape.len();
+        &self.images[i * n..(i + 1) * n]
     }
 
     /// The rows at `idx`, in that order.
     pub fn select(&self, idx: &[usize]) -> Dataset {
-        let mut images = Vec::with_capacity(idx.len() * PIXELS);
+        let mut images = Vec::with_capacity(idx.len() * self.shape.len());
         for &i in idx {
             images.extend_from_slice(self.image(i));
         }
@@ -94,6 +109,7 @@ impl Dataset {
             .map(|l| idx.iter().map(|&i| l[i]).collect());
         let mut d = Dataset {
             name: self.name.clone(),
+            shape: self.shape,
             images,
             labels,
             sha256: String::new(),
@@ -124,16 +140,38 @@ impl Dataset {
         Ok(d)
     }
 
-    /// Transposes every image (EMNIST storage → MNIST orientation): out[r][c] = raw[c][r].
+    /// Transposes every channel of every image (EMNIST storage → MNIST orientation):
+    /// out[r][c] = raw[c][r]; height and width swap.
     pub fn transpose(&mut self) {
-        for img in self.images.chunks_mut(PIXELS) {
-            for r in 0..28 {
-                for c in (r + 1)..28 {
-                    img.swap(r * 28 + c, c * 28 + r);
+        let s = self.shape;
+        let mut out = vec![0f32; self.images.len()];
+        for (src, dst) in self
+            .images
+            .chunks_exact(s.hw())
+            .zip(out.chunks_exact_mut(s.hw()))
+        {
+            for r in 0..s.h {
+                for c in 0..s.w {
+                    dst[c * s.h + r] = src[r * s.w + c];
                 }
             }
         }
+        self.images = out;
+        self.shape = Shape::new(s.c, s.w, s.h);
         self.rehash();
+    }
+
+    /// The images brought to `prep`'s shape (built-in grayscale sets: resized by the policy and
+    /// replicated across channels).
+    pub fn adopt(self, prep: &Prep) -> Dataset {
+        if self.shape == prep.shape {
+            return self;
+        }
+        let index = self.index;
+        let images = prep.adopt(self.images, self.shape);
+        let mut d = Dataset::new(self.name, prep.shape, images, self.labels);
+        d.index = index;
+        d
     }
 
     /// Number of classes (max label + 1).
@@ -178,13 +216,17 @@ pub enum Source {
         images: PathBuf,
         labels: Option<PathBuf>,
     },
+    Npy {
+        images: PathBuf,
+        labels: Option<PathBuf>,
+    },
     Folder(PathBuf),
 }
 
 /// How data specs are written.
 pub const SPEC_HELP: &str = "mnist[:train|:test], fashion-mnist[:train|:test], \
 emnist-<variant>[:train|:test] (files under data/emnist/), letters, gray-natural, uniform-noise, \
-normal-noise, idx:IMAGES[,LABELS], folder:PATH";
+normal-noise, idx:IMAGES[,LABELS], npy:IMAGES[,LABELS], folder:PATH";
 
 /// The named sets `metaclf data` knows.
 pub const NAMED: [&str; 6] = [
@@ -218,18 +260,25 @@ impl Source {
             "gray-natural" => no_tail(Source::GrayNatural),
             "uniform-noise" => no_tail(Source::UniformNoise),
             "normal-noise" => no_tail(Source::NormalNoise),
-            "idx" => {
-                let t = tail
-                    .filter(|t| !t.is_empty())
-                    .ok_or(format!("{spec:?}: write idx:IMAGES or idx:IMAGES,LABELS"))?;
+            "idx" | "npy" => {
+                let t = tail.filter(|t| !t.is_empty()).ok_or(format!(
+                    "{spec:?}: write {head}:IMAGES or {head}:IMAGES,LABELS"
+                ))?;
                 let (i, l) = match t.split_once(',') {
                     Some((i, l)) => (i, Some(PathBuf::from(l))),
                     None => (t, None),
                 };
-                Ok(Source::Idx {
-                    images: i.into(),
-                    labels: l,
-                })
+                if head == "idx" {
+                    Ok(Source::Idx {
+                        images: i.into(),
+                        labels: l,
+                    })
+                } else {
+                    Ok(Source::Npy {
+                        images: i.into(),
+                        labels: l,
+                    })
+                }
             }
             "folder" => Ok(Source::Folder(
                 tail.filter(|t| !t.is_empty())
@@ -259,6 +308,8 @@ pub struct LoadCtx {
     /// Stage name mixed into the seed (an OOD set and a known-unknown set of the same kind
     /// get different draws).
     pub stage: String,
+    /// The run's image shape and resize policy: every set is brought to it.
+    pub prep: Prep,
 }
 
 /// Loads a data set, fetching it into the cache first when needed.
@@ -268,7 +319,7 @@ pub fn load(spec: &str, ctx: &LoadCtx) -> Result<Dataset> {
         msg,
     })?;
     let name = Source::short_name(spec);
-    check_count(spec, ctx.count)?;
+    check_count(spec, ctx.count, ctx.prep.shape)?;
     let count = |default: usize| if ctx.count == 0 { default } else { ctx.count };
     let mut rng = stage_rng(ctx.seed, &format!("{}/{}", ctx.stage, spec));
     let ds = match src {
@@ -285,6 +336,7 @@ pub fn load(spec: &str, ctx: &LoadCtx) -> Result<Dataset> {
                 Some(&dir.join(format!("{p}-labels-idx1-ubyte"))),
                 10,
             )?
+            .adopt(&ctx.prep)
         }
         Source::FashionMnist(split) => {
             let dir = fetch::ensure(&ctx.data_dir, "fashion-mnist")?;
@@ -299,27 +351,45 @@ pub fn load(spec: &str, ctx: &LoadCtx) -> Result<Dataset> {
                 Some(&dir.join(format!("{p}-labels-idx1-ubyte.gz"))),
                 10,
             )?;
-            subsample(d, ctx.count, &mut rng)
+            subsample(d, ctx.count, &mut rng).adopt(&ctx.prep)
         }
         Source::Emnist(variant, split) => {
             let (img, lab) = emnist_files(&ctx.data_dir, spec, &variant, split)?;
             let max = if variant == "letters" { 27 } else { 62 };
-            // stored transposed; `data.transpose = true` (on in configs/emnist.toml) fixes it
-            load_idx(&name, &img, Some(&lab), max)?
+            // EMNIST's files store every image transposed: a property of the source, undone
+            // wherever it is loaded
+            let mut d = load_idx(&name, &img, Some(&lab), max)?;
+            d.transpose();
+            d.adopt(&ctx.prep)
         }
         Source::Letters => {
             let dir = fetch::ensure(&ctx.data_dir, "letters")?;
             let d = render::letters(&dir)?;
-            subsample(d, count(2000), &mut rng)
+            subsample(d, count(2000), &mut rng).adopt(&ctx.prep)
         }
         Source::GrayNatural => {
             let dir = fetch::ensure(&ctx.data_dir, "gray-natural")?;
-            render::natural_crops(&dir, count(2000), &mut rng)?
+            render::natural_crops(&dir, count(2000), &mut rng)?.adopt(&ctx.prep)
         }
-        Source::UniformNoise => render::uniform_noise(count(2000), &mut rng),
-        Source::NormalNoise => render::normal_noise(count(2000), &mut rng),
-        Source::Idx { images, labels } => load_idx(&name, &images, labels.as_deref(), MAX_CLASSES)?,
-        Source::Folder(path) => render::folder(&path)?,
+        Source::UniformNoise => render::uniform_noise(count(2000), ctx.prep.shape, &mut rng),
+        Source::NormalNoise => render::normal_noise(count(2000), ctx.prep.shape, &mut rng),
+        Source::Idx { images, labels } => {
+            let (px, n, shape) = read_idx_images(&images)?;
+            let labels = match labels {
+                Some(lp) => Some(read_idx_labels(&lp, n, &images, MAX_CLASSES)?),
+                None => None,
+            };
+            user_images(&name, px, shape, labels, &ctx.prep, &images)?
+        }
+        Source::Npy { images, labels } => {
+            let (px, n, shape) = npy::read_images(&images)?;
+            let labels = match labels {
+                Some(lp) => Some(npy::read_labels(&lp, n, &images, MAX_CLASSES)?),
+                None => None,
+            };
+            user_images(&name, px, shape, labels, &ctx.prep, &images)?
+        }
+        Source::Folder(path) => render::folder(&path, &ctx.prep)?,
     };
     if ds.is_empty() {
         return Err(Error::Data {
@@ -333,16 +403,17 @@ pub fn load(spec: &str, ctx: &LoadCtx) -> Result<Dataset> {
 /// Checks a requested image count against [`crate::config::MAX_IMAGES`] and the memory
 /// available (images are held as f32, and subsetting copies them once), before anything is
 /// allocated.
-pub fn check_count(spec: &str, count: usize) -> Result<()> {
+pub fn check_count(spec: &str, count: usize, shape: Shape) -> Result<()> {
     let max = crate::config::MAX_IMAGES;
-    let need = (count as u64).saturating_mul(PIXELS as u64 * 4 * 2);
+    let px = (shape.len() as u64).max(PIXELS as u64);
+    let need = (count as u64).saturating_mul(px * 4 * 2);
     let budget = idx::memory_budget();
     if count > max || need > budget {
         return Err(Error::Data {
             name: spec.into(),
             msg: format!(
                 "count {count} is too large: at most {} images fit in the {} MiB of memory available (limit {max})",
-                (budget / (PIXELS as u64 * 8)).min(max as u64),
+                (budget / (px * 8)).min(max as u64),
                 budget >> 20
             ),
         });
@@ -460,20 +531,73 @@ pub fn read_idx_labels(lp: &Path, n: usize, images: &Path, max_label: u32) -> Re
     Ok(l.into_iter().map(u32::from).collect())
 }
 
-/// Reads an IDX image file and optional label file; labels must be < `max_label`.
+/// Reads an IDX image file (3 or 4 dimensions) as channel-major values in [0, 1]: (values, N,
+/// shape).
+pub fn read_idx_images(path: &Path) -> Result<(Vec<f32>, usize, Shape)> {
+    let f = std::fs::File::open(path).at(path)?;
+    let size = f.metadata().at(path)?.len();
+    let (px, n, shape) = idx::read_images_shaped(std::io::BufReader::new(f), size, path)?;
+    Ok((idx::planar(&px, shape), n, shape))
+}
+
+/// Reads an IDX image file and optional label file at their own shape; labels must be <
+/// `max_label`.
 pub fn load_idx(
     name: &str,
     images: &Path,
     labels: Option<&Path>,
     max_label: u32,
 ) -> Result<Dataset> {
-    let (px, n) = idx::read_images(images)?;
+    let (px, n, shape) = read_idx_images(images)?;
     let labels = match labels {
         Some(lp) => Some(read_idx_labels(lp, n, images, max_label)?),
         None => None,
     };
-    let images = px.iter().map(|&p| p as f32 / 255.0).collect();
-    Ok(Dataset::new(name, images, labels))
+    Ok(Dataset::new(name, shape, px, labels))
+}
+
+/// A user's images (IDX or .npy, file `path`) brought to the run's shape: the channel count
+/// must be the run's; other sizes are resized with the run's policy.
+pub fn user_images(
+    name: &str,
+    px: Vec<f32>,
+    shape: Shape,
+    labels: Option<Vec<u32>>,
+    prep: &Prep,
+    path: &Path,
+) -> Result<Dataset> {
+    let px = fit_user(px, shape, prep, path)?;
+    Ok(Dataset::new(name, prep.shape, px, labels))
+}
+
+/// [`user_images`]' conversion of n images of `shape` (channel-major) to the run's shape.
+pub fn fit_user(px: Vec<f32>, shape: Shape, prep: &Prep, path: &Path) -> Result<Vec<f32>> {
+    if shape.c != prep.shape.c {
+        return Err(Error::Format {
+            path: path.to_path_buf(),
+            msg: format!(
+                "images have {} channel{}; the run needs {} (data.channels)",
+                shape.c,
+                if shape.c == 1 { "" } else { "s" },
+                prep.shape.c
+            ),
+        });
+    }
+    if shape == prep.shape {
+        return Ok(px);
+    }
+    let mut out = Vec::with_capacity(px.len() / shape.len() * prep.shape.len());
+    for img in px.chunks_exact(shape.len()) {
+        let native = prep::Native {
+            shape,
+            px: img.to_vec(),
+        };
+        match prep.resize_native(&native, false) {
+            Some(v) => out.extend(v),
+            None => out.extend(std::iter::repeat_n(0.0, prep.shape.len())),
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -485,13 +609,26 @@ mod tests {
         let mut img = vec![0f32; PIXELS];
         img[3] = 1.0; // row 0, col 3
         img[28 * 5 + 1] = 0.5; // row 5, col 1
-        let mut d = Dataset::new("t", img, None);
+        let mut d = Dataset::new("t", Shape::MNIST, img, None);
         let before = d.sha256.clone();
         d.transpose();
         assert_eq!(d.images[3 * 28], 1.0); // row 3, col 0
         assert_eq!(d.images[28 + 5], 0.5); // row 1, col 5
         assert_eq!(d.images.iter().filter(|&&v| v > 0.0).count(), 2);
         assert_ne!(before, d.sha256);
+        // a 2-channel 2×3 image becomes 3×2, each channel on its own
+        let mut d = Dataset::new(
+            "t",
+            Shape::new(2, 2, 3),
+            vec![0., 1., 2., 3., 4., 5., 10., 11., 12., 13., 14., 15.],
+            None,
+        );
+        d.transpose();
+        assert_eq!(d.shape, Shape::new(2, 3, 2));
+        assert_eq!(
+            d.images,
+            vec![0., 3., 1., 4., 2., 5., 10., 13., 11., 14., 12., 15.]
+        );
     }
 
     #[test]
@@ -513,7 +650,12 @@ mod tests {
 
     #[test]
     fn keep_classes_reindexes() {
-        let d = Dataset::new("t", vec![0.0; 4 * PIXELS], Some(vec![3, 1, 7, 3]));
+        let d = Dataset::new(
+            "t",
+            Shape::MNIST,
+            vec![0.0; 4 * PIXELS],
+            Some(vec![3, 1, 7, 3]),
+        );
         let k = d.keep_classes(&[3, 7]).unwrap();
         assert_eq!(k.labels.unwrap(), vec![0, 1, 0]);
         assert_eq!(k.index, vec![0, 2, 3]);

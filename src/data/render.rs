@@ -1,7 +1,8 @@
-//! Images made or converted here: the MNIST normalisation (ink box → longer side B → centre of
-//! mass at the frame centre), letters A–J rendered from fonts, grayscale natural-image crops,
-//! seeded noise, and image folders.
+//! Images made or converted here: letters A–J rendered from fonts (MNIST normalisation, see
+//! [`super::prep::mnist_normalize`]), grayscale natural-image crops, seeded noise at any shape,
+//! and image folders brought to the run's shape.
 
+use super::prep::{self, mnist_normalize, Prep, Shape};
 use super::{Dataset, PIXELS};
 use crate::error::{Error, IoContext, Result};
 use ab_glyph::{Font, FontVec};
@@ -12,52 +13,6 @@ use rand_distr::{Distribution, Normal};
 use std::path::{Path, PathBuf};
 
 type GrayF = ImageBuffer<Luma<f32>, Vec<f32>>;
-
-/// MNIST-style normalisation of a white-on-black grayscale image (values in [0,1]):
-/// crop to the ink box, resize so the longer side is `side` px (antialiased), paste into 28×28
-/// with the intensity-weighted centre of mass at (13.5, 13.5) rounded to whole pixels, shift by
-/// `offset` (dx, dy) and clamp so no ink is cut. `None` when there is no ink.
-pub fn mnist_normalize(img: &GrayF, side: u32, offset: (i32, i32)) -> Option<[f32; PIXELS]> {
-    let (w, h) = img.dimensions();
-    let (mut x0, mut y0, mut x1, mut y1) = (w, h, 0, 0);
-    for (x, y, p) in img.enumerate_pixels() {
-        if p.0[0] > 0.0 {
-            x0 = x0.min(x);
-            y0 = y0.min(y);
-            x1 = x1.max(x);
-            y1 = y1.max(y);
-        }
-    }
-    if x1 < x0 || y1 < y0 {
-        return None;
-    }
-    let crop = image::imageops::crop_imm(img, x0, y0, x1 - x0 + 1, y1 - y0 + 1).to_image();
-    let (cw, ch) = crop.dimensions();
-    let scale = side as f64 / cw.max(ch) as f64;
-    let nw = ((cw as f64 * scale).round() as u32).clamp(1, 28);
-    let nh = ((ch as f64 * scale).round() as u32).clamp(1, 28);
-    let small = image::imageops::resize(&crop, nw, nh, FilterType::Triangle);
-    let (mut m, mut mx, mut my) = (0f64, 0f64, 0f64);
-    for (x, y, p) in small.enumerate_pixels() {
-        let v = p.0[0].clamp(0.0, 1.0) as f64;
-        m += v;
-        mx += v * x as f64;
-        my += v * y as f64;
-    }
-    if m <= 0.0 {
-        return None;
-    }
-    let left = (13.5 - mx / m).round() as i32 + offset.0;
-    let top = (13.5 - my / m).round() as i32 + offset.1;
-    let left = left.clamp(0, 28 - nw as i32);
-    let top = top.clamp(0, 28 - nh as i32);
-    let mut out = [0f32; PIXELS];
-    for (x, y, p) in small.enumerate_pixels() {
-        let (ox, oy) = (left + x as i32, top + y as i32);
-        out[oy as usize * 28 + ox as usize] = p.0[0].clamp(0.0, 1.0);
-    }
-    Some(out)
-}
 
 /// Rasterises one character at 128 px, white on black.
 fn rasterise(font: &FontVec, c: char) -> Option<GrayF> {
@@ -101,7 +56,7 @@ pub fn letters(dir: &Path) -> Result<Dataset> {
             };
             for side in LETTER_SIDES {
                 for off in LETTER_OFFSETS {
-                    if let Some(px) = mnist_normalize(&glyph, side, off) {
+                    if let Some(px) = mnist_normalize(&glyph, 28, 28, side, off) {
                         images.extend_from_slice(&px);
                         labels.push(li as u32);
                     }
@@ -109,7 +64,7 @@ pub fn letters(dir: &Path) -> Result<Dataset> {
             }
         }
     }
-    Ok(Dataset::new("letters", images, Some(labels)))
+    Ok(Dataset::new("letters", Shape::MNIST, images, Some(labels)))
 }
 
 /// Crops whose pixel standard deviation is below this are rejected as flat.
@@ -163,22 +118,22 @@ pub fn natural_crops(dir: &Path, count: usize, rng: &mut ChaCha8Rng) -> Result<D
             images.extend_from_slice(&px);
         }
     }
-    Ok(Dataset::new("gray-natural", images, None))
+    Ok(Dataset::new("gray-natural", Shape::MNIST, images, None))
 }
 
-/// Uniform noise: every pixel from U[0, 1).
-pub fn uniform_noise(count: usize, rng: &mut ChaCha8Rng) -> Dataset {
-    let images = (0..count * PIXELS).map(|_| rng.gen::<f32>()).collect();
-    Dataset::new("uniform-noise", images, None)
+/// Uniform noise at `shape`: every value from U[0, 1).
+pub fn uniform_noise(count: usize, shape: Shape, rng: &mut ChaCha8Rng) -> Dataset {
+    let images = (0..count * shape.len()).map(|_| rng.gen::<f32>()).collect();
+    Dataset::new("uniform-noise", shape, images, None)
 }
 
-/// Normal noise: every pixel from N(0.5, 0.25²), clipped to [0, 1].
-pub fn normal_noise(count: usize, rng: &mut ChaCha8Rng) -> Dataset {
+/// Normal noise at `shape`: every value from N(0.5, 0.25²), clipped to [0, 1].
+pub fn normal_noise(count: usize, shape: Shape, rng: &mut ChaCha8Rng) -> Dataset {
     let n = Normal::new(0.5f32, 0.25).unwrap();
-    let images = (0..count * PIXELS)
+    let images = (0..count * shape.len())
         .map(|_| n.sample(rng).clamp(0.0, 1.0))
         .collect();
-    Dataset::new("normal-noise", images, None)
+    Dataset::new("normal-noise", shape, images, None)
 }
 
 fn is_image(p: &Path) -> bool {
@@ -187,65 +142,23 @@ fn is_image(p: &Path) -> bool {
             .and_then(|e| e.to_str())
             .map(|e| e.to_ascii_lowercase())
             .as_deref(),
-        Some("png" | "jpg" | "jpeg")
+        Some("png" | "jpg" | "jpeg" | "tif" | "tiff")
     )
 }
 
-/// Converts one image file to MNIST form: grayscale; dark ink on light paper is inverted;
-/// 28×28 images are kept as they are, others normalised (ink box → 20 px, centre of mass).
-pub fn convert_file(p: &Path) -> Result<[f32; PIXELS]> {
+/// Converts one image file to the run's shape (see [`convert_bytes`]).
+pub fn convert_file(p: &Path, prep: &Prep) -> Result<Vec<f32>> {
     let bytes = std::fs::read(p).at(p)?;
-    convert_bytes(&bytes, p)
+    convert_bytes(&bytes, p, prep)
 }
 
-/// Largest width or height of an image file accepted (a microscope tile is a few thousand).
-pub const MAX_IMAGE_SIDE: u32 = 8192;
-/// Most bytes the decoder may allocate for one image (decompression bombs stop here).
-pub const MAX_IMAGE_ALLOC: u64 = 512 << 20;
-
-/// [`convert_file`] from the file's bytes; the format comes from the bytes, not the name, and
-/// the decoder runs under [`MAX_IMAGE_SIDE`] and [`MAX_IMAGE_ALLOC`].
-pub fn convert_bytes(bytes: &[u8], p: &Path) -> Result<[f32; PIXELS]> {
-    let err = |msg: String| Error::Format {
-        path: p.to_path_buf(),
-        msg,
-    };
-    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| err(e.to_string()))?;
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_IMAGE_SIDE);
-    limits.max_image_height = Some(MAX_IMAGE_SIDE);
-    limits.max_alloc = Some(MAX_IMAGE_ALLOC);
-    reader.limits(limits);
-    if reader.format().is_none() {
-        return Err(err("not a PNG or JPEG image".into()));
-    }
-    let img = reader.decode().map_err(|e| err(e.to_string()))?;
-    if img.width() == 0 || img.height() == 0 {
-        return Err(err("image has no pixels".into()));
-    }
-    let mut g = img.to_luma32f();
-    let mean = g.pixels().map(|p| p.0[0]).sum::<f32>() / (g.width() * g.height()).max(1) as f32;
-    if mean > 0.5 {
-        for p in g.pixels_mut() {
-            p.0[0] = 1.0 - p.0[0];
-        }
-    }
-    if g.dimensions() == (28, 28) {
-        let mut out = [0f32; PIXELS];
-        for (i, p) in g.pixels().enumerate() {
-            out[i] = p.0[0].clamp(0.0, 1.0);
-        }
-        return Ok(out);
-    }
-    // faint background noise would make the ink box the whole image
-    for p in g.pixels_mut() {
-        if p.0[0] < 0.1 {
-            p.0[0] = 0.0;
-        }
-    }
-    mnist_normalize(&g, 20, (0, 0)).ok_or_else(|| Error::Format {
+/// Decodes an image file's bytes ([`prep::decode`]: format from the bytes, decoder limits) and
+/// brings it to `prep`'s shape. With the `mnist` policy (28×28 grayscale by default): dark ink
+/// on light paper is inverted, images of the target size are kept as they are, others
+/// normalised (ink box → 20 px, centre of mass); a blank image is an error.
+pub fn convert_bytes(bytes: &[u8], p: &Path, prep: &Prep) -> Result<Vec<f32>> {
+    let img = prep::decode(bytes, p, prep.shape.c)?;
+    prep.resize_native(&img, true).ok_or_else(|| Error::Format {
         path: p.to_path_buf(),
         msg: "image is blank".into(),
     })
@@ -282,14 +195,14 @@ pub fn folder_files(dir: &Path) -> Result<(String, Vec<PathBuf>, Option<Vec<u32>
     Ok((name, files, Some(labels)))
 }
 
-/// An image folder (see [`folder_files`]) read whole.
-pub fn folder(dir: &Path) -> Result<Dataset> {
+/// An image folder (see [`folder_files`]) read whole, every image brought to `prep`'s shape.
+pub fn folder(dir: &Path, prep: &Prep) -> Result<Dataset> {
     let (name, files, labels) = folder_files(dir)?;
-    let mut images = Vec::with_capacity(files.len() * PIXELS);
+    let mut images = Vec::with_capacity(files.len() * prep.shape.len());
     for p in &files {
-        images.extend_from_slice(&convert_file(p)?);
+        images.extend_from_slice(&convert_file(p, prep)?);
     }
-    Ok(Dataset::new(name, images, labels))
+    Ok(Dataset::new(name, prep.shape, images, labels))
 }
 
 #[cfg(test)]
@@ -305,7 +218,7 @@ mod tests {
                 img.put_pixel(x, y, Luma([1.0]));
             }
         }
-        let px = mnist_normalize(&img, 20, (0, 0)).unwrap();
+        let px = mnist_normalize(&img, 28, 28, 20, (0, 0)).unwrap();
         let cols: Vec<usize> = (0..28)
             .filter(|&c| (0..28).any(|r| px[r * 28 + c] > 0.5))
             .collect();
@@ -318,23 +231,26 @@ mod tests {
         }
         assert!((mx / m - 13.5).abs() <= 0.5 && (my / m - 13.5).abs() <= 0.5);
         // an offset moves the ink by that many pixels
-        let shifted = mnist_normalize(&img, 20, (2, 0)).unwrap();
-        let first = |p: &[f32; 784]| {
+        let shifted = mnist_normalize(&img, 28, 28, 20, (2, 0)).unwrap();
+        let first = |p: &[f32]| {
             (0..28)
                 .find(|&c| (0..28).any(|r| p[r * 28 + c] > 0.5))
                 .unwrap()
         };
         assert_eq!(first(&shifted), first(&px) + 2);
-        assert!(mnist_normalize(&GrayF::new(5, 5), 20, (0, 0)).is_none());
+        assert!(mnist_normalize(&GrayF::new(5, 5), 28, 28, 20, (0, 0)).is_none());
     }
 
     #[test]
     fn noise_is_seeded_and_in_range() {
         use rand::SeedableRng;
-        let a = uniform_noise(3, &mut ChaCha8Rng::seed_from_u64(1));
-        let b = uniform_noise(3, &mut ChaCha8Rng::seed_from_u64(1));
+        let a = uniform_noise(3, Shape::MNIST, &mut ChaCha8Rng::seed_from_u64(1));
+        let b = uniform_noise(3, Shape::MNIST, &mut ChaCha8Rng::seed_from_u64(1));
         assert_eq!(a.images, b.images);
-        let n = normal_noise(50, &mut ChaCha8Rng::seed_from_u64(1));
+        let c = uniform_noise(3, Shape::new(2, 5, 7), &mut ChaCha8Rng::seed_from_u64(1));
+        assert_eq!(c.images.len(), 3 * 70);
+        assert_eq!(c.images[..70], a.images[..70]);
+        let n = normal_noise(50, Shape::MNIST, &mut ChaCha8Rng::seed_from_u64(1));
         assert!(n.images.iter().all(|v| (0.0..=1.0).contains(v)));
         let mean = n.images.iter().sum::<f32>() / n.images.len() as f32;
         assert!((mean - 0.5).abs() < 0.01, "{mean}");
@@ -363,7 +279,7 @@ mod folder_tests {
             small.save(d.path().join(class).join("2.png")).unwrap();
         }
         std::fs::write(d.path().join("a").join("notes.txt"), "ignored").unwrap();
-        let ds = folder(d.path()).unwrap();
+        let ds = folder(d.path(), &Prep::MNIST).unwrap();
         assert_eq!(ds.len(), 4);
         assert_eq!(ds.labels.clone().unwrap(), vec![0, 0, 1, 1]);
         // inverted to white ink, normalised: 20 px wide bar, centred
@@ -375,10 +291,10 @@ mod folder_tests {
         assert!(img[0] == 0.0 && img.iter().cloned().fold(0.0, f32::max) > 0.9);
         // 28×28 images are kept as they are (after the light-background check: mean < 0.5 here)
         assert!((ds.image(1)[27] - 243.0 / 255.0).abs() < 1e-6);
-        let flat = folder(&d.path().join("b")).unwrap();
+        let flat = folder(&d.path().join("b"), &Prep::MNIST).unwrap();
         assert_eq!(flat.len(), 2);
         assert!(flat.labels.is_none());
-        let e = convert_file(&d.path().join("a").join("notes.txt"))
+        let e = convert_file(&d.path().join("a").join("notes.txt"), &Prep::MNIST)
             .unwrap_err()
             .to_string();
         assert!(e.contains("notes.txt"), "{e}");

@@ -4,7 +4,7 @@
 //! (small: letters, natural crops, sampled sets) loaded whole and handed out in pieces. Every
 //! stream yields exactly the images, labels and order of [`super::load`] for the same spec.
 
-use super::{check_count, fetch, idx, render, stage_rng, Dataset, LoadCtx, Source, Split, PIXELS};
+use super::{check_count, fetch, idx, render, stage_rng, Dataset, LoadCtx, Prep, Source, Split};
 use crate::error::{Error, Result};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -12,7 +12,7 @@ use rand_distr::{Distribution, Normal};
 use std::io::BufReader;
 use std::path::PathBuf;
 
-/// Images of a stream: `images` (n × 784), labels if the source has them, each image's index
+/// Images of a stream: `images` (n × C·H·W at the run's shape), labels if the source has them, each image's index
 /// in its source, its position in the stream, and its file path (folders; empty otherwise).
 #[derive(Debug, Clone, Default)]
 pub struct Chunk {
@@ -30,9 +30,9 @@ impl Chunk {
     pub fn is_empty(&self) -> bool {
         self.index.is_empty()
     }
-    /// The chunk as a data set named `name` (indices kept; not hashed).
-    pub fn dataset(&self, name: &str) -> Dataset {
-        let mut d = Dataset::unhashed(name, self.images.clone(), self.labels.clone());
+    /// The chunk as a data set named `name` of `shape` (indices kept; not hashed).
+    pub fn dataset(&self, name: &str, shape: super::Shape) -> Dataset {
+        let mut d = Dataset::unhashed(name, shape, self.images.clone(), self.labels.clone());
         d.index = self.index.clone();
         d
     }
@@ -71,6 +71,12 @@ struct IdxStream {
     labels: Option<Vec<u32>>,
     pos: usize,
     n: usize,
+    /// The file's own shape, the run's preprocessing, and whether it is a built-in set (its
+    /// gray channel replicated) or a user's file (channel count must match).
+    shape: super::Shape,
+    prep: Prep,
+    builtin: bool,
+    path: PathBuf,
 }
 
 impl ImageStream for IdxStream {
@@ -89,9 +95,14 @@ impl ImageStream for IdxStream {
             return Ok(None);
         }
         let rec = self.images.as_mut().expect("open until the end");
-        let px = rec.read(k)?;
+        let px = idx::planar(&rec.read(k)?, self.shape);
+        let images = if self.builtin {
+            self.prep.adopt(px, self.shape)
+        } else {
+            super::fit_user(px, self.shape, &self.prep, &self.path)?
+        };
         let c = Chunk {
-            images: px.iter().map(|&p| p as f32 / 255.0).collect(),
+            images,
             labels: self
                 .labels
                 .as_ref()
@@ -119,6 +130,7 @@ impl ImageStream for IdxStream {
 }
 
 struct FolderStream {
+    prep: Prep,
     files: Vec<PathBuf>,
     labels: Option<Vec<u32>>,
     pos: usize,
@@ -146,7 +158,7 @@ impl ImageStream for FolderStream {
             let i = self.pos;
             self.pos += 1;
             let p = &self.files[i];
-            match render::convert_file(p) {
+            match render::convert_file(p, &self.prep) {
                 Ok(px) => {
                     c.images.extend_from_slice(&px);
                     if let (Some(l), Some(all)) = (c.labels.as_mut(), &self.labels) {
@@ -175,6 +187,7 @@ impl ImageStream for FolderStream {
 }
 
 struct NoiseStream {
+    shape: super::Shape,
     normal: bool,
     rng: ChaCha8Rng,
     pos: usize,
@@ -185,11 +198,13 @@ impl NoiseStream {
     fn draw(&mut self, k: usize) -> Vec<f32> {
         if self.normal {
             let d = Normal::new(0.5f32, 0.25).expect("valid normal");
-            (0..k * PIXELS)
+            (0..k * self.shape.len())
                 .map(|_| d.sample(&mut self.rng).clamp(0.0, 1.0))
                 .collect()
         } else {
-            (0..k * PIXELS).map(|_| self.rng.gen::<f32>()).collect()
+            (0..k * self.shape.len())
+                .map(|_| self.rng.gen::<f32>())
+                .collect()
         }
     }
 }
@@ -247,8 +262,9 @@ impl ImageStream for MemStream {
         }
         let r = self.pos..self.pos + k;
         self.pos += k;
+        let n = self.ds.shape.len();
         Ok(Some(Chunk {
-            images: self.ds.images[r.start * PIXELS..r.end * PIXELS].to_vec(),
+            images: self.ds.images[r.start * n..r.end * n].to_vec(),
             labels: self.ds.labels.as_ref().map(|l| l[r.clone()].to_vec()),
             index: self.ds.index[r.clone()].to_vec(),
             pos: r.collect(),
@@ -265,9 +281,16 @@ fn idx_stream(
     images: &std::path::Path,
     labels: Option<&std::path::Path>,
     max_label: u32,
+    prep: Prep,
+    builtin: bool,
 ) -> Result<Box<dyn ImageStream>> {
     let rec = idx::open_images(images)?;
     let n = rec.n;
+    let shape = rec.shape;
+    if !builtin && shape.c != prep.shape.c {
+        // the same error as a whole load, before anything is read
+        super::fit_user(Vec::new(), shape, &prep, images)?;
+    }
     let labels = match labels {
         Some(lp) => Some(super::read_idx_labels(lp, n, images, max_label)?),
         None => None,
@@ -277,6 +300,10 @@ fn idx_stream(
         labels,
         pos: 0,
         n,
+        shape,
+        prep,
+        builtin,
+        path: images.to_path_buf(),
     }))
 }
 
@@ -286,7 +313,7 @@ pub fn open(spec: &str, ctx: &LoadCtx, on_error: OnError) -> Result<Box<dyn Imag
         name: spec.into(),
         msg,
     })?;
-    check_count(spec, ctx.count)?;
+    check_count(spec, ctx.count, ctx.prep.shape)?;
     let whole = |spec: &str| -> Result<Box<dyn ImageStream>> {
         Ok(Box::new(MemStream {
             ds: super::load(spec, ctx)?,
@@ -305,6 +332,8 @@ pub fn open(spec: &str, ctx: &LoadCtx, on_error: OnError) -> Result<Box<dyn Imag
                 &dir.join(format!("{p}-images-idx3-ubyte")),
                 Some(&dir.join(format!("{p}-labels-idx1-ubyte"))),
                 10,
+                ctx.prep,
+                true,
             )?
         }
         Source::FashionMnist(split) if ctx.count == 0 => {
@@ -318,14 +347,21 @@ pub fn open(spec: &str, ctx: &LoadCtx, on_error: OnError) -> Result<Box<dyn Imag
                 &dir.join(format!("{p}-images-idx3-ubyte.gz")),
                 Some(&dir.join(format!("{p}-labels-idx1-ubyte.gz"))),
                 10,
+                ctx.prep,
+                true,
             )?
         }
-        Source::Idx { images, labels } => {
-            idx_stream(&images, labels.as_deref(), super::MAX_CLASSES)?
-        }
+        Source::Idx { images, labels } => idx_stream(
+            &images,
+            labels.as_deref(),
+            super::MAX_CLASSES,
+            ctx.prep,
+            false,
+        )?,
         Source::Folder(path) => {
             let (_, files, labels) = render::folder_files(&path)?;
             Box::new(FolderStream {
+                prep: ctx.prep,
                 files,
                 labels,
                 pos: 0,
@@ -334,6 +370,7 @@ pub fn open(spec: &str, ctx: &LoadCtx, on_error: OnError) -> Result<Box<dyn Imag
             })
         }
         Source::UniformNoise | Source::NormalNoise => Box::new(NoiseStream {
+            shape: ctx.prep.shape,
             normal: src == Source::NormalNoise,
             rng: stage_rng(ctx.seed, &format!("{}/{}", ctx.stage, spec)),
             pos: 0,
@@ -372,9 +409,10 @@ pub fn for_each_chunk(
     Ok(())
 }
 
-/// Writes the images of `spec` as 28×28 PNG files `<name>-<index>.png` into `out` (inside a
-/// subfolder per label when the data has labels, so the folder reads back as the same classes);
-/// at most `limit` images (0 = all). Refuses an `out` that exists and is not empty.
+/// Writes the images of `spec`, at the shape of `ctx.prep`, as PNG files `<name>-<index>.png`
+/// into `out` (inside a subfolder per label when the data has labels, so the folder reads back
+/// as the same classes); 1 channel → gray, 2 → gray+alpha, 3 → RGB, 4 → RGBA (PNG holds no
+/// more). At most `limit` images (0 = all). Refuses an `out` that exists and is not empty.
 pub fn export_png(spec: &str, ctx: &LoadCtx, out: &std::path::Path, limit: usize) -> Result<usize> {
     use crate::error::IoContext;
     if out.exists() && std::fs::read_dir(out).at(out)?.next().is_some() {
@@ -383,6 +421,18 @@ pub fn export_png(spec: &str, ctx: &LoadCtx, out: &std::path::Path, limit: usize
             out.display()
         )));
     }
+    let shape = ctx.prep.shape;
+    let color = match shape.c {
+        1 => image::ColorType::L8,
+        2 => image::ColorType::La8,
+        3 => image::ColorType::Rgb8,
+        4 => image::ColorType::Rgba8,
+        c => {
+            return Err(Error::Other(format!(
+                "PNG holds 1 to 4 channels; these images have {c}"
+            )))
+        }
+    };
     let mut s = open(spec, ctx, OnError::Stop)?;
     let name = Source::short_name(spec);
     let want = if limit == 0 {
@@ -401,18 +451,21 @@ pub fn export_png(spec: &str, ctx: &LoadCtx, out: &std::path::Path, limit: usize
                 None => out.to_path_buf(),
             };
             crate::runfolder::create_dirs(&dir)?;
-            let px: Vec<u8> = c.images[i * PIXELS..(i + 1) * PIXELS]
-                .iter()
-                .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+            let img = &c.images[i * shape.len()..(i + 1) * shape.len()];
+            // channel-major → interleaved
+            let px: Vec<u8> = (0..shape.len())
+                .map(|j| {
+                    let v = img[(j % shape.c) * shape.hw() + j / shape.c];
+                    (v.clamp(0.0, 1.0) * 255.0).round() as u8
+                })
                 .collect();
             let p = dir.join(format!("{name}-{:06}.png", c.index[i]));
-            image::GrayImage::from_raw(28, 28, px)
-                .expect("28×28")
-                .save(&p)
-                .map_err(|e| Error::Format {
+            image::save_buffer(&p, &px, shape.w as u32, shape.h as u32, color).map_err(|e| {
+                Error::Format {
                     path: p.clone(),
                     msg: e.to_string(),
-                })?;
+                }
+            })?;
         }
         done += c.len();
     }
@@ -458,6 +511,7 @@ mod tests {
             seed: 5,
             count: 30,
             stage: "s".into(),
+            prep: Prep::MNIST,
         };
         for spec in [
             format!("idx:{},{}", ip.display(), lp.display()),
@@ -477,7 +531,7 @@ mod tests {
                 let mut s = open(&spec, &ctx, OnError::Stop).unwrap();
                 s.skip(5).unwrap();
                 let rest = drain(&mut *s, chunk);
-                assert_eq!(rest.images, whole.images[5 * PIXELS..]);
+                assert_eq!(rest.images, whole.images[5 * 784..]);
                 assert_eq!(rest.index[0], 5);
             }
         }
@@ -498,6 +552,7 @@ mod tests {
             seed: 1,
             count: 0,
             stage: "s".into(),
+            prep: Prep::MNIST,
         };
         let spec = format!("folder:{}", f.display());
         let mut s = open(&spec, &ctx, OnError::Stop).unwrap();
@@ -525,12 +580,13 @@ mod tests {
             seed: 1,
             count: 0,
             stage: "s".into(),
+            prep: Prep::MNIST,
         };
         let spec = format!("idx:{},{}", ip.display(), lp.display());
         let out = d.path().join("png");
         assert_eq!(export_png(&spec, &ctx, &out, 0).unwrap(), 6);
         assert!(out.join("2/idx-000005.png").exists());
-        let back = render::folder(&out).unwrap();
+        let back = render::folder(&out, &Prep::MNIST).unwrap();
         // class folders 0, 1, 2 in order: images 1, 4 | 3 | 0, 2, 5
         assert_eq!(back.labels.unwrap(), vec![0, 0, 1, 2, 2, 2]);
         let want: Vec<f32> = [1, 4, 3, 0, 2, 5]

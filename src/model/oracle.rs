@@ -48,8 +48,12 @@ impl<'a> CandleNet<'a> {
         masks: Option<&[Vec<f32>]>,
     ) -> candle_core::Result<Tensor> {
         let a = &self.net.arch;
-        let mut t =
-            Tensor::from_vec(x.to_vec(), (n, 1, 28, 28), &Device::Cpu)?.to_dtype(self.dtype)?;
+        let mut t = Tensor::from_vec(
+            x.to_vec(),
+            (n, a.input.c, a.input.h, a.input.w),
+            &Device::Cpu,
+        )?
+        .to_dtype(self.dtype)?;
         let mut di = 0;
         for step in &self.net.steps {
             match *step {

@@ -2,7 +2,7 @@
 //! loss plateaus, the best-validation checkpoint kept; evaluation in eval mode.
 
 use super::net::{argmax_rows, softmax, Net};
-use crate::data::{stage_rng, Dataset, PIXELS};
+use crate::data::{stage_rng, Dataset};
 use crate::error::{Error, Result};
 use rand::seq::SliceRandom;
 
@@ -64,12 +64,14 @@ pub fn evaluate(net: &Net, ds: &Dataset, batch: usize) -> Result<(f64, f64)> {
         name: ds.name.clone(),
         msg: "has no labels to evaluate against".into(),
     })?;
+    crate::features::check_shape(net, ds)?;
     let k = net.arch.classes;
+    let len = ds.shape.len();
     let (mut loss, mut correct) = (0f64, 0usize);
     for start in (0..ds.len()).step_by(batch.max(1)) {
         let end = (start + batch).min(ds.len());
         let n = end - start;
-        let tape = net.forward(&ds.images[start * PIXELS..end * PIXELS], n, None, false);
+        let tape = net.forward(&ds.images[start * len..end * len], n, None, false);
         let p = softmax(&tape.logits, k);
         let pred = argmax_rows(&tape.logits, k);
         for i in 0..n {
@@ -180,7 +182,7 @@ impl TrainParams {
         let mut history = Vec::new();
         let bs = self.batch_size;
         let mut order: Vec<usize> = (0..train.len()).collect();
-        let mut xb = Vec::with_capacity(bs * PIXELS);
+        let mut xb = Vec::with_capacity(bs * train.shape.len());
         let mut yb = Vec::with_capacity(bs);
         let pb = indicatif::ProgressBar::new((self.epochs * train.len().div_ceil(bs)) as u64);
         pb.set_style(
