@@ -1,19 +1,25 @@
 """JAX reference for `metaclf bench`: the same default CNN (conv3x3 16 → leaky ReLU → maxpool 2 →
-conv3x3 16 → leaky ReLU → maxpool 2 → conv3x3 16 → leaky ReLU → fc 784→10), random weights,
-MNIST-shaped random input, on this machine's CPU:
+conv3x3 16 → leaky ReLU → maxpool 2 → conv3x3 16 → leaky ReLU → fc 16·H/4·W/4 → 10), random
+weights, random input of shape C,H,W (--shape, default 1,28,28), on this machine's CPU:
 
 - grad_jax: per-sample gradient of -log softmax at the predicted label with jit(vmap(grad)),
   reduced to the same 35 statistics (7 per layer and for all layers), batch 256;
 - train_jax: one SGD-with-momentum training step (dropout on, batch 128) with jit(grad).
 
     pip install "jax[cpu]"
-    python3 bench/reference_jax.py          # prints one JSON object, images/s
+    python3 bench/reference_jax.py --shape 2,64,64   # prints one JSON object, images/s
 """
+import argparse
 import json
 import time
 
 import jax
 import jax.numpy as jnp
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--shape", default="1,28,28", help="C,H,W")
+C, H, W = (int(v) for v in ap.parse_args().shape.split(","))
+FC_IN = 16 * (H // 4) * (W // 4)
 
 key = jax.random.PRNGKey(0)
 ks = jax.random.split(key, 8)
@@ -25,10 +31,10 @@ def he(k, shape, fan_in):
 
 
 params = {
-    "conv1": (he(ks[0], (16, 1, 3, 3), 9), jnp.zeros(16)),
+    "conv1": (he(ks[0], (16, C, 3, 3), 9 * C), jnp.zeros(16)),
     "conv2": (he(ks[1], (16, 16, 3, 3), 144), jnp.zeros(16)),
     "conv3": (he(ks[2], (16, 16, 3, 3), 144), jnp.zeros(16)),
-    "fc": (he(ks[3], (10, 784), 784), jnp.zeros(10)),
+    "fc": (he(ks[3], (10, FC_IN), FC_IN), jnp.zeros(10)),
 }
 
 
@@ -99,12 +105,14 @@ def rate(n, f):
     return n * reps / (time.perf_counter() - t)
 
 
-x256 = jax.random.uniform(ks[4], (256, 1, 28, 28))
+x256 = jax.random.uniform(ks[4], (256, C, H, W))
 x128, y128 = x256[:128], jnp.arange(128) % 10
 vel = jax.tree_util.tree_map(jnp.zeros_like, params)
 out = {
-    "grad_jax": rate(256, lambda: grad_batch(params, x256).block_until_ready()),
-    "train_jax": rate(128, lambda: jax.block_until_ready(train_step(params, vel, x128, y128, ks[5]))),
-    "jax": jax.__version__,
+    "name": "jax",
+    "grad": rate(256, lambda: grad_batch(params, x256).block_until_ready()),
+    "train": rate(128, lambda: jax.block_until_ready(train_step(params, vel, x128, y128, ks[5]))),
+    "version": jax.__version__,
+    "shape": [C, H, W],
 }
 print(json.dumps(out))

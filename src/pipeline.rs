@@ -76,6 +76,37 @@ pub fn transposes(cfg: &Config, spec: &str) -> bool {
         && (base(spec) == base(&cfg.data.train) || base(spec) == base(&cfg.data.test))
 }
 
+/// How a set's images were brought to the run's shape, for the report's data table.
+pub fn prep_note(cfg: &Config, spec: &str) -> String {
+    let p = cfg.prep();
+    let s = p.shape;
+    let builtin = |t: &str| {
+        if s == crate::data::Shape::MNIST {
+            format!("{t}28×28×1 as stored")
+        } else {
+            format!(
+                "{t}28×28 resized to {}×{} ({}){}",
+                s.h,
+                s.w,
+                p.resize.name(),
+                if s.c > 1 {
+                    format!(", gray replicated to {} channels", s.c)
+                } else {
+                    String::new()
+                }
+            )
+        }
+    };
+    match Source::parse(spec) {
+        Ok(Source::UniformNoise | Source::NormalNoise) => format!("generated at {s}"),
+        Ok(Source::Emnist(..)) => builtin("transposed (EMNIST storage), "),
+        Ok(Source::Mnist(_) | Source::FashionMnist(_) | Source::Letters | Source::GrayNatural) => {
+            builtin("")
+        }
+        _ => format!("brought to {s} ({})", p.resize.name()),
+    }
+}
+
 /// The known classes when `data.unknown_classes` holds some out: `data.classes` if given, else
 /// every label of the training and test sets except the unknown ones, sorted.
 fn known_classes(cfg: &Config, train: &Dataset, test: &Dataset) -> Result<Vec<u32>> {
@@ -253,7 +284,7 @@ pub fn score_all(
         };
         let set = "ood-unknown-classes";
         tracing::info!("scoring {set}: {} images", u.len());
-        sets.push(json!({"role": set, "spec": format!("{} classes {:?}", cfg.data.test, cfg.data.unknown_classes), "images": u.len(), "sha256": u.sha256}));
+        sets.push(json!({"role": set, "spec": format!("{} classes {:?}", cfg.data.test, cfg.data.unknown_classes), "images": u.len(), "sha256": u.sha256, "prep": prep_note(cfg, &cfg.data.test)}));
         table.append(features::score(net, &u, set, &fp)?.into_ood())?;
     }
     let mut extra: Vec<(String, String, usize, &str)> = cfg
@@ -287,7 +318,7 @@ pub fn score_all(
             ds
         };
         tracing::info!("scoring {set}: {} images", ds.len());
-        sets.push(json!({"role": set, "spec": spec, "images": ds.len(), "sha256": ds.sha256}));
+        sets.push(json!({"role": set, "spec": spec, "images": ds.len(), "sha256": ds.sha256, "prep": prep_note(cfg, &spec)}));
         // OOD rows: the source's own classes are not the known concept's, so they go to
         // `source_label` and `label`/`correct` stay empty
         table.append(features::score(net, &ds, &set, &fp)?.into_ood())?;
@@ -530,9 +561,9 @@ fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary
 
     let t = Instant::now();
     let mut sets = vec![
-        json!({"role": "train", "spec": cfg.data.train, "images": splits.train.len(), "sha256": splits.train.sha256}),
-        json!({"role": "validation", "spec": cfg.data.train, "images": splits.val.len(), "sha256": splits.val.sha256}),
-        json!({"role": "id-test", "spec": cfg.data.test, "images": splits.test.len(), "sha256": splits.test.sha256}),
+        json!({"role": "train", "spec": cfg.data.train, "images": splits.train.len(), "sha256": splits.train.sha256, "prep": prep_note(cfg, &cfg.data.train)}),
+        json!({"role": "validation", "spec": cfg.data.train, "images": splits.val.len(), "sha256": splits.val.sha256, "prep": prep_note(cfg, &cfg.data.train)}),
+        json!({"role": "id-test", "spec": cfg.data.test, "images": splits.test.len(), "sha256": splits.test.sha256, "prep": prep_note(cfg, &cfg.data.test)}),
     ];
     let table = score_all(cfg, &trained.net, &splits, &mut sets)?;
     folder.write("features.csv", table.to_csv())?;
@@ -579,6 +610,8 @@ fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary
         "seed": cfg.run.seed,
         "data": sets,
         "classes": classes,
+        "class_labels": class_labels(cfg, classes),
+        "input": format!("{} (C×H×W {}×{}×{}), resize {}", cfg.shape(), cfg.shape().c, cfg.shape().h, cfg.shape().w, cfg.data.resize),
         "parameters": trained.net.num_params(),
         "epochs": trained.history.len(),
         "best_epoch": trained.best_epoch,

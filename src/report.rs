@@ -651,6 +651,44 @@ fn find<'a>(
 }
 
 /// Builds `plots/` and `report.html` in a finished run folder.
+/// Accuracy per class of the in-distribution test rows (original labels), as screening labs
+/// show it: class, images, accuracy; the lowest accuracy is marked.
+pub fn per_class_table(t: &FeatureTable) -> String {
+    let mut by: std::collections::BTreeMap<u32, (usize, usize)> = Default::default();
+    for r in 0..t.len() {
+        if t.set[r] != "id-test" {
+            continue;
+        }
+        if let Some(l) = t.label[r] {
+            let e = by.entry(l).or_default();
+            e.0 += 1;
+            e.1 += (t.pred[r] == l) as usize;
+        }
+    }
+    if by.is_empty() {
+        return String::new();
+    }
+    let acc = |(n, k): (usize, usize)| k as f64 / n.max(1) as f64;
+    let worst = by.values().map(|&v| acc(v)).fold(f64::INFINITY, f64::min);
+    let mut h = String::from(
+        "<h3>Per-class accuracy (test set)</h3><table><tr><th>class</th><th>images</th><th>correct</th><th>accuracy</th></tr>",
+    );
+    for (c, &(n, k)) in &by {
+        let a = acc((n, k));
+        h.push_str(&format!(
+            "<tr><td>{c}</td><td>{n}</td><td>{k}</td><td{}>{:.2}%</td></tr>",
+            if a == worst && by.len() > 1 {
+                " class=\"best\" title=\"lowest\""
+            } else {
+                ""
+            },
+            100.0 * a
+        ));
+    }
+    h.push_str("</table>");
+    h
+}
+
 pub fn build(dir: &Path) -> Result<()> {
     register_font();
     let t0 = std::time::Instant::now();
@@ -1182,15 +1220,17 @@ pub fn build(dir: &Path) -> Result<()> {
         esc(&g("parameters")),
         esc(&run["stage_seconds"].as_object().map(|o| o.iter().map(|(k, v)| format!("{k} {:.1}", v.as_f64().unwrap_or(0.0))).collect::<Vec<_>>().join(", ")).unwrap_or_default()),
     ));
-    html.push_str(
-        "<h3>Data</h3><table><tr><th>role</th><th>source</th><th>images</th><th>sha256</th></tr>",
-    );
+    html.push_str(&format!(
+        "<h3>Data</h3><p class=\"how\">Input {}.</p><table><tr><th>role</th><th>source</th><th>images</th><th>preprocessing</th><th>sha256</th></tr>",
+        esc(run["input"].as_str().unwrap_or("28×28×1"))
+    ));
     for d in run["data"].as_array().cloned().unwrap_or_default() {
         html.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
             esc(d["role"].as_str().unwrap_or("")),
             esc(d["spec"].as_str().unwrap_or("")),
             d["images"],
+            esc(d["prep"].as_str().unwrap_or("")),
             esc(&d["sha256"]
                 .as_str()
                 .unwrap_or("")
@@ -1200,6 +1240,7 @@ pub fn build(dir: &Path) -> Result<()> {
         ));
     }
     html.push_str("</table>");
+    html.push_str(&per_class_table(&table));
     html.push_str(&format!(
         "<h2>Metric definitions</h2><p class=\"how\">{}</p>",
         esc(metrics["definitions"].as_str().unwrap_or(""))
@@ -1225,6 +1266,24 @@ pub fn build(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_class_accuracy_counts_id_test_rows_only() {
+        let t = FeatureTable {
+            columns: vec!["msp".into()],
+            set: ["id-test", "id-test", "id-test", "ood-x", "id-test"]
+                .map(String::from)
+                .to_vec(),
+            index: vec![0, 1, 2, 0, 3],
+            label: vec![Some(7), Some(7), Some(2), None, Some(2)],
+            pred: vec![7, 2, 2, 7, 2],
+            source_label: vec![None; 5],
+            values: vec![0.5; 5],
+        };
+        let h = per_class_table(&t);
+        assert!(h.contains("<td>2</td><td>2</td><td>2</td><td>100.00%</td>"), "{h}");
+        assert!(h.contains("<td>7</td><td>2</td><td>1</td><td class=\"best\" title=\"lowest\">50.00%</td>"), "{h}");
+    }
 
     #[test]
     fn kde_by_hand() {
