@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Writes the fuzzers' seed inputs into fuzz/seeds/<target>/ (committed; rerun to remake them).
 
-Only the standard library: IDX files plain and gzip, a safetensors model of the default
-architecture, a features CSV, PNG (gray, RGBA, 16-bit) and JPEG-less image folders, and the
-shipped configs."""
+Only the standard library: IDX files plain and gzip (3 and 4 dimensions), a safetensors model
+of the default architecture, a features CSV, PNG (gray, RGBA, 16-bit) and TIFF-stack image
+folders, NumPy arrays, and the shipped configs."""
 import gzip, json, os, random, shutil, struct, zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -34,6 +34,43 @@ def png(w, h, color_type, bit_depth, pixels):
             + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
+def idx4_images(n, h, w, c):
+    return struct.pack(">IIIII", 0x804, n, h, w, c) + bytes(rng.randrange(256) for _ in range(n * h * w * c))
+
+
+def npy(descr, shape, payload):
+    """A NumPy .npy file (format 1.0) by hand."""
+    head = "{'descr': '%s', 'fortran_order': False, 'shape': (%s), }" % (
+        descr, "".join("%d, " % s for s in shape) if len(shape) == 1 else ", ".join(str(s) for s in shape))
+    pad = 64 - (10 + len(head) + 1) % 64
+    head = head + " " * pad + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(head)) + head.encode() + payload
+
+
+def tiff_stack(w, h, pages):
+    """An uncompressed little-endian TIFF, one 8-bit gray page per entry of `pages`."""
+    out = bytearray(b"II*\0" + struct.pack("<I", 0))
+    ifd_ptr_at = 4
+    for px in pages:
+        data_at = len(out)
+        out += px
+        if len(out) % 2:
+            out += b"\0"
+        ifd_at = len(out)
+        struct.pack_into("<I", out, ifd_ptr_at, ifd_at)
+        tags = [(256, 3, w), (257, 3, h), (258, 3, 8), (259, 3, 1), (262, 3, 1),
+                (273, 4, data_at), (277, 3, 1), (278, 3, h), (279, 4, len(px))]
+        out += struct.pack("<H", len(tags))
+        for tag, typ, val in tags:
+            if typ == 3:
+                out += struct.pack("<HHIHH", tag, typ, 1, val, 0)
+            else:
+                out += struct.pack("<HHII", tag, typ, 1, val)
+        ifd_ptr_at = len(out)
+        out += struct.pack("<I", 0)
+    return bytes(out)
+
+
 def safetensors(tensors):
     header, data = {}, b""
     for name, shape in tensors:
@@ -54,6 +91,7 @@ def main():
     put("idx", "images.gz", b"\0" + gzip.compress(idx_images(1), mtime=0))
     put("idx", "labels", b"\1" + idx_labels(5))
     put("idx", "labels.gz", b"\1" + gzip.compress(idx_labels(5), mtime=0))
+    put("idx", "images4", b"\0" + idx4_images(2, 6, 5, 3))
     # config
     cfg_dir = os.path.join(HERE, "..", "configs")
     for f in sorted(os.listdir(cfg_dir)):
@@ -81,6 +119,12 @@ def main():
     g16 = png(4, 3, 0, 16, [bytes(rng.randrange(256) for _ in range(8)) for _ in range(3)])
     put("image_folder", "gray", gray)
     put("image_folder", "three", gray + b"|||" + rgba + b"|||" + g16)
+    stack = tiff_stack(13, 9, [bytes(rng.randrange(256) for _ in range(117)) for _ in range(2)])
+    put("image_folder", "stack", gray + b"|||" + g16 + b"|||" + stack)
+    # npy: images (N, H, W) uint8, (N, H, W, C) float32, labels int64
+    put("npy", "u8.npy", npy("|u1", (2, 4, 3), bytes(rng.randrange(256) for _ in range(24))))
+    put("npy", "f32.npy", npy("<f4", (1, 3, 2, 2), struct.pack("<12f", *(rng.random() for _ in range(12)))))
+    put("npy", "labels.npy", npy("<i8", (3,), struct.pack("<3q", 1, 0, 9)))
 
 
 if __name__ == "__main__":

@@ -14,8 +14,10 @@ pub fn idx(data: &[u8]) {
     };
     let p = Path::new("fuzz.idx");
     if which & 1 == 0 {
-        if let Ok((px, n)) = crate::data::idx::read_images_from(rest, rest.len() as u64, p) {
-            assert_eq!(px.len(), n * crate::data::PIXELS);
+        if let Ok((px, n, shape)) = crate::data::idx::read_images_shaped(rest, rest.len() as u64, p)
+        {
+            assert_eq!(px.len(), n * shape.len());
+            assert_eq!(crate::data::idx::planar(&px, shape).len(), px.len());
         }
     } else {
         let _ = crate::data::idx::read_labels_from(rest, rest.len() as u64, p);
@@ -77,11 +79,40 @@ pub fn image_folder(data: &[u8], scratch: &Path) {
     parts.push(rest);
     for (i, part) in parts.iter().enumerate() {
         let sub = if i == 1 { "b" } else { "a" };
-        let ext = ["png", "jpg", "jpeg"][i % 3];
+        let ext = ["png", "jpg", "tif"][i % 3];
         std::fs::write(scratch.join(sub).join(format!("{i}.{ext}")), part).expect("scratch file");
     }
-    if let Ok(ds) = crate::data::render::folder(scratch, &crate::data::Prep::MNIST) {
-        assert_eq!(ds.images.len(), ds.len() * crate::data::PIXELS);
-        assert!(ds.images.iter().all(|v| (0.0..=1.0).contains(v)));
+    // the MNIST way, and a two-channel run at an odd size (TIFF stacks, gray+alpha PNGs)
+    let two = crate::data::Prep {
+        shape: crate::data::Shape::new(2, 9, 13),
+        resize: crate::data::Resize::Fit,
+    };
+    for prep in [crate::data::Prep::MNIST, two] {
+        if let Ok(ds) = crate::data::render::folder(scratch, &prep) {
+            assert_eq!(ds.shape, prep.shape);
+            assert_eq!(ds.images.len(), ds.len() * prep.shape.len());
+            assert!(ds.images.iter().all(|v| (0.0..=1.0).contains(v)));
+        }
+    }
+}
+
+/// A NumPy images array (`.npy`) written to `scratch` and read; what is accepted has values in
+/// [0, 1] and a consistent shape, and brought to a run's shape keeps that.
+pub fn npy(data: &[u8], scratch: &Path) {
+    std::fs::create_dir_all(scratch).expect("scratch folder");
+    let p = scratch.join("fuzz.npy");
+    std::fs::write(&p, data).expect("scratch file");
+    if let Ok((px, n, shape)) = crate::data::npy::read_images(&p) {
+        assert_eq!(px.len(), n * shape.len());
+        assert!(px.iter().all(|v| (0.0..=1.0).contains(v)));
+        if n <= 64 && shape.len() <= 1 << 16 {
+            let small = crate::data::Prep {
+                shape: crate::data::Shape::new(shape.c, 5, 7),
+                resize: crate::data::Resize::Stretch,
+            };
+            let out = crate::data::fit_user(px, shape, &small, &p).expect("same channels");
+            assert_eq!(out.len(), n * small.shape.len());
+        }
+        let _ = crate::data::npy::read_labels(&p, n, &p, 10);
     }
 }

@@ -1281,8 +1281,16 @@ mod tests {
             values: vec![0.5; 5],
         };
         let h = per_class_table(&t);
-        assert!(h.contains("<td>2</td><td>2</td><td>2</td><td>100.00%</td>"), "{h}");
-        assert!(h.contains("<td>7</td><td>2</td><td>1</td><td class=\"best\" title=\"lowest\">50.00%</td>"), "{h}");
+        assert!(
+            h.contains("<td>2</td><td>2</td><td>2</td><td>100.00%</td>"),
+            "{h}"
+        );
+        assert!(
+            h.contains(
+                "<td>7</td><td>2</td><td>1</td><td class=\"best\" title=\"lowest\">50.00%</td>"
+            ),
+            "{h}"
+        );
     }
 
     #[test]

@@ -56,6 +56,12 @@ fn image_folder_inputs() {
     });
 }
 
+#[test]
+fn npy_inputs() {
+    let d = tempfile::tempdir().unwrap();
+    replay("npy", |b| metaclf::fuzzing::npy(b, &d.path().join("n")));
+}
+
 /// The seeds are real inputs: each reader accepts its main seed (so the fuzzers start from
 /// valid files, and a reader that rejected everything would show here).
 #[test]
@@ -68,6 +74,19 @@ fn main_seeds_are_accepted() {
             .1,
         1
     );
+    let b = std::fs::read(seeds.join("idx/images4")).unwrap();
+    let (_, n, shape) =
+        metaclf::data::idx::read_images_shaped(&b[1..], b.len() as u64 - 1, Path::new("s"))
+            .unwrap();
+    assert_eq!((n, shape), (2, metaclf::data::Shape::new(3, 6, 5)));
+    for (f, want) in [("u8.npy", (2, 1, 4, 3)), ("f32.npy", (1, 2, 3, 2))] {
+        let (_, n, s) = metaclf::data::npy::read_images(&seeds.join("npy").join(f)).unwrap();
+        assert_eq!((n, s.c, s.h, s.w), want, "{f}");
+    }
+    let stack = std::fs::read(seeds.join("image_folder/stack")).unwrap();
+    let tif = &stack[stack.windows(3).rposition(|w| w == b"|||").unwrap() + 3..];
+    let img = metaclf::data::prep::decode(tif, Path::new("stack.tif"), 2).unwrap();
+    assert_eq!(img.shape, metaclf::data::Shape::new(2, 9, 13));
     let b = std::fs::read(seeds.join("safetensors/model.safetensors")).unwrap();
     metaclf::model::Net::from_safetensors(metaclf::model::Arch::paper(), &b, Path::new("s"))
         .unwrap();

@@ -66,12 +66,14 @@ pub fn read_images(path: &Path) -> Result<(Vec<f32>, usize, Shape)> {
                 }
                 (a.shape().to_vec(), a.iter().copied().collect())
             }
-            Err(ReadNpyError::WrongDescriptor(d)) => return Err(fmt_err(
-                path,
-                format!(
+            Err(ReadNpyError::WrongDescriptor(d)) => {
+                return Err(fmt_err(
+                    path,
+                    format!(
                     "dtype {d} is not supported for images: store uint8 (0-255) or float32 (0-1)"
                 ),
-            )),
+                ))
+            }
             Err(e) => return Err(npy_err(path, e)),
         },
         Err(e) => return Err(npy_err(path, e)),

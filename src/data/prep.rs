@@ -590,6 +590,69 @@ mod tests {
         assert_eq!(out[0], 0.0);
     }
 
+    fn png(img: image::DynamicImage) -> Vec<u8> {
+        let mut b = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut b), image::ImageFormat::Png)
+            .unwrap();
+        b
+    }
+
+    #[test]
+    fn decode_png_bit_depths_and_channel_counts() {
+        let p = Path::new("x.png");
+        // 16-bit gray: 65535 → 1.0, 32768 → 0.500008
+        let g16 =
+            image::ImageBuffer::<Luma<u16>, _>::from_raw(2, 1, vec![65535u16, 32768]).unwrap();
+        let d = decode(&png(image::DynamicImage::ImageLuma16(g16)), p, 1).unwrap();
+        assert_eq!(d.shape, Shape::new(1, 1, 2));
+        assert_eq!(d.px[0], 1.0);
+        assert!((d.px[1] - 32768.0 / 65535.0).abs() < 1e-6);
+        // RGB kept as 3 channels, channel-major
+        let rgb = image::RgbImage::from_raw(2, 1, vec![255, 0, 51, 0, 102, 255]).unwrap();
+        let bytes = png(image::DynamicImage::ImageRgb8(rgb));
+        let d = decode(&bytes, p, 3).unwrap();
+        assert_eq!(d.shape, Shape::new(3, 1, 2));
+        assert_eq!(d.px, vec![1.0, 0.0, 0.0, 0.4, 0.2, 1.0]);
+        // converted to gray for a one-channel run; refused for a two-channel one
+        assert_eq!(decode(&bytes, p, 1).unwrap().shape.c, 1);
+        let e = decode(&bytes, p, 2).unwrap_err().to_string();
+        assert!(
+            e.contains("x.png") && e.contains("3 channels") && e.contains("data.channels"),
+            "{e}"
+        );
+        // gray+alpha is two channels
+        let la = image::GrayAlphaImage::from_raw(1, 1, vec![255, 0]).unwrap();
+        let d = decode(&png(image::DynamicImage::ImageLumaA8(la)), p, 2).unwrap();
+        assert_eq!(d.px, vec![1.0, 0.0]);
+    }
+
+    fn tiff_stack(pages: &[(u32, u32, Vec<u16>)]) -> Vec<u8> {
+        let mut b = std::io::Cursor::new(Vec::new());
+        let mut enc = tiff::encoder::TiffEncoder::new(&mut b).unwrap();
+        for (w, h, v) in pages {
+            enc.write_image::<tiff::encoder::colortype::Gray16>(*w, *h, v)
+                .unwrap();
+        }
+        b.into_inner()
+    }
+
+    #[test]
+    fn decode_tiff_stacks_pages_as_channels() {
+        let p = Path::new("s.tif");
+        let t = tiff_stack(&[(2, 1, vec![0, 65535]), (2, 1, vec![65535, 0])]);
+        let d = decode(&t, p, 2).unwrap();
+        assert_eq!(d.shape, Shape::new(2, 1, 2));
+        assert_eq!(d.px, vec![0.0, 1.0, 1.0, 0.0]);
+        let e = decode(&t, p, 1).unwrap_err().to_string();
+        assert!(e.contains("s.tif") && e.contains("2 pages"), "{e}");
+        let bad = tiff_stack(&[(2, 1, vec![0, 1]), (1, 2, vec![0, 1])]);
+        let e = decode(&bad, p, 2).unwrap_err().to_string();
+        assert!(e.contains("one size"), "{e}");
+        // one page: an ordinary 16-bit gray image
+        let one = tiff_stack(&[(2, 1, vec![0, 65535])]);
+        assert_eq!(decode(&one, p, 1).unwrap().px, vec![0.0, 1.0]);
+    }
+
     #[test]
     fn adopt_replicates_gray_across_channels() {
         let px: Vec<f32> = (0..2 * 784).map(|i| (i % 255) as f32 / 255.0).collect();
