@@ -24,8 +24,7 @@ pub struct BenchResult {
     pub shape: [usize; 3],
 }
 
-fn rate(n: usize, f: impl FnMut()) -> f64 {
-    let mut f = f;
+fn rate(n: usize, f: &mut dyn FnMut()) -> f64 {
     f(); // warm-up
     let t = Instant::now();
     let mut reps = 0;
@@ -36,26 +35,36 @@ fn rate(n: usize, f: impl FnMut()) -> f64 {
     (n * reps) as f64 / t.elapsed().as_secs_f64()
 }
 
+/// The benchmarks by name (`metaclf bench --only`).
+pub const NAMES: [&str; 5] = ["forward", "mc", "grad", "naive", "train"];
+
 /// Runs every benchmark at input `shape`.
 pub fn run(seed: u64, shape: Shape) -> candle_core::Result<BenchResult> {
+    run_only(seed, shape, &NAMES)
+}
+
+/// Runs the benchmarks named in `only` (the others report 0).
+pub fn run_only(seed: u64, shape: Shape, only: &[&str]) -> candle_core::Result<BenchResult> {
+    let on = |name: &str| only.contains(&name);
+    let rate = |name: &str, n: usize, f: &mut dyn FnMut()| if on(name) { rate(n, f) } else { 0.0 };
     let mut rng = stage_rng(seed, "bench");
     let net = Net::new(Arch::paper_at(shape), &mut rng);
     let n = 256;
     let len = shape.len();
     let x: Vec<f32> = (0..n * len).map(|_| rng.gen::<f32>()).collect();
-    let forward = rate(n, || {
+    let forward = rate("forward", n, &mut || {
         net.forward(&x, n, None, false);
     });
     let probs = crate::model::softmax(&net.forward(&x, n, None, false).logits, 10);
     let mut mrng = stage_rng(seed, "bench/mc");
-    let mc_dropout = rate(n, || {
+    let mc_dropout = rate("mc", n, &mut || {
         mc_dropout_probs(&net, &x, n, 50, &mut mrng, &probs);
     });
-    let t_grad = rate(n, || {
+    let t_grad = rate("grad", n, &mut || {
         grad_stats_batch(&net, &x, n);
     });
     let m = 64;
-    let grad_naive = rate(m, || {
+    let grad_naive = rate("naive", m, &mut || {
         for i in 0..m {
             per_sample_grads_naive(&net, &x[i * len..(i + 1) * len]).expect("candle");
         }
@@ -63,7 +72,7 @@ pub fn run(seed: u64, shape: Shape) -> candle_core::Result<BenchResult> {
     let mut tnet = net.clone();
     let mut opt = Sgd::new(&tnet, 0.9, 5e-4);
     let y: Vec<u32> = (0..128).map(|i| (i % 10) as u32).collect();
-    let train = rate(128, || {
+    let train = rate("train", 128, &mut || {
         train_step(&mut tnet, &mut opt, &x[..128 * len], &y, 0.01, &mut rng);
     });
     Ok(BenchResult {

@@ -119,6 +119,10 @@ enum Cmd {
         /// Python interpreter for the reference scripts.
         #[arg(long, default_value = "python3")]
         python: String,
+        /// Only these benchmarks (forward, mc, grad, naive, train; comma-separated), e.g. to
+        /// profile one.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
 }
 
@@ -347,8 +351,21 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             reference,
             shape,
             python,
+            only,
         } => {
-            let r = metaclf::bench::run(42, shape)?;
+            for o in &only {
+                anyhow::ensure!(
+                    metaclf::bench::NAMES.contains(&o.as_str()),
+                    "--only {o:?}: not one of {}",
+                    metaclf::bench::NAMES.join(", ")
+                );
+            }
+            let only: Vec<&str> = if only.is_empty() {
+                metaclf::bench::NAMES.to_vec()
+            } else {
+                only.iter().map(String::as_str).collect()
+            };
+            let r = metaclf::bench::run_only(42, shape, &only)?;
             let refs = reference
                 .iter()
                 .map(|p| metaclf::bench::reference(&python, p, shape))
@@ -372,10 +389,12 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 ] {
                     println!("  {k:<36} {v:>10.0}");
                 }
-                println!(
-                    "  batched / naive gradient metrics: {:.1}×",
-                    r.grad_batched / r.grad_naive
-                );
+                if r.grad_batched > 0.0 && r.grad_naive > 0.0 {
+                    println!(
+                        "  batched / naive gradient metrics: {:.1}×",
+                        r.grad_batched / r.grad_naive
+                    );
+                }
                 for (rv, p) in refs.iter().zip(&reference) {
                     let g = rv["grad"].as_f64().unwrap_or(f64::NAN);
                     let t = rv["train"].as_f64().unwrap_or(f64::NAN);

@@ -244,8 +244,11 @@ impl Net {
         keep: bool,
     ) -> Tape {
         let mut cur: Vec<f32> = x.to_vec();
-        let mut saved = Vec::new();
+        let mut saved: Vec<Saved> = Vec::new();
         let cl = self.layers.len() - 1;
+        // A conv layer's activation is kept for the backward; when pooling follows, the pooled
+        // copy is new memory and the activation itself moves into the tape (no copy).
+        let mut act_pending = false;
         for (si, step) in self
             .steps
             .iter()
@@ -260,17 +263,26 @@ impl Net {
                     let y = layers::conv_leaky_forward(g, &l.w, &l.b, self.arch.slope, &cur, n);
                     let input = std::mem::replace(&mut cur, y);
                     if keep {
+                        let pool_next = matches!(self.steps.get(si + 1), Some(Step::Pool(_)))
+                            && si + 1 < range.end;
                         saved.push(Saved::Conv {
                             input,
-                            act: cur.clone(),
+                            act: if pool_next { Vec::new() } else { cur.clone() },
                         });
+                        act_pending = pool_next;
                     }
                 }
                 Step::Pool(_) => {
                     let (c, h, w) = self.step_in[si];
                     let (y, idx) = layers::maxpool_forward(&cur, n, c, h, w, self.arch.pool);
-                    cur = y;
+                    let act = std::mem::replace(&mut cur, y);
                     if keep {
+                        if act_pending {
+                            if let Some(Saved::Conv { act: a, .. }) = saved.last_mut() {
+                                *a = act;
+                            }
+                            act_pending = false;
+                        }
                         saved.push(Saved::Pool { idx });
                     }
                 }
@@ -288,9 +300,8 @@ impl Net {
                             saved.push(Saved::Drop { mask });
                         }
                     } else if keep {
-                        saved.push(Saved::Drop {
-                            mask: vec![1.0; cur.len()],
-                        });
+                        // dropout off: an empty mask is the identity
+                        saved.push(Saved::Drop { mask: Vec::new() });
                     }
                 }
                 Step::Fc => {
@@ -346,6 +357,7 @@ impl Net {
                     cur = dx;
                 }
                 (Step::Drop(_), Saved::Drop { mask }) => {
+                    // an empty mask: dropout was off (the identity)
                     for (d, m) in cur.iter_mut().zip(mask) {
                         *d *= m;
                     }
