@@ -238,6 +238,16 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             for spec in specs {
                 println!("{spec}: {}", data_status(&cfg.data.data_dir, &spec)?);
             }
+            println!(
+                "input: {} (resize {}){}",
+                cfg.shape(),
+                cfg.data.resize,
+                if cfg.data.unknown_classes.is_empty() {
+                    String::new()
+                } else {
+                    format!("; classes held out: {:?}", cfg.data.unknown_classes)
+                }
+            );
             println!("{}: ok", config.display());
         }
         Cmd::DumpConfig => print!("{}", config::default_toml()),

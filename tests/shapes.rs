@@ -411,3 +411,89 @@ fn bad_shapes_and_held_out_classes_are_clear_errors() {
     let o = run(&["run", cfg.to_str().unwrap()], d.path());
     fails_with(&o, &["f64.npy", "uint8", "float32"]);
 }
+
+/// EMNIST's files store images transposed; the `emnist-*` sources undo it wherever they are
+/// loaded, so `metaclf features` of a run on `emnist-digits:test` predicts what the run did.
+#[test]
+fn emnist_sources_are_transposed_in_training_and_in_features_alike() {
+    let d = tempfile::tempdir().unwrap();
+    let em = d.path().join("data/emnist");
+    std::fs::create_dir_all(&em).unwrap();
+    for (split, n, seed) in [("train", 400, 1), ("test", 120, 2)] {
+        let (ip, lp) = toy(d.path(), split, n, seed);
+        // the toy's class is a horizontal bar; stored transposed it is a vertical one
+        let raw = std::fs::read(&ip).unwrap();
+        let mut t = raw.clone();
+        for i in 0..n {
+            for r in 0..28 {
+                for c in 0..28 {
+                    t[16 + i * 784 + c * 28 + r] = raw[16 + i * 784 + r * 28 + c];
+                }
+            }
+        }
+        std::fs::write(em.join(format!("emnist-digits-{split}-images-idx3-ubyte")), t).unwrap();
+        std::fs::copy(&lp, em.join(format!("emnist-digits-{split}-labels-idx1-ubyte"))).unwrap();
+    }
+    let cfg = d.path().join("e.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[run]
+name = "e"
+out_dir = "{out}"
+[data]
+data_dir = "{data}"
+train = "emnist-digits:train"
+test = "emnist-digits:test"
+transpose = true
+[train]
+epochs = 2
+batch_size = 32
+[features]
+mc_samples = 3
+[ood]
+sets = ["uniform-noise"]
+count = 30
+[known_unknowns]
+source = ""
+[meta]
+repetitions = 1
+models = ["glm"]
+groups = ["softmax"]
+"#,
+            out = d.path().join("reports").display(),
+            data = d.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let o = run(&["run", cfg.to_str().unwrap()], d.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = d.path().join("reports/e");
+    // the old configs' `transpose = true` is resolved to false for emnist sources (no double
+    // transpose)
+    let resolved = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(resolved.contains("transpose = false"), "{resolved}");
+    let f = d.path().join("f.csv");
+    let o = run(
+        &[
+            "features",
+            "--run",
+            out.to_str().unwrap(),
+            "--data",
+            "emnist-digits:test",
+            "--out",
+            f.to_str().unwrap(),
+        ],
+        d.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let own: Vec<_> = csv_rows(&out.join("features.csv"))
+        .into_iter()
+        .filter(|r| &r[0] == "id-test")
+        .collect();
+    let again = csv_rows(&f);
+    assert_eq!(own.len(), again.len());
+    for (a, b) in own.iter().zip(&again) {
+        assert_eq!((&a[1], &a[2], &a[3], &a[6]), (&b[1], &b[2], &b[3], &b[6]));
+    }
+}
