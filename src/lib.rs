@@ -25,6 +25,7 @@ pub mod report;
 pub mod review;
 pub mod runfolder;
 pub mod score;
+pub mod stats;
 pub mod trust;
 
 pub use config::Config;

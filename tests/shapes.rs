@@ -431,8 +431,16 @@ fn emnist_sources_are_transposed_in_training_and_in_features_alike() {
                 }
             }
         }
-        std::fs::write(em.join(format!("emnist-digits-{split}-images-idx3-ubyte")), t).unwrap();
-        std::fs::copy(&lp, em.join(format!("emnist-digits-{split}-labels-idx1-ubyte"))).unwrap();
+        std::fs::write(
+            em.join(format!("emnist-digits-{split}-images-idx3-ubyte")),
+            t,
+        )
+        .unwrap();
+        std::fs::copy(
+            &lp,
+            em.join(format!("emnist-digits-{split}-labels-idx1-ubyte")),
+        )
+        .unwrap();
     }
     let cfg = d.path().join("e.toml");
     std::fs::write(
