@@ -27,6 +27,7 @@ pub mod runfolder;
 pub mod score;
 pub mod stats;
 pub mod trust;
+pub mod verdicts;
 
 pub use config::Config;
 pub use error::{Error, Result};

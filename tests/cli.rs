@@ -177,9 +177,32 @@ fn toy_run_writes_folder_reproducibly_and_refuses_overwrite() {
         "ablation.csv",
         "ablation.md",
         "report.html",
+        "verdicts.json",
+        "verdicts.csv",
     ] {
         assert!(rd.join(f).exists(), "{f} missing");
     }
+    // the report opens with the verdicts and the heatmap, before the run summary
+    let html = std::fs::read_to_string(rd.join("report.html")).unwrap();
+    let (answer, heat, summary) = (
+        html.find("<h2>Answer</h2>").expect("verdict block"),
+        html.find("Best AUROC per feature group and task")
+            .expect("heatmap"),
+        html.find("<h2>Run summary</h2>").unwrap(),
+    );
+    assert!(answer < heat && heat < summary);
+    assert!(
+        html.contains("<ul class=\"verdicts\"><li class="),
+        "a verdict line per task"
+    );
+    assert!(html.contains("OOD uniform-noise: best "));
+    let verdicts = std::fs::read_to_string(rd.join("verdicts.csv")).unwrap();
+    assert!(verdicts.starts_with(
+        "task,metric,detector,baseline,mean_diff,ci_low,ci_high,p_wilcoxon,p_ttest,p_holm,verdict"
+    ));
+    assert!(verdicts.lines().skip(1).all(|l| l.contains("better")
+        || l.contains("worse")
+        || l.contains("no detectable difference")));
     let run_json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(rd.join("run.json")).unwrap()).unwrap();
     let acc = run_json["test_accuracy"].as_f64().unwrap();

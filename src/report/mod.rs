@@ -1,7 +1,10 @@
 //! Reports: the plots (each as SVG and PNG under `plots/`) and one self-contained `report.html`,
 //! built only from the run folder's files (run.json, history.csv, features.csv, metrics.json,
 //! meta_scores.csv, coefficients.csv, ablation.md), so `metaclf report RUN_DIR` rebuilds them
-//! without recomputing anything.
+//! without recomputing anything; and the verdicts derived from metrics.json (verdicts.json,
+//! verdicts.csv). `headline` holds the first screen (verdicts, claims, heatmap).
+
+pub mod headline;
 
 use crate::error::{Error, IoContext, Result};
 use crate::eval::{self, Record};
@@ -27,7 +30,7 @@ const FONT: &str = "sans-serif";
 const W: u32 = 760;
 const H: u32 = 440;
 
-static FONT_BYTES: &[u8] = include_bytes!("../assets/fonts/LiberationSans-Regular.ttf");
+static FONT_BYTES: &[u8] = include_bytes!("../../assets/fonts/LiberationSans-Regular.ttf");
 
 fn register_font() {
     static ONCE: std::sync::Once = std::sync::Once::new();
@@ -1202,8 +1205,29 @@ pub fn build(dir: &Path) -> Result<()> {
 
     // the page
     let ablation = std::fs::read_to_string(dir.join("ablation.md")).unwrap_or_default();
-    let mut html = String::from("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>metaclf report</title><style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em;color:#222}svg{max-width:100%;height:auto}.plot{margin:1em 0;border-top:1px solid #ddd}.how{color:#555;font-size:0.9em}table{border-collapse:collapse;font-size:0.8em}td,th{border:1px solid #ccc;padding:2px 6px;white-space:nowrap}td.best{font-weight:bold;background:#e8f3ff}.scroll{overflow-x:auto}code{background:#f4f4f4}</style></head><body>");
+    let mut html = String::from("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>metaclf report</title><style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em;color:#222}svg{max-width:100%;height:auto}.plot{margin:1em 0;border-top:1px solid #ddd}.how{color:#555;font-size:0.9em}table{border-collapse:collapse;font-size:0.8em}td,th{border:1px solid #ccc;padding:2px 6px;white-space:nowrap}td.best{font-weight:bold;background:#e8f3ff}ul.verdicts li.better{color:#0a5}ul.verdicts li.worse{color:#b22}table.heat td{text-align:right}.scroll{overflow-x:auto}code{background:#f4f4f4}</style></head><body>");
     html.push_str("<h1>metaclf report</h1>");
+    let ku = run["data"].as_array().and_then(|d| {
+        d.iter().find_map(|s| {
+            s["role"]
+                .as_str()
+                .and_then(|r| r.strip_prefix("known-unknown-"))
+                .map(String::from)
+        })
+    });
+    let verdicts =
+        crate::verdicts::compute(&recs, ku.as_deref(), run["seed"].as_u64().unwrap_or(0));
+    write_atomic(
+        &dir.join("verdicts.json"),
+        (serde_json::to_string_pretty(&verdicts).map_err(|e| Error::Other(e.to_string()))? + "\n")
+            .as_bytes(),
+    )?;
+    write_atomic(
+        &dir.join("verdicts.csv"),
+        crate::verdicts::to_csv(&verdicts).as_bytes(),
+    )?;
+    html.push_str(&headline::block(&verdicts));
+    html.push_str(&headline::heatmap(&recs));
     let g = |k: &str| {
         run[k]
             .as_str()
