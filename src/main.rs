@@ -104,6 +104,15 @@ enum Cmd {
     },
     /// Rebuilds plots and report.html of a run folder from its files.
     Report { run_dir: PathBuf },
+    /// The verdicts of several runs side by side: compare.html and compare.md.
+    Compare {
+        /// Finished run folders.
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// Folder the two files are written into.
+        #[arg(long, default_value = "reports/compare")]
+        out: PathBuf,
+    },
     /// Measures images/s of forward, MC dropout, gradient metrics, the naive loop and training.
     Bench {
         /// One JSON object instead of a table.
@@ -351,6 +360,11 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 "meta classifiers refitted in {secs:.1} s; {}",
                 run_dir.join("report.html").display()
             );
+        }
+        Cmd::Compare { runs, out } => {
+            let (h, m) = metaclf::report::compare::build(&runs, &out)?;
+            print!("{}", std::fs::read_to_string(&m)?);
+            println!("{}\n{}", h.display(), m.display());
         }
         Cmd::Report { run_dir } => {
             metaclf::report::build(&run_dir)?;

@@ -200,6 +200,30 @@ fn toy_run_writes_folder_reproducibly_and_refuses_overwrite() {
     assert!(verdicts.starts_with(
         "task,metric,detector,baseline,mean_diff,ci_low,ci_high,p_wilcoxon,p_ttest,p_holm,verdict"
     ));
+    // compare: the runs side by side (here the same run twice)
+    let cmp = d.path().join("cmp");
+    let o = run(
+        &[
+            "compare",
+            rd.to_str().unwrap(),
+            rd.to_str().unwrap(),
+            "--out",
+            cmp.to_str().unwrap(),
+        ],
+        d.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let md = std::fs::read_to_string(cmp.join("compare.md")).unwrap();
+    assert!(md.starts_with("| task | toy | toy |"), "{md}");
+    assert!(md.contains("| OOD uniform-noise |") && md.contains("| claim (b) |"));
+    assert!(cmp.join("compare.html").exists());
+    fails_with(
+        &run(
+            &["compare", d.path().join("nope").to_str().unwrap()],
+            d.path(),
+        ),
+        &["nope", "run.json"],
+    );
     assert!(verdicts.lines().skip(1).all(|l| l.contains("better")
         || l.contains("worse")
         || l.contains("no detectable difference")));
@@ -405,6 +429,17 @@ fn quick_config_runs_on_real_fetched_data() {
         assert!(sets.iter().any(|x| x == s), "{s} not scored: {sets:?}");
     }
     check_in_browser(&out.join("report.html"));
+    let o = run(
+        &[
+            "compare",
+            out.to_str().unwrap(),
+            "--out",
+            d.path().join("cmp").to_str().unwrap(),
+        ],
+        root,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    check_in_browser(&d.path().join("cmp/compare.html"));
 
     // determinism: the same config and seed again give byte-identical results
     let out2 = d.path().join("quick-again");

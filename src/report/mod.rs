@@ -4,6 +4,7 @@
 //! without recomputing anything; and the verdicts derived from metrics.json (verdicts.json,
 //! verdicts.csv). `headline` holds the first screen (verdicts, claims, heatmap).
 
+pub mod compare;
 pub mod headline;
 
 use crate::error::{Error, IoContext, Result};
