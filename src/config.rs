@@ -253,9 +253,18 @@ impl Default for MetaSection {
             models: ["glm", "lasso", "ridge", "elastic-net", "nn"]
                 .map(String::from)
                 .to_vec(),
-            groups: ["softmax", "mc", "grad-all", "grad", "grad+softmax", "all"]
-                .map(String::from)
-                .to_vec(),
+            groups: [
+                "softmax",
+                "mc",
+                "logits",
+                "gradnorm",
+                "grad-all",
+                "grad",
+                "grad+softmax",
+                "all",
+            ]
+            .map(String::from)
+            .to_vec(),
             alpha: 0.5,
             lambda: -1.0,
             cv_folds: 3,

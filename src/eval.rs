@@ -212,11 +212,15 @@ pub struct MetaParams {
 }
 
 /// Baselines: (name, column, sign).
-pub const BASELINES: [(&str, &str, f64); 5] = [
+pub const BASELINES: [(&str, &str, f64); 9] = [
     ("msp", "msp", 1.0),
     ("entropy", "entropy", -1.0),
     ("mc_pmax", "mc_pmax", 1.0),
     ("mc_entropy", "mc_entropy", -1.0),
+    ("energy", "energy", 1.0),
+    ("max_logit", "max_logit", 1.0),
+    ("gradnorm", "gradnorm", 1.0),
+    ("exgrad_fc", "exgrad_fc", -1.0),
     ("grad_all_l2", "grad_all_l2", -1.0),
 ];
 

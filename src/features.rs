@@ -12,7 +12,20 @@ use rayon::prelude::*;
 use std::path::Path;
 
 /// Score columns, in CSV order.
-pub const SCORE_COLUMNS: [&str; 6] = ["msp", "entropy", "mc_pmax", "mc_entropy", "mc_std", "mc_mi"];
+pub const SCORE_COLUMNS: [&str; 10] = [
+    "msp",
+    "entropy",
+    "mc_pmax",
+    "mc_entropy",
+    "mc_std",
+    "mc_mi",
+    "energy",
+    "max_logit",
+    "gradnorm",
+    "exgrad_fc",
+];
+/// Position of the first gradient-statistic column among the feature columns.
+pub const GRAD_START: usize = SCORE_COLUMNS.len();
 /// Statistics of each layer's gradient, in CSV order.
 pub const GRAD_STATS: [&str; 7] = ["l1", "l2", "min", "max", "mean", "skew", "kurt"];
 /// Leading identification columns. `label` and `correct` are about the known concept: empty
@@ -596,9 +609,40 @@ pub fn output_grad_scaled(logits: &[f64], pred: &[u32], k: usize) -> (Vec<f32>, 
     (d, c)
 }
 
+/// The logit-based detectors of one row, from its logits `z` (f64) and the fc layer's input `a`:
+/// [energy, max_logit, gradnorm, exgrad_fc].
+/// - energy = logsumexp(z) (the negative free energy: higher = more in-distribution);
+/// - max_logit = max z;
+/// - gradnorm (Huang, Geng & Li 2021) = ‖∂KL(u‖softmax(z))/∂W‖₁ for the fc weights W (not the
+///   bias), u uniform: the logit gradient is p − u, so the norm factorises as
+///   Σ_j |p_j − 1/K| · Σ_i |a_i|;
+/// - exgrad_fc (Igoe et al. 2022) = Σ_c p_c ‖∂NLL(c)/∂(W, b)‖₂ over the fc weights and bias:
+///   the gradient of label c is (p − e_c) ⊗ (a, 1), of norm √(Σp² − 2p_c + 1) · √(‖a‖² + 1).
+pub fn logit_features(z: &[f64], a: &[f32]) -> [f64; 4] {
+    let k = z.len();
+    let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let s: f64 = z.iter().map(|v| (v - m).exp()).sum();
+    let lse = m + s.ln();
+    let p: Vec<f64> = z.iter().map(|v| (v - lse).exp()).collect();
+    let a_l1: f64 = a.iter().map(|v| (*v as f64).abs()).sum();
+    let a_l2sq: f64 = a.iter().map(|v| (*v as f64) * (*v as f64)).sum();
+    let u = 1.0 / k as f64;
+    let gradnorm = p.iter().map(|pj| (pj - u).abs()).sum::<f64>() * a_l1;
+    let p2: f64 = p.iter().map(|v| v * v).sum();
+    let ex = (a_l2sq + 1.0).sqrt()
+        * p.iter()
+            .map(|pc| pc * (p2 - 2.0 * pc + 1.0).max(0.0).sqrt())
+            .sum::<f64>();
+    [lse, m, gradnorm, ex]
+}
+
 /// Per-sample gradient statistics of a batch: for each sample, 7 stats for each layer and then
-/// for all layers together. `x` holds `n` images.
-pub fn grad_stats_batch(net: &Net, x: &[f32], n: usize) -> (Vec<f32>, Vec<[f64; 7]>) {
+/// for all layers together; and each sample's [`logit_features`]. `x` holds `n` images.
+pub fn grad_stats_batch(
+    net: &Net,
+    x: &[f32],
+    n: usize,
+) -> (Vec<f32>, Vec<[f64; 7]>, Vec<[f64; 4]>) {
     let k = net.arch.classes;
     let tape = net.forward(x, n, None, true);
     let p = softmax(&tape.logits, k);
@@ -621,6 +665,14 @@ pub fn grad_stats_batch(net: &Net, x: &[f32], n: usize) -> (Vec<f32>, Vec<[f64; 
                     .zip(w)
                     .map(|(&a, &w)| a as f64 * w as f64)
                     .sum::<f64>()
+        })
+        .collect();
+    let lf: Vec<[f64; 4]> = (0..n)
+        .map(|i| {
+            logit_features(
+                &logits64[i * k..(i + 1) * k],
+                &fc_x[i * fc_in..(i + 1) * fc_in],
+            )
         })
         .collect();
     let (d, scale) = output_grad_scaled(&logits64, &pred, k);
@@ -698,7 +750,7 @@ pub fn grad_stats_batch(net: &Net, x: &[f32], n: usize) -> (Vec<f32>, Vec<[f64; 
         )
         .flatten()
         .collect();
-    (p, stats)
+    (p, stats, lf)
 }
 
 /// MC-dropout probabilities of `n` images over `t` passes, laid out [n, t, classes]. The layers
@@ -809,7 +861,7 @@ pub fn score_at(
         let end = (start + bs).min(n_total);
         let n = end - start;
         let x = &ds.images[start * len..end * len];
-        let (probs, gstats) = grad_stats_batch(net, x, n);
+        let (probs, gstats, lf) = grad_stats_batch(net, x, n);
         let t = p.mc_samples;
         let mut rng = stage_rng(p.seed, &format!("mc/batch{}", (offset + start) / bs));
         let mc = if p.mc {
@@ -832,9 +884,12 @@ pub fn score_at(
             for (j, v) in m.iter().enumerate() {
                 row[2 + j] = *v as f32;
             }
+            for (j, v) in lf[i].iter().enumerate() {
+                row[6 + j] = *v as f32;
+            }
             for l in 0..nl {
                 for (j, v) in gstats[i * nl + l].iter().enumerate() {
-                    row[6 + l * 7 + j] = *v as f32;
+                    row[GRAD_START + l * 7 + j] = *v as f32;
                 }
             }
             if let Some(c) = row.iter().position(|v| !v.is_finite()) {
@@ -870,6 +925,51 @@ pub fn score_at(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// energy, max logit, GradNorm and ExGrad against PyTorch autograd in float64
+    /// (tests/fixtures/logit_features.json, made by tests/fixtures/make_logit_fixtures.py).
+    #[test]
+    fn logit_features_equal_torch_autograd() {
+        let f: serde_json::Value = serde_json::from_str(include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/logit_features.json"
+        )))
+        .unwrap();
+        let mut n = 0;
+        for c in f["cases"].as_array().unwrap() {
+            let k = c["k"].as_u64().unwrap() as usize;
+            let fc_in = c["fc_in"].as_u64().unwrap() as usize;
+            let w: Vec<f64> = serde_json::from_value(c["w"].clone()).unwrap();
+            let b: Vec<f64> = serde_json::from_value(c["b"].clone()).unwrap();
+            for r in c["rows"].as_array().unwrap() {
+                let a64: Vec<f64> = serde_json::from_value(r["a"].clone()).unwrap();
+                // the features take the fc input as f32 (as the network holds it)
+                let a: Vec<f32> = a64.iter().map(|&v| v as f32).collect();
+                let z: Vec<f64> = (0..k)
+                    .map(|j| {
+                        b[j] + (0..fc_in)
+                            .map(|i| w[j * fc_in + i] * a[i] as f64)
+                            .sum::<f64>()
+                    })
+                    .collect();
+                let got = logit_features(&z, &a);
+                for (i, name) in ["energy", "max_logit", "gradnorm", "exgrad_fc"]
+                    .iter()
+                    .enumerate()
+                {
+                    let want = r[name].as_f64().unwrap();
+                    // the f32 rounding of a is the only difference (~1e-7 relative)
+                    assert!(
+                        (got[i] - want).abs() <= 1e-5 * want.abs().max(1e-3),
+                        "{name}: {} vs torch {want}",
+                        got[i]
+                    );
+                }
+                n += 1;
+            }
+        }
+        assert_eq!(n, 16);
+    }
 
     #[test]
     fn mc_stats_by_hand() {
@@ -1111,7 +1211,7 @@ mod precision_tests {
                 *w *= scale;
             }
             fc.b[3] += bias;
-            let (_, stats) = grad_stats_batch(&net, &x, n);
+            let (_, stats, _) = grad_stats_batch(&net, &x, n);
             let nl = net.layers.len() + 1;
             for s in 0..n {
                 let (pred, one_minus, g) =

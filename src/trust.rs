@@ -696,31 +696,27 @@ impl Trust {
                 ),
             ));
         }
-        if was.feature_columns != now.feature_columns {
-            let missing: Vec<&String> = was
-                .feature_columns
-                .iter()
-                .filter(|c| !now.feature_columns.contains(c))
-                .collect();
+        // the columns the trust model reads must be there (a run made before newer feature
+        // columns existed keeps working); any other difference in the columns is harmless
+        let missing: Vec<&String> = self
+            .model
+            .columns
+            .iter()
+            .filter(|c| !now.feature_columns.contains(c))
+            .collect();
+        if !missing.is_empty() {
             return Err(fmt_err(
                 &path,
                 format!(
-                    "was fitted on other feature columns ({} vs {} now{})",
+                    "was fitted on other feature columns ({} vs {} now; gone: {})",
                     was.feature_columns.len(),
                     now.feature_columns.len(),
-                    if missing.is_empty() {
-                        String::new()
-                    } else {
-                        format!(
-                            "; gone: {}",
-                            missing
-                                .iter()
-                                .take(3)
-                                .map(|s| s.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )
-                    }
+                    missing
+                        .iter()
+                        .take(3)
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ));
         }

@@ -67,12 +67,14 @@ pub struct Verdicts {
     pub claims: Vec<Claim>,
 }
 
-/// The family of a scorer: `softmax`, `mc-dropout`, `gradient`, `combination` (or `other`).
+/// The family of a scorer: `softmax`, `logits` (energy, max logit), `mc-dropout`, `gradient`
+/// (the gradient statistics, GradNorm, ExGrad), `combination` (or `other`).
 pub fn family(model: &str, features: &str) -> &'static str {
     let baseline = model == features;
     if baseline {
         return match features {
             "msp" | "entropy" => "softmax",
+            "energy" | "max_logit" => "logits",
             f if f.starts_with("mc_") => "mc-dropout",
             f if f.starts_with("grad") => "gradient",
             _ => "other",
@@ -80,6 +82,8 @@ pub fn family(model: &str, features: &str) -> &'static str {
     }
     if features == "softmax" {
         "softmax"
+    } else if features == "logits" {
+        "logits"
     } else if features == "mc" {
         "mc-dropout"
     } else if features == "all" || features.contains('+') {
@@ -184,7 +188,7 @@ pub fn compute(recs: &[Record], known_unknown: Option<&str>, seed: u64) -> Verdi
             }
         };
         add(best_of(None), "best");
-        for fam in ["softmax", "mc-dropout", "gradient", "combination"] {
+        for fam in ["softmax", "logits", "mc-dropout", "gradient", "combination"] {
             add(best_of(Some(fam)), &format!("best {fam}"));
         }
         for (det, roles) in &chosen {
@@ -652,5 +656,9 @@ mod tests {
         assert_eq!(family("nn", "grad+softmax"), "combination");
         assert_eq!(family("nn", "all"), "combination");
         assert_eq!(family("glm", "softmax"), "softmax");
+        assert_eq!(family("energy", "energy"), "logits");
+        assert_eq!(family("gradnorm", "gradnorm"), "gradient");
+        assert_eq!(family("lasso", "gradnorm"), "gradient");
+        assert_eq!(family("lasso", "logits"), "logits");
     }
 }

@@ -234,7 +234,7 @@ fn toy_run_writes_folder_reproducibly_and_refuses_overwrite() {
     let feats = std::fs::read_to_string(rd.join("features.csv")).unwrap();
     let head = feats.lines().next().unwrap();
     assert!(head.starts_with(
-        "set,index,label,pred,correct,source_label,msp,entropy,mc_pmax,mc_entropy,mc_std,mc_mi,grad_conv1_l1,"
+        "set,index,label,pred,correct,source_label,msp,entropy,mc_pmax,mc_entropy,mc_std,mc_mi,energy,max_logit,gradnorm,exgrad_fc,grad_conv1_l1,"
     ));
     assert!(head.ends_with("grad_all_skew,grad_all_kurt"));
     assert_eq!(

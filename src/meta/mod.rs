@@ -18,8 +18,9 @@ pub struct FeatureGroup {
 }
 
 impl FeatureGroup {
-    /// Parses a group name: `softmax`, `mc`, `grad-<layer>` (a conv layer, `fc` or `all`),
-    /// `grad`, `all`, or several joined by `+` (e.g. `grad+softmax`).
+    /// Parses a group name: `softmax` (msp, entropy), `mc` (the MC-dropout statistics),
+    /// `logits` (energy, max_logit), `gradnorm` (gradnorm, exgrad_fc), `grad-<layer>` (a conv
+    /// layer, `fc` or `all`), `grad`, `all`, or several joined by `+` (e.g. `grad+softmax`).
     pub fn parse(name: &str, conv_names: &[String]) -> Result<FeatureGroup, String> {
         let mut layers: Vec<String> = conv_names.to_vec();
         layers.push("fc".into());
@@ -34,7 +35,9 @@ impl FeatureGroup {
         for part in name.split('+') {
             let cols: Vec<String> = match part {
                 "softmax" => SCORE_COLUMNS[..2].iter().map(|s| s.to_string()).collect(),
-                "mc" => SCORE_COLUMNS[2..].iter().map(|s| s.to_string()).collect(),
+                "mc" => SCORE_COLUMNS[2..6].iter().map(|s| s.to_string()).collect(),
+                "logits" => SCORE_COLUMNS[6..8].iter().map(|s| s.to_string()).collect(),
+                "gradnorm" => SCORE_COLUMNS[8..10].iter().map(|s| s.to_string()).collect(),
                 "grad" => layers.iter().flat_map(|l| grad_cols(l)).collect(),
                 "all" => SCORE_COLUMNS
                     .iter()
@@ -44,7 +47,7 @@ impl FeatureGroup {
                 p if p.starts_with("grad-") && layers.iter().any(|l| l == &p[5..]) => grad_cols(&p[5..]),
                 p => {
                     return Err(format!(
-                        "unknown feature group {p:?} in {name:?} (known: softmax, mc, grad, all, grad-<layer> \
+                        "unknown feature group {p:?} in {name:?} (known: softmax, mc, logits, gradnorm, grad, all, grad-<layer> \
                          with layer one of {}; join with '+')",
                         layers.join(", ")
                     ))
@@ -76,7 +79,13 @@ mod tests {
         assert!(g.columns.contains(&"msp".to_string()));
         assert_eq!(
             FeatureGroup::parse("all", &convs).unwrap().columns.len(),
-            6 + 28
+            10 + 28
+        );
+        assert_eq!(
+            FeatureGroup::parse("logits+gradnorm", &convs)
+                .unwrap()
+                .columns,
+            vec!["energy", "max_logit", "gradnorm", "exgrad_fc"]
         );
         assert_eq!(
             FeatureGroup::parse("grad-fc", &convs).unwrap().columns[6],

@@ -728,7 +728,7 @@ mod tests {
         let net = Net::new(Arch::paper_at(shape), &mut rng);
         let n = 6;
         let x = inputs_at(n, 8, shape);
-        let (_, stats) = grad_stats_batch(&net, &x, n);
+        let (_, stats, _) = grad_stats_batch(&net, &x, n);
         let nl = net.layers.len() + 1;
         let len = shape.len();
         for s in 0..n {

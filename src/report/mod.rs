@@ -798,9 +798,7 @@ pub fn build(dir: &Path) -> Result<()> {
             }
         }
     }
-    let mut keys: Vec<String> = ["msp", "entropy", "mc_pmax", "mc_entropy", "mc_std", "mc_mi"]
-        .map(String::from)
-        .to_vec();
+    let mut keys: Vec<String> = crate::features::SCORE_COLUMNS.map(String::from).to_vec();
     keys.extend(
         crate::features::GRAD_STATS
             .iter()
