@@ -18,6 +18,24 @@ pub struct RawConfig {
     pub known_unknowns: KnownUnknownsSection,
     pub meta: MetaSection,
     pub score: ScoreSection,
+    pub shift: ShiftSection,
+}
+
+/// Error detection under shift: labelled sets of the known classes, each a task `shift-<name>`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShiftSection {
+    /// `SPEC[@rotate=DEG][@blur=SIGMA][@thicken=PX][@scale=FACTOR]`, SPEC = `test` (the run's
+    /// in-distribution test set) or a labelled data spec of the known classes.
+    pub sets: Vec<String>,
+}
+
+impl Default for ShiftSection {
+    fn default() -> Self {
+        Self {
+            sets: vec!["test@rotate=25".into(), "test@thicken=1".into()],
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -538,6 +556,17 @@ impl Config {
         for s in &r.ood.sets {
             crate::data::Source::parse(s).map_err(|m| cfg("ood.sets", m))?;
         }
+        let mut names = std::collections::HashSet::new();
+        for s in &r.shift.sets {
+            let sh =
+                crate::data::transform::ShiftSpec::parse(s).map_err(|m| cfg("shift.sets", m))?;
+            if !names.insert(sh.name.clone()) {
+                return Err(cfg(
+                    "shift.sets",
+                    format!("{s:?}: a second set named shift-{}", sh.name),
+                ));
+            }
+        }
         if !r.known_unknowns.source.is_empty() {
             crate::data::Source::parse(&r.known_unknowns.source)
                 .map_err(|m| cfg("known_unknowns.source", m))?;
@@ -802,6 +831,11 @@ mod tests {
             ("[data]\nchannels = 2\nresize = \"mnist\"", "data.resize"),
             ("[data]\nresize = \"squash\"", "data.resize"),
             ("[data]\nunknown_classes = [7, 7]", "data.unknown_classes"),
+            ("[shift]\nsets = [\"test@spin=3\"]", "shift.sets"),
+            (
+                "[shift]\nsets = [\"test@blur=1\", \"test@blur=1\"]",
+                "shift.sets",
+            ),
             (
                 "[data]\nclasses = [1, 2, 7]\nunknown_classes = [7]",
                 "data.unknown_classes",

@@ -301,6 +301,23 @@ pub fn run_meta(t: &FeatureTable, p: &MetaParams) -> Result<MetaResults, String>
             )
         })
         .collect();
+    let mut shift_sets: Vec<String> = Vec::new();
+    for s in &t.set {
+        if s.starts_with("shift-") && !shift_sets.contains(s) {
+            shift_sets.push(s.clone());
+        }
+    }
+    let shift_rows: Vec<(String, Vec<usize>)> = shift_sets
+        .iter()
+        .map(|s| {
+            (
+                s.clone(),
+                (0..t.len())
+                    .filter(|&r| &t.set[r] == s && t.correct(r).is_some())
+                    .collect(),
+            )
+        })
+        .collect();
     let ku_rows: Vec<usize> = match &p.known_unknowns {
         Some(k) => (0..t.len())
             .filter(|&r| t.set[r] == format!("known-unknown-{k}"))
@@ -319,7 +336,7 @@ pub fn run_meta(t: &FeatureTable, p: &MetaParams) -> Result<MetaResults, String>
     }
     let outs: Vec<Result<RepOut, String>> = (0..p.repetitions)
         .into_par_iter()
-        .map(|rep| one_rep(t, p, rep, &id_rows, &ood_rows, &ku_rows))
+        .map(|rep| one_rep(t, p, rep, &id_rows, &ood_rows, &shift_rows, &ku_rows))
         .collect();
     let mut res = MetaResults::default();
     let mut keys: Vec<Key> = Vec::new();
@@ -365,6 +382,7 @@ fn one_rep(
     rep: usize,
     id_rows: &[usize],
     ood_rows: &[(String, Vec<usize>)],
+    shift_rows: &[(String, Vec<usize>)],
     ku_rows: &[usize],
 ) -> Result<RepOut, String> {
     let mut rng = stage_rng(p.seed, &format!("meta/split/{rep}"));
@@ -392,6 +410,7 @@ fn one_rep(
         .iter()
         .cloned()
         .chain(ood_rows.iter().flat_map(|(_, r)| r.iter().cloned()))
+        .chain(shift_rows.iter().flat_map(|(_, r)| r.iter().cloned()))
         .collect();
     let target = |r: usize| -> u8 { (t.correct(r) == Some(true)) as u8 };
     let cnn_acc = test.iter().filter(|&&r| t.correct(r) == Some(true)).count() as f64
@@ -438,6 +457,18 @@ fn one_rep(
             if let Some(m) = detection_metrics(&pos, &s) {
                 for (mn, v) in METRICS.iter().zip(m) {
                     out.values.push((key("ood", Some(name), mn), v));
+                }
+            }
+        }
+        // error detection under shift: the shifted set's own right and wrong predictions,
+        // scored by the meta classifier fitted on unshifted meta-train rows
+        for (name, rows) in shift_rows {
+            let s = &s_eval[start..start + rows.len()];
+            start += rows.len();
+            let pos: Vec<bool> = rows.iter().map(|&r| target(r) == 1).collect();
+            if let Some(m) = detection_metrics(&pos, s) {
+                for (mn, v) in METRICS.iter().zip(m) {
+                    out.values.push((key(name, None, mn), v));
                 }
             }
         }

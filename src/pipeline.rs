@@ -323,8 +323,60 @@ pub fn score_all(
         // `source_label` and `label`/`correct` stay empty
         table.append(features::score(net, &ds, &set, &fp)?.into_ood())?;
     }
+    for s in &cfg.shift.sets {
+        let (set, ds) = shift_set(cfg, splits, s, net.arch.classes)?;
+        let (_, acc) = evaluate(net, &ds, 512)?;
+        tracing::info!("scoring {set}: {} images, CNN accuracy {acc:.4}", ds.len());
+        sets.push(json!({"role": set, "spec": s, "images": ds.len(), "sha256": ds.sha256, "accuracy": acc, "prep": format!("{}, then shifted ({s})", prep_note(cfg, if s.starts_with("test@") || s == "test" { &cfg.data.test } else { s }))}));
+        table.append(features::score(net, &ds, &set, &fp)?)?;
+    }
     table.map_classes(&labels, true)?;
     Ok(table)
+}
+
+/// A `[shift] sets` entry loaded and transformed: its set name (`shift-<name>`) and images with
+/// the network's class indices as labels (images of other classes left out).
+pub fn shift_set(
+    cfg: &Config,
+    splits: &Splits,
+    s: &str,
+    classes: usize,
+) -> Result<(String, Dataset)> {
+    let sh = crate::data::transform::ShiftSpec::parse(s)
+        .map_err(|m| crate::error::cfg("shift.sets", m))?;
+    let mut ds = if sh.spec == "test" {
+        splits.test.clone()
+    } else {
+        let d = data::load(&sh.spec, &load_ctx(cfg, 0, "shift"))?;
+        if d.labels.is_none() {
+            return Err(crate::error::cfg(
+                "shift.sets",
+                format!("{s:?}: {} has no labels; a shift set needs them", sh.spec),
+            ));
+        }
+        let known: Vec<u32> = if splits.class_labels.is_empty() {
+            (0..classes as u32).collect()
+        } else {
+            splits.class_labels.clone()
+        };
+        let mut d = d.keep_classes(&known)?;
+        if d.is_empty() {
+            return Err(crate::error::cfg(
+                "shift.sets",
+                format!("{s:?}: no images of the known classes {known:?}"),
+            ));
+        }
+        if transposes(cfg, &sh.spec) {
+            d.transpose();
+        }
+        d
+    };
+    let mut images = std::mem::take(&mut ds.images);
+    crate::data::transform::apply(&mut images, ds.shape, &sh.transforms);
+    let set = format!("shift-{}", sh.name);
+    let mut out = Dataset::new(set.clone(), ds.shape, images, ds.labels.take());
+    out.index = ds.index;
+    Ok((set, out))
 }
 
 /// Meta-experiment settings from the config.

@@ -477,10 +477,14 @@ pub fn headline(v: &Verdicts, task: &str) -> Option<String> {
 
 /// "error detection" or "OOD: <set>".
 pub fn task_label(task: &str) -> String {
-    match task.strip_prefix("ood-") {
-        Some(s) => format!("OOD {s}"),
-        None if task == "error" => "error detection".into(),
-        None => task.into(),
+    if let Some(s) = task.strip_prefix("ood-") {
+        format!("OOD {s}")
+    } else if let Some(s) = task.strip_prefix("shift-") {
+        format!("errors under shift {s}")
+    } else if task == "error" {
+        "error detection".into()
+    } else {
+        task.into()
     }
 }
 

@@ -36,6 +36,8 @@ models = ["glm", "lasso", "nn"]
 groups = ["softmax", "grad-all", "grad+softmax"]
 nn_epochs = 20
 score_repetitions = 2
+[shift]
+sets = ["test@rotate=90", "test@thicken=1"]
 {extra}
 "#,
         out = dir.join("reports").display(),
@@ -255,9 +257,38 @@ fn toy_run_writes_folder_reproducibly_and_refuses_overwrite() {
             .count(),
         30
     );
+    // the shifts: the test set rotated by 90° (bars turn upright: many errors) and thickened,
+    // with labels and correctness
+    let rot: Vec<&str> = feats
+        .lines()
+        .filter(|l| l.starts_with("shift-rotate90,"))
+        .collect();
+    assert_eq!(rot.len(), 200);
+    assert!(rot.iter().all(|l| {
+        let f: Vec<&str> = l.split(',').collect();
+        !f[2].is_empty() && (f[4] == "0" || f[4] == "1")
+    }));
+    let shift_acc = run_json["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["role"] == "shift-thicken1")
+        .expect("shift-thicken1 in run.json")["accuracy"]
+        .as_f64()
+        .unwrap();
+    assert!((0.0..=1.0).contains(&shift_acc));
     let metrics: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(rd.join("metrics.json")).unwrap()).unwrap();
     assert!(metrics["definitions"].as_str().unwrap().contains("fpr95"));
+    assert!(
+        metrics["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["task"] == "shift-rotate90" && r["metric"] == "auroc" && r["model"] == "glm"),
+        "{}",
+        run_json["data"]
+    );
     let recs = metrics["results"].as_array().unwrap();
     assert!(recs.iter().any(|r| r["task"] == "ood"
         && r["ood_set"] == "normal-noise"
@@ -439,7 +470,7 @@ fn quick_config_runs_on_real_fetched_data() {
         root,
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    check_in_browser(&d.path().join("cmp/compare.html"));
+    render_in_browser(&d.path().join("cmp/compare.html"), "compare.png");
 
     // determinism: the same config and seed again give byte-identical results
     let out2 = d.path().join("quick-again");

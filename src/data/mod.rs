@@ -10,6 +10,7 @@ pub mod npy;
 pub mod prep;
 pub mod render;
 pub mod stream;
+pub mod transform;
 
 pub use prep::{Prep, Resize, Shape};
 
