@@ -588,18 +588,19 @@ impl Config {
             ));
         }
         for model in &me.models {
-            if !crate::meta::MODELS.contains(&model.as_str()) {
+            if !crate::columns::MODELS.contains(&model.as_str()) {
                 return Err(cfg(
                     "meta.models",
                     format!(
                         "unknown model {model:?} (known: {})",
-                        crate::meta::MODELS.join(", ")
+                        crate::columns::MODELS.join(", ")
                     ),
                 ));
             }
         }
         for g in &me.groups {
-            crate::meta::FeatureGroup::parse(g, &conv_names).map_err(|m| cfg("meta.groups", m))?;
+            crate::columns::FeatureGroup::parse(g, &conv_names)
+                .map_err(|m| cfg("meta.groups", m))?;
         }
         if !(me.alpha.is_finite() && (0.0..=1.0).contains(&me.alpha)) {
             return Err(cfg("meta.alpha", format!("{} is outside [0, 1]", me.alpha)));
@@ -630,18 +631,18 @@ impl Config {
             ));
         }
         let sc = &r.score;
-        if !sc.model.is_empty() && !crate::meta::MODELS.contains(&sc.model.as_str()) {
+        if !sc.model.is_empty() && !crate::columns::MODELS.contains(&sc.model.as_str()) {
             return Err(cfg(
                 "score.model",
                 format!(
                     "unknown model {:?} (known: {}; \"\" = best of the grid)",
                     sc.model,
-                    crate::meta::MODELS.join(", ")
+                    crate::columns::MODELS.join(", ")
                 ),
             ));
         }
         if !sc.features.is_empty() {
-            crate::meta::FeatureGroup::parse(&sc.features, &conv_names)
+            crate::columns::FeatureGroup::parse(&sc.features, &conv_names)
                 .map_err(|m| cfg("score.features", m))?;
         }
         if !["auto", "with", "without"].contains(&sc.known_unknowns.as_str()) {
@@ -760,9 +761,7 @@ pub const MAX_IMAGE_CHANNELS: usize = 64;
 pub const MAX_CHANNELS: usize = 1024;
 /// Largest training or scoring batch.
 pub const MAX_BATCH: usize = 65_536;
-/// Most images a generated or sampled set (`ood.count`, `known_unknowns.count`, `--count`) may
-/// ask for; loading also checks the count against the memory available.
-pub const MAX_IMAGES: usize = 50_000_000;
+pub use crate::data::MAX_IMAGES;
 /// Most MC-dropout probability rows (batch × passes) held for one scoring batch.
 pub const MAX_MC_ROWS: usize = 1 << 22;
 

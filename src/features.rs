@@ -11,23 +11,7 @@ use crate::model::net::{argmax_rows, softmax, Net, Saved};
 use rayon::prelude::*;
 use std::path::Path;
 
-/// Score columns, in CSV order.
-pub const SCORE_COLUMNS: [&str; 10] = [
-    "msp",
-    "entropy",
-    "mc_pmax",
-    "mc_entropy",
-    "mc_std",
-    "mc_mi",
-    "energy",
-    "max_logit",
-    "gradnorm",
-    "exgrad_fc",
-];
-/// Position of the first gradient-statistic column among the feature columns.
-pub const GRAD_START: usize = SCORE_COLUMNS.len();
-/// Statistics of each layer's gradient, in CSV order.
-pub const GRAD_STATS: [&str; 7] = ["l1", "l2", "min", "max", "mean", "skew", "kurt"];
+pub use crate::columns::{GRAD_START, GRAD_STATS, SCORE_COLUMNS};
 /// Leading identification columns. `label` and `correct` are about the known concept: empty
 /// for rows of out-of-distribution sets, whose own class (if their source has one) is in
 /// `source_label`.

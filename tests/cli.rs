@@ -285,7 +285,9 @@ fn toy_run_writes_folder_reproducibly_and_refuses_overwrite() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|r| r["task"] == "shift-rotate90" && r["metric"] == "auroc" && r["model"] == "glm"),
+            .any(|r| r["task"] == "shift-rotate90"
+                && r["metric"] == "auroc"
+                && r["model"] == "glm"),
         "{}",
         run_json["data"]
     );

@@ -21,6 +21,10 @@ use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
+/// Most images a generated or sampled set (`ood.count`, `known_unknowns.count`, `--count`) may
+/// ask for; loading also checks the count against the memory available.
+pub const MAX_IMAGES: usize = 50_000_000;
+
 /// Largest number of classes accepted from user IDX files (EMNIST byclass has 62).
 pub const MAX_CLASSES: u32 = 62;
 
@@ -401,11 +405,11 @@ pub fn load(spec: &str, ctx: &LoadCtx) -> Result<Dataset> {
     Ok(ds)
 }
 
-/// Checks a requested image count against [`crate::config::MAX_IMAGES`] and the memory
+/// Checks a requested image count against [`MAX_IMAGES`] and the memory
 /// available (images are held as f32, and subsetting copies them once), before anything is
 /// allocated.
 pub fn check_count(spec: &str, count: usize, shape: Shape) -> Result<()> {
-    let max = crate::config::MAX_IMAGES;
+    let max = MAX_IMAGES;
     let px = (shape.len() as u64).max(PIXELS as u64);
     let need = (count as u64).saturating_mul(px * 4 * 2);
     let budget = idx::memory_budget();
