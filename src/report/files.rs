@@ -1,0 +1,107 @@
+//! Reading a run folder's files for the report: strict CSV readers (history, meta scores)
+//! that name the line and column of a bad value.
+
+use super::*;
+use crate::error::{Error, IoContext, Result};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// A run-folder CSV as header and rows (csv crate); every row must have the header's field
+/// count.
+pub(crate) fn read_csv(path: &Path) -> Result<(Vec<String>, Vec<Vec<String>>)> {
+    let text = std::fs::read_to_string(path).at(path)?;
+    let bad = |line: u64, msg: String| Error::Format {
+        path: path.into(),
+        msg: format!("line {line}: {msg}"),
+    };
+    let mut rd = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(text.as_bytes());
+    let mut head: Option<Vec<String>> = None;
+    let mut rows = Vec::new();
+    for rec in rd.records() {
+        let rec = rec.map_err(|e| bad(e.position().map_or(0, |p| p.line()), e.to_string()))?;
+        let r: Vec<String> = rec.iter().map(String::from).collect();
+        match &head {
+            None => head = Some(r),
+            Some(h) if r.len() != h.len() => {
+                let line = rec.position().map_or(0, |p| p.line());
+                return Err(bad(
+                    line,
+                    format!("{} fields, header has {}", r.len(), h.len()),
+                ));
+            }
+            Some(_) => rows.push(r),
+        }
+    }
+    Ok((head.unwrap_or_default(), rows))
+}
+
+/// Field `col` of data row `row` (0-based, after the header) as a finite number, or an error
+/// naming the file, line and column.
+pub(crate) fn num(
+    path: &Path,
+    head: &[String],
+    rows: &[Vec<String>],
+    row: usize,
+    col: usize,
+) -> Result<f64> {
+    let v = &rows[row][col];
+    match v.parse::<f64>() {
+        Ok(x) if x.is_finite() => Ok(x),
+        _ => Err(Error::Format {
+            path: path.into(),
+            msg: format!(
+                "line {}: column {}: {v:?} is not a finite number",
+                row + 2,
+                head.get(col).map(String::as_str).unwrap_or("?")
+            ),
+        }),
+    }
+}
+
+/// Rows of meta_scores.csv grouped by scorer: (rep 0 only) → (set, target, score) lists.
+pub(crate) type Scores = BTreeMap<(String, String, bool), Vec<(String, u8, f64)>>;
+
+pub(crate) fn read_scores(dir: &Path) -> Result<Scores> {
+    let path = dir.join("meta_scores.csv");
+    let (head, rows) = read_csv(&path)?;
+    let mut out: Scores = BTreeMap::new();
+    for (i, r) in rows.iter().enumerate() {
+        if r.len() < 8 || r[0] != "0" {
+            continue;
+        }
+        let score = num(&path, &head, &rows, i, 7)?;
+        let target = num(&path, &head, &rows, i, 6)?;
+        if target != 0.0 && target != 1.0 {
+            return Err(Error::Format {
+                path: path.clone(),
+                msg: format!("line {}: target {target} is neither 0 nor 1", i + 2),
+            });
+        }
+        out.entry((r[1].clone(), r[2].clone(), r[3] == "true"))
+            .or_default()
+            .push((r[4].clone(), target as u8, score));
+    }
+    Ok(out)
+}
+
+pub(crate) fn find<'a>(
+    recs: &'a [Record],
+    model: &str,
+    feats: &str,
+    ku: bool,
+    task: &str,
+    ood: Option<&str>,
+    metric: &str,
+) -> Option<&'a Record> {
+    recs.iter().find(|r| {
+        r.model == model
+            && r.features == feats
+            && r.known_unknowns == ku
+            && r.task == task
+            && r.ood_set.as_deref() == ood
+            && r.metric == metric
+    })
+}
