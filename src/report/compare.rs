@@ -3,8 +3,7 @@
 //! conclusion holds across data sets.
 
 use super::esc;
-use crate::error::{Error, IoContext, Result};
-use crate::eval::Record;
+use crate::error::{Error, Result};
 use crate::verdicts::{self, Verdicts};
 use std::path::{Path, PathBuf};
 
@@ -18,31 +17,7 @@ pub struct RunVerdicts {
 /// The verdicts of a finished run, computed from its metrics.json and run.json (as its report
 /// does, so runs made before verdicts.json existed compare too).
 pub fn load(dir: &Path) -> Result<RunVerdicts> {
-    let rj = dir.join("run.json");
-    let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&rj).at(&rj)?)
-        .map_err(|e| Error::Format {
-            path: rj.clone(),
-            msg: e.to_string(),
-        })?;
-    let mj = dir.join("metrics.json");
-    let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&mj).at(&mj)?)
-        .map_err(|e| Error::Format {
-        path: mj.clone(),
-        msg: e.to_string(),
-    })?;
-    let recs: Vec<Record> =
-        serde_json::from_value(metrics["results"].clone()).map_err(|e| Error::Format {
-            path: mj.clone(),
-            msg: e.to_string(),
-        })?;
-    let ku = run["data"].as_array().and_then(|d| {
-        d.iter().find_map(|s| {
-            s["role"]
-                .as_str()
-                .and_then(|r| r.strip_prefix("known-unknown-"))
-                .map(String::from)
-        })
-    });
+    let super::files::RunFiles { run, recs, .. } = super::files::read_run(dir)?;
     let name = dir
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
@@ -50,7 +25,7 @@ pub fn load(dir: &Path) -> Result<RunVerdicts> {
     Ok(RunVerdicts {
         name,
         accuracy: run["test_accuracy"].as_f64(),
-        verdicts: verdicts::compute(&recs, ku.as_deref(), run["seed"].as_u64().unwrap_or(0)),
+        verdicts: super::files::verdicts_of(&run, &recs),
     })
 }
 

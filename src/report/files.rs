@@ -105,3 +105,45 @@ pub(crate) fn find<'a>(
             && r.metric == metric
     })
 }
+
+/// A run folder's run.json and metrics.json, and the metric records.
+pub(crate) struct RunFiles {
+    pub run: serde_json::Value,
+    pub metrics: serde_json::Value,
+    pub recs: Vec<crate::eval::Record>,
+}
+
+fn read_json(p: &Path) -> Result<serde_json::Value> {
+    serde_json::from_str(&std::fs::read_to_string(p).at(p)?).map_err(|e| Error::Format {
+        path: p.to_path_buf(),
+        msg: e.to_string(),
+    })
+}
+
+/// Reads run.json and metrics.json of a run folder.
+pub(crate) fn read_run(dir: &Path) -> Result<RunFiles> {
+    let run = read_json(&dir.join("run.json"))?;
+    let mj = dir.join("metrics.json");
+    let metrics = read_json(&mj)?;
+    let recs = serde_json::from_value(metrics["results"].clone()).map_err(|e| Error::Format {
+        path: mj,
+        msg: e.to_string(),
+    })?;
+    Ok(RunFiles { run, metrics, recs })
+}
+
+/// The verdicts of a run (its known-unknown source and seed from run.json).
+pub(crate) fn verdicts_of(
+    run: &serde_json::Value,
+    recs: &[crate::eval::Record],
+) -> crate::verdicts::Verdicts {
+    let ku = run["data"].as_array().and_then(|d| {
+        d.iter().find_map(|s| {
+            s["role"]
+                .as_str()
+                .and_then(|r| r.strip_prefix("known-unknown-"))
+                .map(String::from)
+        })
+    });
+    crate::verdicts::compute(recs, ku.as_deref(), run["seed"].as_u64().unwrap_or(0))
+}

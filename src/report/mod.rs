@@ -18,7 +18,7 @@ use plots::*;
 use tables::*;
 pub use tables::{esc, per_class_table};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::eval::{self, Record};
 use crate::features::FeatureTable;
 use crate::runfolder::write_atomic;
@@ -32,23 +32,7 @@ use std::path::Path;
 pub fn build(dir: &Path) -> Result<()> {
     register_font();
     let t0 = std::time::Instant::now();
-    let rj = dir.join("run.json");
-    let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&rj).at(&rj)?)
-        .map_err(|e| Error::Format {
-            path: rj.clone(),
-            msg: e.to_string(),
-        })?;
-    let mj = dir.join("metrics.json");
-    let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&mj).at(&mj)?)
-        .map_err(|e| Error::Format {
-        path: mj.clone(),
-        msg: e.to_string(),
-    })?;
-    let recs: Vec<Record> =
-        serde_json::from_value(metrics["results"].clone()).map_err(|e| Error::Format {
-            path: mj.clone(),
-            msg: e.to_string(),
-        })?;
+    let RunFiles { run, metrics, recs } = read_run(dir)?;
     let table = FeatureTable::read_csv(&dir.join("features.csv"))?;
     let scores = read_scores(dir)?;
     let mut plots: Vec<(String, Vec<Plot>)> = Vec::new();
@@ -541,16 +525,7 @@ pub fn build(dir: &Path) -> Result<()> {
     // the page
     let mut html = String::from("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>metaclf report</title><style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em;color:#222}svg{max-width:100%;height:auto}.plot{margin:1em 0;border-top:1px solid #ddd}.how{color:#555;font-size:0.9em}table{border-collapse:collapse;font-size:0.8em}td,th{border:1px solid #ccc;padding:2px 6px;white-space:nowrap}td.best{font-weight:bold;background:#e8f3ff}ul.verdicts li.better{color:#0a5}ul.verdicts li.worse{color:#b22}table.heat td{text-align:right}.scroll{overflow-x:auto}code{background:#f4f4f4}</style></head><body>");
     html.push_str("<h1>metaclf report</h1>");
-    let ku = run["data"].as_array().and_then(|d| {
-        d.iter().find_map(|s| {
-            s["role"]
-                .as_str()
-                .and_then(|r| r.strip_prefix("known-unknown-"))
-                .map(String::from)
-        })
-    });
-    let verdicts =
-        crate::verdicts::compute(&recs, ku.as_deref(), run["seed"].as_u64().unwrap_or(0));
+    let verdicts = verdicts_of(&run, &recs);
     write_atomic(
         &dir.join("verdicts.json"),
         (serde_json::to_string_pretty(&verdicts).map_err(|e| Error::Other(e.to_string()))? + "\n")
