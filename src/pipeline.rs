@@ -412,10 +412,38 @@ pub fn meta_params(cfg: &Config) -> Result<MetaParams> {
     })
 }
 
+/// The CNN's accuracy on each labelled set of the feature table (`id-test` and every
+/// `shift-<name>`), from its rows' `correct`.
+pub fn cnn_accuracy(t: &FeatureTable) -> serde_json::Map<String, serde_json::Value> {
+    let mut sets: Vec<&String> = Vec::new();
+    for (r, s) in t.set.iter().enumerate() {
+        if (s == "id-test" || s.starts_with("shift-"))
+            && t.correct(r).is_some()
+            && !sets.contains(&s)
+        {
+            sets.push(s);
+        }
+    }
+    sets.into_iter()
+        .map(|s| {
+            let rows: Vec<bool> = (0..t.len())
+                .filter(|&r| &t.set[r] == s)
+                .filter_map(|r| t.correct(r))
+                .collect();
+            let acc = rows.iter().filter(|&&c| c).count() as f64 / rows.len().max(1) as f64;
+            (s.clone(), json!(acc))
+        })
+        .collect()
+}
+
 /// Writes the meta results into the run folder.
 pub fn write_meta(folder: &RunFolder, t: &FeatureTable, r: &eval::MetaResults) -> Result<()> {
-    let metrics =
-        json!({"definitions": eval::DEFINITIONS, "results": r.records, "warnings": r.warnings});
+    let metrics = json!({
+        "definitions": eval::DEFINITIONS,
+        "cnn_accuracy": cnn_accuracy(t),
+        "results": r.records,
+        "warnings": r.warnings,
+    });
     folder.write(
         "metrics.json",
         serde_json::to_string_pretty(&metrics).map_err(|e| Error::Other(e.to_string()))?,

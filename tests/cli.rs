@@ -280,6 +280,12 @@ fn toy_run_writes_folder_reproducibly_and_refuses_overwrite() {
     let metrics: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(rd.join("metrics.json")).unwrap()).unwrap();
     assert!(metrics["definitions"].as_str().unwrap().contains("fpr95"));
+    // the CNN's accuracy per labelled set, the shifts included, equals run.json's
+    assert_eq!(
+        metrics["cnn_accuracy"]["shift-thicken1"].as_f64().unwrap(),
+        shift_acc
+    );
+    assert_eq!(metrics["cnn_accuracy"]["id-test"].as_f64().unwrap(), acc);
     assert!(
         metrics["results"]
             .as_array()

@@ -560,7 +560,14 @@ pub fn build(dir: &Path) -> Result<()> {
     for d in run["data"].as_array().cloned().unwrap_or_default() {
         html.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
-            esc(d["role"].as_str().unwrap_or("")),
+            esc(&match d["accuracy"].as_f64() {
+                Some(a) => format!(
+                    "{} (CNN accuracy {:.4})",
+                    d["role"].as_str().unwrap_or(""),
+                    a
+                ),
+                None => d["role"].as_str().unwrap_or("").to_string(),
+            }),
             esc(d["spec"].as_str().unwrap_or("")),
             d["images"],
             esc(d["prep"].as_str().unwrap_or("")),
