@@ -29,6 +29,47 @@ use std::path::Path;
 
 /// Builds `plots/`, `report.html` and the verdicts (verdicts.json, verdicts.csv) in a finished
 /// run folder.
+/// The error task, then each OOD set (as (task, ood_set)), in the records' order.
+fn task_list(recs: &[Record]) -> Vec<(String, Option<String>)> {
+    let mut tasks: Vec<(String, Option<String>)> = vec![("error".into(), None)];
+    for r in recs {
+        if r.task == "ood" && !tasks.iter().any(|t| t.1 == r.ood_set) {
+            tasks.push(("ood".into(), r.ood_set.clone()));
+        }
+    }
+    tasks
+}
+
+/// The meta classifier with the best mean AUROC on a task for a feature group (without known
+/// unknowns), and that AUROC.
+fn best_model(
+    recs: &[Record],
+    task: &str,
+    ood: Option<&str>,
+    feats: &str,
+) -> Option<(String, f64)> {
+    recs.iter()
+        .filter(|r| {
+            r.task == task
+                && r.ood_set.as_deref() == ood
+                && r.features == feats
+                && !r.known_unknowns
+                && r.metric == "auroc"
+        })
+        .max_by(|a, b| a.mean.total_cmp(&b.mean))
+        .map(|r| (r.model.clone(), r.mean))
+}
+
+/// What the report's sections read.
+#[derive(Clone, Copy)]
+struct Inputs<'a> {
+    dir: &'a Path,
+    recs: &'a [Record],
+    table: &'a FeatureTable,
+    scores: &'a Scores,
+    feature_groups: &'a [String],
+}
+
 pub fn build(dir: &Path) -> Result<()> {
     register_font();
     let t0 = std::time::Instant::now();
@@ -37,6 +78,114 @@ pub fn build(dir: &Path) -> Result<()> {
     let scores = read_scores(dir)?;
     let mut plots: Vec<(String, Vec<Plot>)> = Vec::new();
 
+    let recs = &recs[..];
+    let feature_groups: Vec<String> = {
+        let mut v: Vec<String> = Vec::new();
+        for r in recs {
+            if !eval::BASELINES.iter().any(|b| b.0 == r.model) && !v.contains(&r.features) {
+                v.push(r.features.clone());
+            }
+        }
+        v
+    };
+    let inputs = Inputs {
+        dir,
+        recs,
+        table: &table,
+        scores: &scores,
+        feature_groups: &feature_groups,
+    };
+    if let Some(s) = training_section(dir)? {
+        plots.push(s);
+    }
+    plots.push(violin_section(&inputs)?);
+    plots.push(curve_section(&inputs)?);
+    plots.push(calibration_section(&inputs)?);
+    plots.push(model_section(&inputs)?);
+
+    // the page
+    let mut html = String::from("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>metaclf report</title><style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em;color:#222}svg{max-width:100%;height:auto}.plot{margin:1em 0;border-top:1px solid #ddd}.how{color:#555;font-size:0.9em}table{border-collapse:collapse;font-size:0.8em}td,th{border:1px solid #ccc;padding:2px 6px;white-space:nowrap}td.best{font-weight:bold;background:#e8f3ff}ul.verdicts li.better{color:#0a5}ul.verdicts li.worse{color:#b22}table.heat td{text-align:right}.scroll{overflow-x:auto}code{background:#f4f4f4}</style></head><body>");
+    html.push_str("<h1>metaclf report</h1>");
+    let verdicts = verdicts_of(&run, recs);
+    write_atomic(
+        &dir.join("verdicts.json"),
+        (serde_json::to_string_pretty(&verdicts).map_err(|e| Error::Other(e.to_string()))? + "\n")
+            .as_bytes(),
+    )?;
+    write_atomic(
+        &dir.join("verdicts.csv"),
+        crate::verdicts::to_csv(&verdicts).as_bytes(),
+    )?;
+    html.push_str(&headline::block(&verdicts));
+    html.push_str(&headline::heatmap(recs));
+    let g = |k: &str| {
+        run[k]
+            .as_str()
+            .map(String::from)
+            .unwrap_or_else(|| run[k].to_string())
+    };
+    html.push_str(&format!(
+        "<h2>Run summary</h2><table><tr><th>metaclf version</th><td>{}</td></tr><tr><th>seed</th><td>{}</td></tr><tr><th>test accuracy</th><td>{}</td></tr><tr><th>epochs (best)</th><td>{} ({})</td></tr><tr><th>parameters</th><td>{}</td></tr><tr><th>wall time per stage (s)</th><td>{}</td></tr></table>",
+        esc(&g("metaclf_version")),
+        esc(&g("seed")),
+        run["test_accuracy"].as_f64().map(|a| format!("{:.4}", a)).unwrap_or_default(),
+        esc(&g("epochs")),
+        esc(&g("best_epoch")),
+        esc(&g("parameters")),
+        esc(&run["stage_seconds"].as_object().map(|o| o.iter().map(|(k, v)| format!("{k} {:.1}", v.as_f64().unwrap_or(0.0))).collect::<Vec<_>>().join(", ")).unwrap_or_default()),
+    ));
+    html.push_str(&format!(
+        "<h3>Data</h3><p class=\"how\">Input {}.</p><table><tr><th>role</th><th>source</th><th>images</th><th>preprocessing</th><th>sha256</th></tr>",
+        esc(run["input"].as_str().unwrap_or("28×28×1"))
+    ));
+    for d in run["data"].as_array().cloned().unwrap_or_default() {
+        html.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+            esc(&match d["accuracy"].as_f64() {
+                Some(a) => format!(
+                    "{} (CNN accuracy {:.4})",
+                    d["role"].as_str().unwrap_or(""),
+                    a
+                ),
+                None => d["role"].as_str().unwrap_or("").to_string(),
+            }),
+            esc(d["spec"].as_str().unwrap_or("")),
+            d["images"],
+            esc(d["prep"].as_str().unwrap_or("")),
+            esc(&d["sha256"]
+                .as_str()
+                .unwrap_or("")
+                .chars()
+                .take(16)
+                .collect::<String>())
+        ));
+    }
+    html.push_str("</table>");
+    html.push_str(&per_class_table(&table));
+    html.push_str(&format!(
+        "<h2>Metric definitions</h2><p class=\"how\">{}</p>",
+        esc(metrics["definitions"].as_str().unwrap_or(""))
+    ));
+    html.push_str("<h2>Ablation: which feature groups detect errors and unknown inputs</h2><p class=\"how\">How to read: one table per task; rows are the baselines (a raw score each), then the feature groups with and without known unknowns in meta training; columns are the meta classifiers; a cell is the mean AUROC over repetitions (hover for its spread, AUPR-In, AUPR-Out and FPR95); the best cell of each table is highlighted. Every metric of every cell: ablation.csv and ablation.md.</p>");
+    html.push_str(&ablation_by_task(recs));
+    for (section, ps) in &plots {
+        html.push_str(&format!("<h2>{}</h2>", esc(section)));
+        for p in ps {
+            html.push_str(&format!(
+                "<div class=\"plot\" id=\"{}\"><h3>{}</h3><p class=\"how\">{}</p>{}</div>",
+                esc(&p.name),
+                esc(&p.title),
+                esc(&p.how),
+                p.svg
+            ));
+        }
+    }
+    html.push_str(&format!("<p class=\"how\">Report built in {:.1} s from the files of this run folder.</p></body></html>", t0.elapsed().as_secs_f64()));
+    write_atomic(&dir.join("report.html"), html.as_bytes())
+}
+
+/// The training curves (loss and error per epoch, learning-rate cuts) from history.csv.
+fn training_section(dir: &Path) -> Result<Option<(String, Vec<Plot>)>> {
     // training curves
     let hist_path = dir.join("history.csv");
     let (hist_head, hist) = read_csv(&hist_path)?;
@@ -99,9 +248,15 @@ pub fn build(dir: &Path) -> Result<()> {
                 SeriesLabelPosition::UpperRight,
             )
         });
-        plots.push(("Training".into(), vec![Plot { name: "training".into(), title: "Loss and error per epoch".into(), how: "Validation loss should fall and flatten; dashed lines mark learning-rate cuts on plateaus. The weights of the best validation epoch are kept.".into(), svg }]));
+        return Ok(Some(("Training".into(), vec![Plot { name: "training".into(), title: "Loss and error per epoch".into(), how: "Validation loss should fall and flatten; dashed lines mark learning-rate cuts on plateaus. The weights of the best validation epoch are kept.".into(), svg }])));
     }
 
+    Ok(None)
+}
+
+/// Violin plots of every score column and the layers' gradient L2 norms, by group (ID correct, ID wrong, each OOD set).
+fn violin_section(i: &Inputs) -> Result<(String, Vec<Plot>)> {
+    let Inputs { dir, table, .. } = *i;
     // violin plots by group: ID correct, ID wrong, each OOD set
     let mut groups: Vec<(String, Vec<usize>)> =
         vec![("ID correct".into(), vec![]), ("ID wrong".into(), vec![])];
@@ -169,36 +324,21 @@ pub fn build(dir: &Path) -> Result<()> {
             .join(", ");
         vplots.push(Plot { name, title: key.clone(), how: format!("Kernel densities (Silverman bandwidth), thick line = median, thin lines = quartiles; widths are scaled per group. A feature separates well when the ID-correct violin sits apart from ID-wrong and OOD. Images per group: {counts}."), svg });
     }
-    plots.push(("Feature distributions".into(), vplots));
+    Ok(("Feature distributions".into(), vplots))
+}
 
+/// ROC and PR curves per task: the best meta classifier of each feature group against the baselines.
+fn curve_section(i: &Inputs) -> Result<(String, Vec<Plot>)> {
+    let Inputs {
+        dir,
+        recs,
+        scores,
+        feature_groups,
+        ..
+    } = *i;
+    let tasks = task_list(recs);
+    let best_for = |t: &str, o: Option<&str>, f: &str| best_model(recs, t, o, f);
     // ROC and PR per task: best meta classifier per feature group vs msp and entropy baselines
-    let mut tasks: Vec<(String, Option<String>)> = vec![("error".into(), None)];
-    for r in &recs {
-        if r.task == "ood" && !tasks.iter().any(|t| t.1 == r.ood_set) {
-            tasks.push(("ood".into(), r.ood_set.clone()));
-        }
-    }
-    let feature_groups: Vec<String> = {
-        let mut v: Vec<String> = Vec::new();
-        for r in &recs {
-            if !eval::BASELINES.iter().any(|b| b.0 == r.model) && !v.contains(&r.features) {
-                v.push(r.features.clone());
-            }
-        }
-        v
-    };
-    let best_for = |task: &str, ood: Option<&str>, feats: &str| -> Option<(String, f64)> {
-        recs.iter()
-            .filter(|r| {
-                r.task == task
-                    && r.ood_set.as_deref() == ood
-                    && r.features == feats
-                    && !r.known_unknowns
-                    && r.metric == "auroc"
-            })
-            .max_by(|a, b| a.mean.total_cmp(&b.mean))
-            .map(|r| (r.model.clone(), r.mean))
-    };
     let mut curve_plots = Vec::new();
     for (task, ood) in &tasks {
         let label = ood
@@ -247,10 +387,10 @@ pub fn build(dir: &Path) -> Result<()> {
                     )
                 })
                 .unzip();
-            let auroc = find(&recs, model, feats, false, task, ood.as_deref(), "auroc")
+            let auroc = find(recs, model, feats, false, task, ood.as_deref(), "auroc")
                 .map(|r| r.mean)
                 .unwrap_or(f64::NAN);
-            let ap = find(&recs, model, feats, false, task, ood.as_deref(), "aupr_in")
+            let ap = find(recs, model, feats, false, task, ood.as_deref(), "aupr_in")
                 .map(|r| r.mean)
                 .unwrap_or(f64::NAN);
             roc.push((
@@ -304,8 +444,19 @@ pub fn build(dir: &Path) -> Result<()> {
             svg,
         });
     }
-    plots.push(("ROC and PR curves".into(), curve_plots));
+    Ok(("ROC and PR curves".into(), curve_plots))
+}
 
+/// The reliability diagram and the accuracy-vs-rejection curve.
+fn calibration_section(i: &Inputs) -> Result<(String, Vec<Plot>)> {
+    let Inputs {
+        dir,
+        recs,
+        table,
+        scores,
+        feature_groups,
+    } = *i;
+    let best_for = |t: &str, o: Option<&str>, f: &str| best_model(recs, t, o, f);
     // reliability diagram: softmax and MC-dropout confidence on the ID test set
     let id_rows: Vec<usize> = (0..table.len())
         .filter(|&r| table.set[r] == "id-test")
@@ -410,8 +561,18 @@ pub fn build(dir: &Path) -> Result<()> {
         )
     });
     cal_plots.push(Plot { name: "rejection".into(), title: "Accuracy vs rejection".into(), how: "Reject the x% least trustworthy predictions and measure the accuracy of the rest: a steeper rise means a better trust score.".into(), svg });
-    plots.push(("Calibration and rejection".into(), cal_plots));
+    Ok(("Calibration and rejection".into(), cal_plots))
+}
 
+/// The meta classifiers: LASSO coefficients and known unknowns on/off.
+fn model_section(i: &Inputs) -> Result<(String, Vec<Plot>)> {
+    let Inputs {
+        dir,
+        recs,
+        feature_groups,
+        ..
+    } = *i;
+    let tasks = task_list(recs);
     // LASSO coefficients (mean standardised coefficient over repetitions, largest group)
     let coef_path = dir.join("coefficients.csv");
     let (coef_head, coefs) = if coef_path.exists() {
@@ -501,7 +662,7 @@ pub fn build(dir: &Path) -> Result<()> {
                     ),
                     sets.iter()
                         .map(|s| {
-                            find(&recs, &m, &g, ku, "ood", Some(s), "auroc")
+                            find(recs, &m, &g, ku, "ood", Some(s), "auroc")
                                 .map(|r| r.mean)
                                 .unwrap_or(f64::NAN)
                         })
@@ -520,87 +681,7 @@ pub fn build(dir: &Path) -> Result<()> {
         });
         model_plots.push(Plot { name: "known_unknowns".into(), title: "Known unknowns on/off".into(), how: "Does adding outside images (here the configured known-unknown source) to meta-train as untrustworthy help detect other OOD sets?".into(), svg });
     }
-    plots.push(("Meta classifiers".into(), model_plots));
-
-    // the page
-    let mut html = String::from("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>metaclf report</title><style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em;color:#222}svg{max-width:100%;height:auto}.plot{margin:1em 0;border-top:1px solid #ddd}.how{color:#555;font-size:0.9em}table{border-collapse:collapse;font-size:0.8em}td,th{border:1px solid #ccc;padding:2px 6px;white-space:nowrap}td.best{font-weight:bold;background:#e8f3ff}ul.verdicts li.better{color:#0a5}ul.verdicts li.worse{color:#b22}table.heat td{text-align:right}.scroll{overflow-x:auto}code{background:#f4f4f4}</style></head><body>");
-    html.push_str("<h1>metaclf report</h1>");
-    let verdicts = verdicts_of(&run, &recs);
-    write_atomic(
-        &dir.join("verdicts.json"),
-        (serde_json::to_string_pretty(&verdicts).map_err(|e| Error::Other(e.to_string()))? + "\n")
-            .as_bytes(),
-    )?;
-    write_atomic(
-        &dir.join("verdicts.csv"),
-        crate::verdicts::to_csv(&verdicts).as_bytes(),
-    )?;
-    html.push_str(&headline::block(&verdicts));
-    html.push_str(&headline::heatmap(&recs));
-    let g = |k: &str| {
-        run[k]
-            .as_str()
-            .map(String::from)
-            .unwrap_or_else(|| run[k].to_string())
-    };
-    html.push_str(&format!(
-        "<h2>Run summary</h2><table><tr><th>metaclf version</th><td>{}</td></tr><tr><th>seed</th><td>{}</td></tr><tr><th>test accuracy</th><td>{}</td></tr><tr><th>epochs (best)</th><td>{} ({})</td></tr><tr><th>parameters</th><td>{}</td></tr><tr><th>wall time per stage (s)</th><td>{}</td></tr></table>",
-        esc(&g("metaclf_version")),
-        esc(&g("seed")),
-        run["test_accuracy"].as_f64().map(|a| format!("{:.4}", a)).unwrap_or_default(),
-        esc(&g("epochs")),
-        esc(&g("best_epoch")),
-        esc(&g("parameters")),
-        esc(&run["stage_seconds"].as_object().map(|o| o.iter().map(|(k, v)| format!("{k} {:.1}", v.as_f64().unwrap_or(0.0))).collect::<Vec<_>>().join(", ")).unwrap_or_default()),
-    ));
-    html.push_str(&format!(
-        "<h3>Data</h3><p class=\"how\">Input {}.</p><table><tr><th>role</th><th>source</th><th>images</th><th>preprocessing</th><th>sha256</th></tr>",
-        esc(run["input"].as_str().unwrap_or("28×28×1"))
-    ));
-    for d in run["data"].as_array().cloned().unwrap_or_default() {
-        html.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
-            esc(&match d["accuracy"].as_f64() {
-                Some(a) => format!(
-                    "{} (CNN accuracy {:.4})",
-                    d["role"].as_str().unwrap_or(""),
-                    a
-                ),
-                None => d["role"].as_str().unwrap_or("").to_string(),
-            }),
-            esc(d["spec"].as_str().unwrap_or("")),
-            d["images"],
-            esc(d["prep"].as_str().unwrap_or("")),
-            esc(&d["sha256"]
-                .as_str()
-                .unwrap_or("")
-                .chars()
-                .take(16)
-                .collect::<String>())
-        ));
-    }
-    html.push_str("</table>");
-    html.push_str(&per_class_table(&table));
-    html.push_str(&format!(
-        "<h2>Metric definitions</h2><p class=\"how\">{}</p>",
-        esc(metrics["definitions"].as_str().unwrap_or(""))
-    ));
-    html.push_str("<h2>Ablation: which feature groups detect errors and unknown inputs</h2><p class=\"how\">How to read: one table per task; rows are the baselines (a raw score each), then the feature groups with and without known unknowns in meta training; columns are the meta classifiers; a cell is the mean AUROC over repetitions (hover for its spread, AUPR-In, AUPR-Out and FPR95); the best cell of each table is highlighted. Every metric of every cell: ablation.csv and ablation.md.</p>");
-    html.push_str(&ablation_by_task(&recs));
-    for (section, ps) in &plots {
-        html.push_str(&format!("<h2>{}</h2>", esc(section)));
-        for p in ps {
-            html.push_str(&format!(
-                "<div class=\"plot\" id=\"{}\"><h3>{}</h3><p class=\"how\">{}</p>{}</div>",
-                esc(&p.name),
-                esc(&p.title),
-                esc(&p.how),
-                p.svg
-            ));
-        }
-    }
-    html.push_str(&format!("<p class=\"how\">Report built in {:.1} s from the files of this run folder.</p></body></html>", t0.elapsed().as_secs_f64()));
-    write_atomic(&dir.join("report.html"), html.as_bytes())
+    Ok(("Meta classifiers".into(), model_plots))
 }
 
 #[cfg(test)]
