@@ -406,6 +406,29 @@ fn one_rep(
         coefs: Vec::new(),
         warnings: Vec::new(),
     };
+    // each repetition evaluates a random `test_fraction` of every shift set (right and wrong
+    // predictions split alike), as it does the in-distribution rows: otherwise the baselines
+    // would score the very same rows every time and their spread would be 0
+    let shift_rows: Vec<(String, Vec<usize>)> = shift_rows
+        .iter()
+        .map(|(name, rows)| {
+            let mut rng = stage_rng(p.seed, &format!("meta/shift/{name}/{rep}"));
+            let mut keep = Vec::new();
+            for ok in [true, false] {
+                let mut r: Vec<usize> = rows
+                    .iter()
+                    .cloned()
+                    .filter(|&x| t.correct(x) == Some(ok))
+                    .collect();
+                r.shuffle(&mut rng);
+                let nt = ((r.len() as f64) * p.test_fraction).round() as usize;
+                keep.extend_from_slice(&r[..nt]);
+            }
+            keep.sort_unstable();
+            (name.clone(), keep)
+        })
+        .collect();
+    let shift_rows = &shift_rows[..];
     let eval_rows: Vec<usize> = test
         .iter()
         .cloned()

@@ -286,6 +286,15 @@ fn toy_run_writes_folder_reproducibly_and_refuses_overwrite() {
         shift_acc
     );
     assert_eq!(metrics["cnn_accuracy"]["id-test"].as_f64().unwrap(), acc);
+    // every repetition evaluates its own half of a shift set: even a baseline varies
+    let msp_shift = metrics["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["task"] == "shift-rotate90" && r["metric"] == "auroc" && r["model"] == "msp")
+        .expect("msp on shift-rotate90");
+    let v = msp_shift["values"].as_array().unwrap();
+    assert!(v.len() == 2 && v[0] != v[1], "{msp_shift}");
     assert!(
         metrics["results"]
             .as_array()
