@@ -456,11 +456,16 @@ pub fn to_csv(v: &Verdicts) -> String {
     )
 }
 
-/// The headline of a task: its `best` comparison on AUROC, in one line.
+/// A task's comparison of its best detector with MSP on AUROC.
+pub fn best<'a>(v: &'a Verdicts, task: &str) -> Option<&'a Verdict> {
+    v.comparisons
+        .iter()
+        .find(|x| x.task == task && x.metric == "auroc" && x.role.split(", ").any(|r| r == "best"))
+}
+
+/// The headline of a task: its [`best`] comparison, in one line.
 pub fn headline(v: &Verdicts, task: &str) -> Option<String> {
-    let x = v.comparisons.iter().find(|x| {
-        x.task == task && x.metric == "auroc" && x.role.split(", ").any(|r| r == "best")
-    })?;
+    let x = best(v, task)?;
     Some(format!(
         "{}: best {} AUROC {:.4} vs MSP {:.4}, Δ {:+.4} [{:+.4}, {:+.4}], p_holm {} → {}",
         task_label(task),

@@ -288,19 +288,7 @@ pub fn open_images_from<R: BufRead>(r: R, size: u64, path: &Path) -> Result<Reco
 
 /// One IDX record's bytes (channels last, H × W × C) as channel-major values / 255.
 pub fn planar(bytes: &[u8], s: crate::data::Shape) -> Vec<f32> {
-    if s.c == 1 {
-        return bytes.iter().map(|&p| p as f32 / 255.0).collect();
-    }
-    let mut out = vec![0f32; bytes.len()];
-    for (img, dst) in bytes
-        .chunks_exact(s.len())
-        .zip(out.chunks_exact_mut(s.len()))
-    {
-        for (i, &p) in img.iter().enumerate() {
-            dst[(i % s.c) * s.hw() + i / s.c] = p as f32 / 255.0;
-        }
-    }
-    out
+    crate::data::prep::planar(bytes.iter().map(|&p| p as f32 / 255.0).collect(), s)
 }
 
 /// Reads an IDX images file into u8 pixels as stored (N × H × W [× C]). Returns (pixels, N).

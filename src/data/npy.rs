@@ -108,21 +108,7 @@ pub fn read_images(path: &Path) -> Result<(Vec<f32>, usize, Shape)> {
         ));
     }
     let n = dims[0];
-    let px = if shape.c == 1 {
-        values
-    } else {
-        let mut out = vec![0f32; values.len()];
-        for (img, dst) in values
-            .chunks_exact(shape.len())
-            .zip(out.chunks_exact_mut(shape.len()))
-        {
-            for (i, &v) in img.iter().enumerate() {
-                dst[(i % shape.c) * shape.hw() + i / shape.c] = v;
-            }
-        }
-        out
-    };
-    Ok((px, n, shape))
+    Ok((super::prep::planar(values, shape), n, shape))
 }
 
 /// Reads a labels array (N,) of any integer dtype; every label must be in 0..`max_label`.

@@ -138,9 +138,10 @@ impl Prep {
         resize: Resize::Mnist,
     };
 
-    /// Brings images of a built-in 28×28 grayscale set (MNIST, Fashion-MNIST, letters, natural
-    /// crops) to the run's shape: resized with the policy, the gray channel replicated across
-    /// the run's channels. `px` holds n images of `from`.
+    /// Brings n images of `from` (`px`) to the run's shape: resized with the policy (an image
+    /// the `mnist` policy finds blank stays blank), a single gray channel replicated across the
+    /// run's channels (how the built-in 28×28 sets are adopted; a user's data must already
+    /// have the run's channels, see [`super::fit_user`]).
     pub fn adopt(&self, px: Vec<f32>, from: Shape) -> Vec<f32> {
         if from == self.shape {
             return px;
@@ -206,6 +207,24 @@ impl Prep {
         }
         Some(out)
     }
+}
+
+/// Images stored channels-last (H × W × C per image, as IDX, NumPy and decoded pictures hold
+/// them) laid out channel-major (C × H × W), image after image.
+pub fn planar(values: Vec<f32>, s: Shape) -> Vec<f32> {
+    if s.c == 1 {
+        return values;
+    }
+    let mut out = vec![0f32; values.len()];
+    for (img, dst) in values
+        .chunks_exact(s.len())
+        .zip(out.chunks_exact_mut(s.len()))
+    {
+        for (i, &v) in img.iter().enumerate() {
+            dst[(i % s.c) * s.hw() + i / s.c] = v;
+        }
+    }
+    out
 }
 
 /// The ink box side of the `mnist` policy for a target size: 20 px at 28×28.
@@ -392,14 +411,11 @@ pub fn decode(bytes: &[u8], p: &Path, want_c: usize) -> Result<Native> {
         (_, 3) => img.to_rgb32f().into_raw(),
         _ => img.to_rgba32f().into_raw(),
     };
-    let c = want_c;
-    let mut px = vec![0f32; c * h * w];
-    for (i, v) in interleaved.iter().enumerate() {
-        px[(i % c) * h * w + i / c] = v.clamp(0.0, 1.0);
-    }
+    let shape = Shape::new(want_c, h, w);
+    let clamped = interleaved.into_iter().map(|v| v.clamp(0.0, 1.0)).collect();
     Ok(Native {
-        shape: Shape::new(c, h, w),
-        px,
+        shape,
+        px: planar(clamped, shape),
     })
 }
 

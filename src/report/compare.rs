@@ -31,9 +31,7 @@ pub fn load(dir: &Path) -> Result<RunVerdicts> {
 
 /// A short cell: best detector, ΔAUROC with its interval, verdict.
 fn cell(v: &Verdicts, task: &str) -> Option<(String, String)> {
-    let x = v.comparisons.iter().find(|x| {
-        x.task == task && x.metric == "auroc" && x.role.split(", ").any(|r| r == "best")
-    })?;
+    let x = verdicts::best(v, task)?;
     Some((
         format!(
             "{} {:.4} vs MSP {:.4}: Δ {:+.4} [{:+.4}, {:+.4}] → {}",

@@ -10,13 +10,11 @@ use crate::verdicts::{self, Verdicts};
 pub fn block(v: &Verdicts) -> String {
     let mut h = String::from("<h2>Answer</h2><p class=\"how\">Does anything beat the softmax (MSP)? For each task, the best detector against MSP on the same meta-test rows of every repetition (details and every family's best in verdicts.csv).</p><ul class=\"verdicts\">");
     for t in verdicts::tasks(v) {
-        if let Some(line) = verdicts::headline(v, &t) {
-            let cls = if line.ends_with("better") {
-                "better"
-            } else if line.ends_with("worse") {
-                "worse"
-            } else {
-                "same"
+        if let (Some(line), Some(x)) = (verdicts::headline(v, &t), verdicts::best(v, &t)) {
+            let cls = match x.verdict.as_str() {
+                "better" => "better",
+                "worse" => "worse",
+                _ => "same",
             };
             h.push_str(&format!("<li class=\"{cls}\">{}</li>", esc(&line)));
         }
