@@ -56,9 +56,9 @@ pub fn run_only(seed: u64, shape: Shape, only: &[&str]) -> candle_core::Result<B
         net.forward(&x, n, None, false);
     });
     let probs = crate::model::softmax(&net.forward(&x, n, None, false).logits, 10);
-    let mut mrng = stage_rng(seed, "bench/mc");
+    let keys = crate::features::mc_keys(seed, &x, n);
     let mc_dropout = rate("mc", n, &mut || {
-        mc_dropout_probs(&net, &x, n, 50, &mut mrng, &probs);
+        mc_dropout_probs(&net, &x, n, 50, &keys, &probs);
     });
     let t_grad = rate("grad", n, &mut || {
         grad_stats_batch(&net, &x, n);

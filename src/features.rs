@@ -4,10 +4,10 @@
 //! unfolded inputs and reduced to their statistics inside the batch), and the feature table
 //! with its CSV form.
 
-use crate::data::{stage_rng, Dataset};
+use crate::data::Dataset;
 use crate::error::{Error, IoContext, Result};
 use crate::model::layers::gemm;
-use crate::model::net::{argmax_rows, softmax, Net, Saved};
+use crate::model::net::{argmax_rows, softmax, Masks, Net, Saved};
 use rayon::prelude::*;
 use std::path::Path;
 
@@ -737,16 +737,51 @@ pub fn grad_stats_batch(
     (p, stats, lf)
 }
 
+/// The seed of one image's MC-dropout masks: sha256 of the run's seed and the image's values
+/// as the network sees them (after preprocessing; f32 little-endian). An image's masks thus
+/// depend only on the seed and its own content: not on the other images of the batch, its
+/// position, the batch, chunk or shard size, or its file name (a renamed or moved file keeps
+/// its trust; two identical images get identical features).
+pub fn mc_key(seed: u64, image: &[f32]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"metaclf/mc-dropout/v1");
+    h.update(seed.to_le_bytes());
+    for v in image {
+        h.update(v.to_le_bytes());
+    }
+    h.finalize().into()
+}
+
+/// The keys ([`mc_key`]) of the `n` images in `x`.
+pub fn mc_keys(seed: u64, x: &[f32], n: usize) -> Vec<[u8; 32]> {
+    let len = x.len() / n.max(1);
+    x.chunks_exact(len.max(1))
+        .take(n)
+        .map(|im| mc_key(seed, im))
+        .collect()
+}
+
+/// The mask stream of MC pass `pass` of the image with key `key` (pass j is ChaCha8 stream j
+/// of the key's generator: passes never share draws).
+fn mc_stream(key: &[u8; 32], pass: usize) -> rand_chacha::ChaCha8Rng {
+    use rand::SeedableRng;
+    let mut r = rand_chacha::ChaCha8Rng::from_seed(*key);
+    r.set_stream(pass as u64);
+    r
+}
+
 /// MC-dropout probabilities of `n` images over `t` passes, laid out [n, t, classes]. The layers
 /// before the first dropout are deterministic, so they run once; the rest runs for all passes
 /// as one larger batch (in slices of ≤ 4096 rows to bound memory). Identical to `t` full passes
-/// under the same masks. Without dropout every pass equals `eval_probs`.
+/// under the same masks. Image i's masks in pass j come from [`mc_stream`]`(keys[i], j)` alone.
+/// Without dropout every pass equals `eval_probs`.
 pub fn mc_dropout_probs(
     net: &Net,
     x: &[f32],
     n: usize,
     t: usize,
-    rng: &mut rand_chacha::ChaCha8Rng,
+    keys: &[[u8; 32]],
     eval_probs: &[f32],
 ) -> Vec<f32> {
     let k = net.arch.classes;
@@ -760,6 +795,7 @@ pub fn mc_dropout_probs(
         }
         return mc;
     };
+    assert_eq!(keys.len(), n, "one MC key per image");
     let pre = net.forward_prefix(x, n, fd);
     let per = (4096 / n.max(1)).clamp(1, t.max(1));
     let mut done = 0;
@@ -770,9 +806,18 @@ pub fn mc_dropout_probs(
         for _ in 0..tc {
             rep.extend_from_slice(&pre);
         }
-        let out = net.forward_steps(fd..net.steps.len(), &rep, tc * n, Some(rng), false);
-        let pr = softmax(&out.logits, k);
         // rows are pass-major: pass j, sample i at (j·n + i)
+        let mut streams: Vec<rand_chacha::ChaCha8Rng> = (0..tc)
+            .flat_map(|j| keys.iter().map(move |key| mc_stream(key, done + j)))
+            .collect();
+        let out = net.forward_steps(
+            fd..net.steps.len(),
+            &rep,
+            tc * n,
+            Masks::PerRow(&mut streams),
+            false,
+        );
+        let pr = softmax(&out.logits, k);
         for j in 0..tc {
             for i in 0..n {
                 let src = &pr[(j * n + i) * k..(j * n + i + 1) * k];
@@ -799,21 +844,9 @@ pub fn check_shape(net: &Net, ds: &Dataset) -> Result<()> {
 }
 
 /// Scores a data set: one feature row per image. `set` names the rows (`id-test`, `ood-<name>`).
+/// Every row depends only on its image, the network and the seed: scoring a set whole, in
+/// chunks, in shards, in another order or at another batch size gives the same rows.
 pub fn score(net: &Net, ds: &Dataset, set: &str, p: &FeatureParams) -> Result<FeatureTable> {
-    score_at(net, ds, set, p, 0)
-}
-
-/// [`score`] for images that start at position `offset` of a larger stream (a multiple of the
-/// batch size): the MC-dropout masks of each batch are drawn from a stream seeded by the seed
-/// and the batch's position in the whole, so scoring in chunks or shards gives the same
-/// features as scoring all at once.
-pub fn score_at(
-    net: &Net,
-    ds: &Dataset,
-    set: &str,
-    p: &FeatureParams,
-    offset: usize,
-) -> Result<FeatureTable> {
     check_shape(net, ds)?;
     let k = net.arch.classes;
     let cols = columns(net);
@@ -835,11 +868,6 @@ pub fn score_at(
         pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let bs = p.batch_size.max(1);
-    if !offset.is_multiple_of(bs) {
-        return Err(Error::Other(format!(
-            "scoring offset {offset} is not a multiple of the batch size {bs}"
-        )));
-    }
     let nl = net.layers.len() + 1;
     for start in (0..n_total).step_by(bs) {
         let end = (start + bs).min(n_total);
@@ -847,9 +875,8 @@ pub fn score_at(
         let x = &ds.images[start * len..end * len];
         let (probs, gstats, lf) = grad_stats_batch(net, x, n);
         let t = p.mc_samples;
-        let mut rng = stage_rng(p.seed, &format!("mc/batch{}", (offset + start) / bs));
         let mc = if p.mc {
-            mc_dropout_probs(net, x, n, t, &mut rng, &probs)
+            mc_dropout_probs(net, x, n, t, &mc_keys(p.seed, x, n), &probs)
         } else {
             Vec::new()
         };
@@ -1095,16 +1122,27 @@ mod score_tests {
         assert_ne!(a.column("mc_std"), b.column("mc_std"));
         // same seed, same everything: identical
         assert_eq!(a, score(&net, &ds, "s", &p(2, 7)).unwrap());
-        // scored in chunks at their offsets (multiples of the batch size): identical values
+        // scored in chunks of any size: identical values
         let mut parts = FeatureTable::default();
-        for (lo, hi) in [(0, 14), (14, 28), (28, 30)] {
+        for (lo, hi) in [(0, 5), (5, 28), (28, 30)] {
             let part = ds.select(&(lo..hi).collect::<Vec<_>>());
             parts
-                .append(score_at(&net, &part, "s", &p(2, 7), lo).unwrap())
+                .append(score(&net, &part, "s", &p(2, 7)).unwrap())
                 .unwrap();
         }
         assert_eq!(parts.values, a.values);
-        assert!(score_at(&net, &ds, "s", &p(2, 7), 3).is_err());
+        // another batch size, another order, one image left out: every other row identical
+        let c = score(&net, &ds, "s", &p(2, 4)).unwrap();
+        assert_eq!(c.values, a.values);
+        let order: Vec<usize> = (0..30).rev().filter(|&i| i != 11).collect();
+        let d = score(&net, &ds.select(&order), "s", &p(2, 7)).unwrap();
+        for (r, &i) in order.iter().enumerate() {
+            assert_eq!(d.row(r), a.row(i), "row of image {i}");
+        }
+        // an image's masks are its own: the same image twice gets the same MC features
+        let twice = ds.select(&[3, 3]);
+        let e = score(&net, &twice, "s", &p(40, 7)).unwrap();
+        assert_eq!(e.row(0), e.row(1));
         // without MC passes: the other columns are unchanged
         let no_mc = score(
             &net,

@@ -782,12 +782,12 @@ pub fn features_for(run_dir: &Path, spec: &str, out: &Path, count: usize) -> Res
         let mut rows = 0;
         let n = s.len();
         let pb = indicatif::ProgressBar::new(n as u64);
-        stream::for_each_chunk(&mut *s, 0, n, chunk, |c, from, to| {
+        stream::for_each_chunk(&mut *s, 0, n, chunk, |c, _, to| {
             let mut ds = c.dataset(&set, ctx.prep.shape);
             if transpose {
                 ds.transpose();
             }
-            let mut t = features::score_at(&net, &ds, &set, &fp, from)?;
+            let mut t = features::score(&net, &ds, &set, &fp)?;
             t.map_classes(&labels, false)?;
             t.write_rows(&mut w)?;
             rows += t.len();

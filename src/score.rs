@@ -156,11 +156,11 @@ pub fn parse_shard(s: &str) -> std::result::Result<(usize, usize), String> {
     Ok((k, n))
 }
 
-/// Positions [start, end) of shard `k` of `n` over `total` images: whole batches, contiguous.
-pub fn shard_range(total: usize, batch: usize, k: usize, n: usize) -> (usize, usize) {
-    let nb = total.div_ceil(batch);
-    let (b0, b1) = (k * nb / n, (k + 1) * nb / n);
-    ((b0 * batch).min(total), (b1 * batch).min(total))
+/// Positions [start, end) of shard `k` of `n` over `total` images: contiguous, as equal as
+/// can be. (Any split will do: an image's features do not depend on its batch.)
+pub fn shard_range(total: usize, k: usize, n: usize) -> (usize, usize) {
+    let at = |k: usize| ((k as u128 * total as u128) / n as u128) as usize;
+    (at(k), at(k + 1))
 }
 
 /// A finished run loaded for scoring: its config, CNN and trust model (checked to belong to it).
@@ -198,10 +198,10 @@ impl Scorer {
         crate::pipeline::load_ctx(&self.cfg, count, "score")
     }
 
-    /// Features and trust of one chunk, batch by batch at the batches' stream positions (so
-    /// any chunking or sharding gives the same values).
+    /// Features and trust of one chunk. Every row depends only on its image (MC-dropout masks
+    /// are keyed by the image's content, see [`features::mc_key`]), so any chunking, sharding
+    /// or batch size, and any other images in the batch, give the same values.
     pub fn score_chunk(&self, c: &Chunk) -> Result<Vec<Row>> {
-        let bs = self.cfg.features.batch_size;
         let fp = FeatureParams {
             // MC passes only when the trust model reads their columns
             mc: self
@@ -212,43 +212,31 @@ impl Scorer {
                 .any(|c| c.starts_with("mc_")),
             ..FeatureParams::from_config(&self.cfg)
         };
-        let mut rows = Vec::with_capacity(c.len());
-        let mut i = 0;
-        while i < c.len() {
-            let w = c.pos[i] / bs * bs;
-            let mut j = i;
-            while j < c.len() && c.pos[j] < w + bs {
-                j += 1;
-            }
-            let len = self.net.arch.input.len();
-            let mut ds = crate::data::Dataset::unhashed(
-                "score",
-                self.cfg.shape(),
-                c.images[i * len..j * len].to_vec(),
-                c.labels.as_ref().map(|l| l[i..j].to_vec()),
-            );
-            if self.transpose {
-                ds.transpose();
-            }
-            let mut t = features::score_at(&self.net, &ds, "score", &fp, w)?;
-            t.map_classes(&self.labels, false)?;
-            let all: Vec<usize> = (0..t.len()).collect();
-            let trust = self.trust.predict_table(&t, &all)?;
-            let msp = t.col("msp").expect("msp column");
-            for r in 0..t.len() {
-                rows.push(Row {
-                    index: c.index[i + r],
-                    path: c.paths[i + r].clone(),
-                    label: c.labels.as_ref().map(|l| l[i + r]),
-                    pred: t.pred[r],
-                    msp: t.row(r)[msp],
-                    trust: trust[r],
-                    flag: false,
-                });
-            }
-            i = j;
+        let mut ds = crate::data::Dataset::unhashed(
+            "score",
+            self.cfg.shape(),
+            c.images.clone(),
+            c.labels.clone(),
+        );
+        if self.transpose {
+            ds.transpose();
         }
-        Ok(rows)
+        let mut t = features::score(&self.net, &ds, "score", &fp)?;
+        t.map_classes(&self.labels, false)?;
+        let all: Vec<usize> = (0..t.len()).collect();
+        let trust = self.trust.predict_table(&t, &all)?;
+        let msp = t.col("msp").expect("msp column");
+        Ok((0..t.len())
+            .map(|r| Row {
+                index: c.index[r],
+                path: c.paths[r].clone(),
+                label: c.labels.as_ref().map(|l| l[r]),
+                pred: t.pred[r],
+                msp: t.row(r)[msp],
+                trust: trust[r],
+                flag: false,
+            })
+            .collect())
     }
 }
 
@@ -483,7 +471,7 @@ pub fn score(opts: &ScoreOptions) -> Result<Summary> {
     let bs = sc.cfg.features.batch_size;
     let (start, end, shard) = match opts.shard {
         Some((k, n)) => {
-            let (a, b) = shard_range(total, bs, k, n);
+            let (a, b) = shard_range(total, k, n);
             (
                 a,
                 b,
@@ -673,13 +661,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shards_cover_whole_batches_contiguously() {
-        for (total, bs, n) in [(1000, 256, 4), (10, 4, 3), (5, 8, 4), (1_000_000, 256, 7)] {
+    fn shards_cover_the_images_contiguously() {
+        for (total, n) in [(1000, 4), (10, 3), (5, 4), (1_000_000, 7), (69, 3)] {
             let mut expect = 0;
             for k in 0..n {
-                let (a, b) = shard_range(total, bs, k, n);
+                let (a, b) = shard_range(total, k, n);
                 assert_eq!(a, expect);
-                assert!(a % bs == 0 || a == total);
+                assert!(b - a >= total / n && b - a <= total.div_ceil(n));
                 expect = b;
             }
             assert_eq!(expect, total);

@@ -863,3 +863,82 @@ fn score_applies_the_trust_model_streams_shards_and_refuses_mismatches() {
     );
     fails_with(&o, &["no trust model"]);
 }
+
+/// An image's trust depends only on that image, the model and the seed: deleting one file of a
+/// folder (which moves every later image to another batch position) or scoring the same files
+/// in shards leaves every other row's features and trust byte-identical, MC dropout included.
+#[test]
+fn trust_of_an_image_does_not_depend_on_the_other_images() {
+    let d = tempfile::tempdir().unwrap();
+    let dp = d.path();
+    let cfg = toy_config(
+        dp,
+        "[score]\nmodel = \"glm\"\nfeatures = \"softmax+mc\"\nknown_unknowns = \"without\"\nchunk = 16\n",
+    );
+    let lp = dp.join("test-labels");
+    let mut l = std::fs::read(&lp).unwrap();
+    for i in (8..l.len()).step_by(6) {
+        l[i] = (l[i] + 1) % 4;
+    }
+    std::fs::write(&lp, l).unwrap();
+    let o = run(&["run", cfg.to_str().unwrap()], dp);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rd = dp.join("reports/toy");
+    let tm = std::fs::read_to_string(rd.join("trust_model.json")).unwrap();
+    assert!(
+        tm.contains("mc_std"),
+        "the trust model must read MC columns"
+    );
+    let f = dp.join("batch");
+    std::fs::create_dir_all(&f).unwrap();
+    let px = std::fs::read(dp.join("test-images")).unwrap();
+    for i in 0..70 {
+        let img = image::GrayImage::from_raw(28, 28, px[16 + i * 784..16 + (i + 1) * 784].to_vec())
+            .unwrap();
+        img.save(f.join(format!("img{i:03}.png"))).unwrap();
+    }
+    let spec = format!("folder:{}", f.display());
+    let score = |out: &str, extra: &[&str]| {
+        let mut a = vec![
+            "score",
+            "--run",
+            rd.to_str().unwrap(),
+            "--data",
+            &spec,
+            "--out",
+            out,
+        ];
+        a.extend_from_slice(extra);
+        let o = run(&a, dp);
+        assert!(o.status.success(), "{}", stderr(&o));
+        metaclf::score::read_scores_csv(&dp.join(out).join("scores.csv")).unwrap()
+    };
+    let all = score("a", &[]);
+    std::fs::remove_file(f.join("img003.png")).unwrap();
+    let less = score("b", &[]);
+    assert_eq!(less.len(), 69);
+    let by_path = |rows: &[metaclf::score::Row]| {
+        rows.iter()
+            .map(|r| {
+                let name = r.path.rsplit('/').next().unwrap().to_string();
+                (name, (r.pred, r.msp.to_bits(), r.trust.to_bits(), r.flag))
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let (a, b) = (by_path(&all), by_path(&less));
+    let mut differ = 0;
+    for (name, v) in &b {
+        differ += (a[name] != *v) as usize;
+    }
+    assert_eq!(differ, 0, "rows changed when another image was removed");
+    // MC dropout really varies between images (the test would be empty otherwise)
+    let trusts: std::collections::BTreeSet<u64> = b.values().map(|v| v.2).collect();
+    assert!(trusts.len() > 10);
+    // a shard of the smaller folder: its rows equal the whole scoring's
+    let part = score("c", &["--shard", "1/3"]);
+    let c = by_path(&part);
+    assert!(!c.is_empty());
+    for (name, v) in &c {
+        assert_eq!(b[name], *v, "{name}");
+    }
+}

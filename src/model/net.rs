@@ -130,6 +130,26 @@ pub enum Saved {
     },
 }
 
+/// Where dropout masks come from in a forward pass.
+pub enum Masks<'a> {
+    /// Dropout off (the identity).
+    Off,
+    /// One stream for the whole batch, drawn in sample-major order (training).
+    Stream(&'a mut ChaCha8Rng),
+    /// One stream per row (`rows[r]` draws row r's mask elements, in order): MC dropout, where
+    /// each image's masks come from the seed and that image alone.
+    PerRow(&'a mut [ChaCha8Rng]),
+}
+
+impl<'a> From<Option<&'a mut ChaCha8Rng>> for Masks<'a> {
+    fn from(r: Option<&'a mut ChaCha8Rng>) -> Masks<'a> {
+        match r {
+            Some(r) => Masks::Stream(r),
+            None => Masks::Off,
+        }
+    }
+}
+
 /// A recorded forward pass over `n` samples.
 #[derive(Debug, Clone)]
 pub struct Tape {
@@ -233,14 +253,14 @@ impl Net {
     }
 
     /// Runs the steps in `range` on `x` (the input of the range's first step, `n` samples).
-    /// Dropout is applied when `rng` is given (masks drawn in sample-major order), identity
-    /// otherwise. With `keep`, everything the backward needs is recorded.
+    /// Dropout draws its masks from `masks` (see [`Masks`]). With `keep`, everything the
+    /// backward needs is recorded.
     pub fn forward_steps(
         &self,
         range: std::ops::Range<usize>,
         x: &[f32],
         n: usize,
-        mut rng: Option<&mut ChaCha8Rng>,
+        mut masks: Masks<'_>,
         keep: bool,
     ) -> Tape {
         let mut cur: Vec<f32> = x.to_vec();
@@ -287,12 +307,23 @@ impl Net {
                     }
                 }
                 Step::Drop(_) => {
-                    if let Some(r) = rng.as_deref_mut() {
-                        let p = self.arch.dropout;
-                        let scale = 1.0 / (1.0 - p);
-                        let mask: Vec<f32> = (0..cur.len())
-                            .map(|_| if r.gen::<f32>() < p { 0.0 } else { scale })
-                            .collect();
+                    let p = self.arch.dropout;
+                    let scale = 1.0 / (1.0 - p);
+                    let draw = |r: &mut ChaCha8Rng| if r.gen::<f32>() < p { 0.0 } else { scale };
+                    let mask: Option<Vec<f32>> = match &mut masks {
+                        Masks::Off => None,
+                        Masks::Stream(r) => Some((0..cur.len()).map(|_| draw(r)).collect()),
+                        Masks::PerRow(rows) => {
+                            assert_eq!(rows.len(), n, "one mask stream per row");
+                            let per = cur.len() / n.max(1);
+                            let mut m = Vec::with_capacity(cur.len());
+                            for r in rows.iter_mut() {
+                                m.extend((0..per).map(|_| draw(r)));
+                            }
+                            Some(m)
+                        }
+                    };
+                    if let Some(mask) = mask {
                         for (v, m) in cur.iter_mut().zip(&mask) {
                             *v *= m;
                         }
@@ -327,12 +358,12 @@ impl Net {
     /// Runs steps `..to` (exclusive) without dropout and without a tape: the deterministic
     /// prefix shared by every MC-dropout pass.
     pub fn forward_prefix(&self, x: &[f32], n: usize, to: usize) -> Vec<f32> {
-        self.forward_steps(0..to, x, n, None, false).logits
+        self.forward_steps(0..to, x, n, Masks::Off, false).logits
     }
 
     /// Full forward pass.
     pub fn forward(&self, x: &[f32], n: usize, rng: Option<&mut ChaCha8Rng>, keep: bool) -> Tape {
-        self.forward_steps(0..self.steps.len(), x, n, rng, keep)
+        self.forward_steps(0..self.steps.len(), x, n, rng.into(), keep)
     }
 
     /// Backward from dL/d(logits) through a full tape; returns every layer's output gradient.
@@ -785,7 +816,7 @@ mod tests {
             fd..net.steps.len(),
             &rep,
             2 * n,
-            Some(&mut ChaCha8Rng::seed_from_u64(11)),
+            Masks::Stream(&mut ChaCha8Rng::seed_from_u64(11)),
             false,
         );
         let b = net.forward(&xr, 2 * n, Some(&mut ChaCha8Rng::seed_from_u64(11)), false);
