@@ -59,6 +59,34 @@ impl Default for RunSection {
     }
 }
 
+/// A class in `data.classes` / `data.unknown_classes`: a label index or a class name.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(untagged)]
+pub enum ClassRef {
+    Index(u32),
+    Name(String),
+}
+
+impl std::fmt::Display for ClassRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClassRef::Index(i) => write!(f, "{i}"),
+            ClassRef::Name(n) => write!(f, "{n:?}"),
+        }
+    }
+}
+
+/// The label indices of resolved class references (names left out: they are resolved to
+/// indices, against `data.class_names`, before a run loads its data).
+pub fn class_ids(v: &[ClassRef]) -> Vec<u32> {
+    v.iter()
+        .filter_map(|c| match c {
+            ClassRef::Index(i) => Some(*i),
+            ClassRef::Name(_) => None,
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataSection {
@@ -70,12 +98,18 @@ pub struct DataSection {
     pub test: String,
     /// Fraction of the training images held out for validation (plateau, checkpoint).
     pub val_fraction: f64,
-    /// Keep only these classes (empty = all); the network sees them as 0..k in this order, and
-    /// every output maps back to these labels.
-    pub classes: Vec<u32>,
-    /// Classes held out of training, validation and the in-distribution test set; their test
-    /// images become the OOD set `unknown-classes`.
-    pub unknown_classes: Vec<u32>,
+    /// Keep only these classes (empty = all), by name or label index; the network sees them as
+    /// 0..k in this order, and every output maps back to these labels. The run's config.toml
+    /// holds them as label indices.
+    pub classes: Vec<ClassRef>,
+    /// Classes held out of training, validation and the in-distribution test set (names or
+    /// label indices); their test images become the OOD set `unknown-classes`.
+    pub unknown_classes: Vec<ClassRef>,
+    /// Names of the labels 0, 1, 2, … (empty = the training source's own: a folder's
+    /// subfolder names in sorted order, a built-in set's names; else the label numbers). Image
+    /// folders anywhere in the run (test, shift, score) are labelled by matching their
+    /// subfolder names against this list. The run's config.toml always holds the list.
+    pub class_names: Vec<String>,
     /// Image height and width every image is brought to.
     pub image_size: [usize; 2],
     /// Channels per image (a folder of RGB images with 1 channel is converted to gray).
@@ -103,6 +137,7 @@ impl Default for DataSection {
             val_fraction: 0.1,
             classes: vec![],
             unknown_classes: vec![],
+            class_names: vec![],
             image_size: [28, 28],
             channels: 1,
             resize: String::new(),
@@ -419,6 +454,18 @@ impl Config {
                     "data.unknown_classes",
                     format!("class {c} is also in data.classes; a class is known or unknown"),
                 ));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for n in &r.data.class_names {
+            if n.trim().is_empty() || n.chars().any(char::is_control) || n.len() > 200 {
+                return Err(cfg(
+                    "data.class_names",
+                    format!("{n:?}: a class name must be 1–200 printable characters"),
+                ));
+            }
+            if !seen.insert(n) {
+                return Err(cfg("data.class_names", format!("{n:?} is listed twice")));
             }
         }
         let [ih, iw] = r.data.image_size;

@@ -88,7 +88,7 @@ pub fn image_folder(data: &[u8], scratch: &Path) {
         resize: crate::data::Resize::Fit,
     };
     for prep in [crate::data::Prep::MNIST, two] {
-        if let Ok(ds) = crate::data::render::folder(scratch, &prep) {
+        if let Ok(ds) = crate::data::render::folder(scratch, &prep, &Default::default()) {
             assert_eq!(ds.shape, prep.shape);
             assert_eq!(ds.images.len(), ds.len() * prep.shape.len());
             assert!(ds.images.iter().all(|v| (0.0..=1.0).contains(v)));

@@ -93,6 +93,10 @@ enum Cmd {
         /// Images to draw from generated or sampled sets (0 = the set's default).
         #[arg(long, default_value_t = 0)]
         count: usize,
+        /// Read a folder's subfolders without taking their names as labels (the images are
+        /// unlabelled). Without it, every subfolder must be one of the run's classes.
+        #[arg(long)]
+        unlabeled: bool,
     },
     /// Refits the meta classifiers of a finished run from its features.csv (optionally with the
     /// [meta] section of another config) and rebuilds metrics, ablation and report.
@@ -247,16 +251,9 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             for spec in specs {
                 println!("{spec}: {}", data_status(&cfg.data.data_dir, &spec)?);
             }
-            println!(
-                "input: {} (resize {}){}",
-                cfg.shape(),
-                cfg.data.resize,
-                if cfg.data.unknown_classes.is_empty() {
-                    String::new()
-                } else {
-                    format!("; classes held out: {:?}", cfg.data.unknown_classes)
-                }
-            );
+            for line in metaclf::pipeline::check_lines(&cfg)? {
+                println!("{line}");
+            }
             println!("{}: ok", config.display());
         }
         Cmd::DumpConfig => print!("{}", config::default_toml()),
@@ -303,6 +300,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                     count,
                     stage: "export".into(),
                     prep: data::Prep { shape, resize },
+                    folder_labels: Default::default(),
                 };
                 let n = data::stream::export_png(&spec, &ctx, &out, limit)?;
                 println!("{n} images written to {}", out.display());
@@ -328,6 +326,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             force,
             on_error,
             count,
+            unlabeled,
         } => {
             let s = if merge.is_empty() {
                 let (Some(run), Some(data)) = (run, data) else {
@@ -346,6 +345,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                         OnErrorArg::Skip => metaclf::data::stream::OnError::Skip,
                     },
                     count,
+                    unlabeled,
                 })?
             } else {
                 metaclf::score::merge(&merge, &out, force, top)?
@@ -468,7 +468,7 @@ fn data_status(data_dir: &std::path::Path, spec: &str) -> Result<String> {
             }
             return Ok("user files (checked in full when loaded)".into());
         }
-        data::Source::Folder(p) => {
+        data::Source::Folder(p) | data::Source::FolderFlat(p) => {
             anyhow::ensure!(p.is_dir(), "{spec}: {} is not a folder", p.display());
             return Ok("user image folder".into());
         }

@@ -44,6 +44,8 @@ pub struct Splits {
 }
 
 /// The loading context of a run's config: its data folder, seed and preprocessing.
+/// The loading context of a run's config: its data folder, seed and preprocessing; image
+/// folders labelled by the run's class names (`ood_load_ctx` for sets of other classes).
 pub fn load_ctx(cfg: &Config, count: usize, stage: &str) -> LoadCtx {
     LoadCtx {
         data_dir: cfg.data.data_dir.clone(),
@@ -51,6 +53,20 @@ pub fn load_ctx(cfg: &Config, count: usize, stage: &str) -> LoadCtx {
         count,
         stage: stage.into(),
         prep: cfg.prep(),
+        folder_labels: if cfg.data.class_names.is_empty() {
+            crate::data::render::FolderLabels::Own
+        } else {
+            crate::data::render::FolderLabels::ByName(cfg.data.class_names.clone())
+        },
+    }
+}
+
+/// [`load_ctx`] for out-of-distribution sets: a folder's subfolders are its own classes, not
+/// the run's.
+pub fn ood_load_ctx(cfg: &Config, count: usize, stage: &str) -> LoadCtx {
+    LoadCtx {
+        folder_labels: crate::data::render::FolderLabels::Own,
+        ..load_ctx(cfg, count, stage)
     }
 }
 
@@ -60,8 +76,198 @@ pub fn class_labels(cfg: &Config, classes: usize) -> Vec<u32> {
     if cfg.data.classes.is_empty() {
         (0..classes as u32).collect()
     } else {
-        cfg.data.classes.clone()
+        crate::config::class_ids(&cfg.data.classes)
     }
+}
+
+/// The name of original label `label`: `data.class_names[label]`, else the number.
+pub fn label_name(cfg: &Config, label: u32) -> String {
+    cfg.data
+        .class_names
+        .get(label as usize)
+        .cloned()
+        .unwrap_or_else(|| label.to_string())
+}
+
+/// The name of each of the network's `classes` outputs, in output order.
+pub fn class_names(cfg: &Config, classes: usize) -> Vec<String> {
+    class_labels(cfg, classes)
+        .into_iter()
+        .map(|l| label_name(cfg, l))
+        .collect()
+}
+
+/// Resolves the run's classes: `data.class_names` (as given, else the training source's own
+/// names: a folder's subfolders, a built-in set's classes) and `data.classes` /
+/// `data.unknown_classes` as label indices (names looked up in that list). Reads no image.
+pub fn resolve_classes(cfg: &Config) -> Result<Config> {
+    use crate::config::ClassRef;
+    let d = &cfg.data;
+    let names: Vec<String> = if d.class_names.is_empty() {
+        data::source_class_names(&d.train)?.unwrap_or_default()
+    } else {
+        d.class_names.clone()
+    };
+    let resolve = |key: &str, v: &[ClassRef]| -> Result<Vec<ClassRef>> {
+        v.iter()
+            .map(|c| match c {
+                ClassRef::Index(i) => Ok(ClassRef::Index(*i)),
+                ClassRef::Name(n) => names
+                    .iter()
+                    .position(|x| x == n)
+                    .map(|k| ClassRef::Index(k as u32))
+                    .ok_or_else(|| {
+                        crate::error::cfg(
+                            key,
+                            if names.is_empty() {
+                                format!(
+                                    "{n:?}: {} has no class names; name its labels in data.class_names or give label indices",
+                                    d.train
+                                )
+                            } else {
+                                format!(
+                                    "{n:?} is not a class of {} (its classes: {})",
+                                    d.train,
+                                    names.join(", ")
+                                )
+                            },
+                        )
+                    }),
+            })
+            .collect()
+    };
+    let mut raw = cfg.raw.clone();
+    raw.data.classes = resolve("data.classes", &d.classes)?;
+    raw.data.unknown_classes = resolve("data.unknown_classes", &d.unknown_classes)?;
+    raw.data.class_names = names;
+    if raw == cfg.raw {
+        return Ok(cfg.clone());
+    }
+    // validated again: a class named once by name and once by index is listed twice
+    Config::validate(raw)
+}
+
+/// What `metaclf check` says beyond the config's own validity: the input shape, the classes
+/// (name ↔ output map), and for every image folder of the run the images per class and the
+/// files that cannot be read (each decoded, as the run would).
+pub fn check_lines(cfg: &Config) -> Result<Vec<String>> {
+    let cfg = &resolve_classes(cfg)?;
+    let d = &cfg.data;
+    let mut out = vec![format!("input: {} (resize {})", cfg.shape(), d.resize)];
+    let prep = cfg.prep();
+    let mut specs: Vec<(String, LoadCtx)> = vec![
+        (d.train.clone(), load_ctx(cfg, 0, "check")),
+        (d.test.clone(), load_ctx(cfg, 0, "check")),
+    ];
+    for s in &cfg.ood.sets {
+        specs.push((s.clone(), ood_load_ctx(cfg, 0, "check")));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (spec, ctx) in specs {
+        let path = match Source::parse(&spec) {
+            Ok(Source::Folder(p) | Source::FolderFlat(p)) => p,
+            _ => continue,
+        };
+        if !seen.insert(spec.clone()) {
+            continue;
+        }
+        let (files, labels, names) = match Source::parse(&spec) {
+            Ok(Source::FolderFlat(_)) => (data::render::flat_files(&path)?.1, None, vec![]),
+            _ => {
+                let (_, f, l) = data::render::folder_files(&path, &ctx.folder_labels)?;
+                let names = match &ctx.folder_labels {
+                    data::render::FolderLabels::ByName(n) => n.clone(),
+                    _ => data::render::subfolder_names(&path)?,
+                };
+                (f, l, names)
+            }
+        };
+        let mut bad = Vec::new();
+        for f in &files {
+            if let Err(e) = data::render::convert_file(f, &prep) {
+                bad.push(e.to_string());
+            }
+        }
+        let mut line = format!("{spec}: {} image files", files.len());
+        if let Some(l) = &labels {
+            let mut per: std::collections::BTreeMap<u32, usize> = Default::default();
+            for &v in l {
+                *per.entry(v).or_default() += 1;
+            }
+            let parts: Vec<String> = per
+                .iter()
+                .map(|(k, n)| {
+                    let name = names.get(*k as usize).cloned().unwrap_or(k.to_string());
+                    format!("{name} {n}")
+                })
+                .collect();
+            line.push_str(&format!(" ({})", parts.join(", ")));
+        }
+        if bad.is_empty() {
+            line.push_str(", all readable");
+        } else {
+            line.push_str(&format!(", {} unreadable", bad.len()));
+        }
+        out.push(line);
+        for b in bad.iter().take(20) {
+            out.push(format!("  unreadable: {b}"));
+        }
+        if bad.len() > 20 {
+            out.push(format!("  … and {} more", bad.len() - 20));
+        }
+    }
+    if d.class_names.is_empty() {
+        out.push(format!(
+            "classes: the label numbers of {} (name them with data.class_names)",
+            d.train
+        ));
+    } else {
+        let all: Vec<u32> = (0..d.class_names.len() as u32).collect();
+        let unknown = crate::config::class_ids(&d.unknown_classes);
+        let known: Vec<u32> = if d.classes.is_empty() {
+            all.iter()
+                .copied()
+                .filter(|c| !unknown.contains(c))
+                .collect()
+        } else {
+            crate::config::class_ids(&d.classes)
+        };
+        let mut raw = cfg.raw.clone();
+        raw.data.classes = known
+            .iter()
+            .map(|&c| crate::config::ClassRef::Index(c))
+            .collect();
+        let shown = Config { raw };
+        out.push(format!(
+            "classes (network output = name): {}",
+            class_map_line(&shown, known.len())
+        ));
+        if !unknown.is_empty() {
+            let names: Vec<String> = unknown.iter().map(|&u| label_name(cfg, u)).collect();
+            out.push(format!(
+                "held out (the OOD set unknown-classes): {}",
+                names.join(", ")
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// The name ↔ output map of a resolved config, one line (`check` and the run log).
+pub fn class_map_line(cfg: &Config, classes: usize) -> String {
+    class_labels(cfg, classes)
+        .iter()
+        .enumerate()
+        .map(|(k, &l)| {
+            let n = label_name(cfg, l);
+            if l as usize == k {
+                format!("{k} = {n}")
+            } else {
+                format!("{k} = {n} (label {l})")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Whether `data.transpose` of a run applies to `spec`: it does to the run's own training and
@@ -111,8 +317,12 @@ pub fn prep_note(cfg: &Config, spec: &str) -> String {
 /// every label of the training and test sets except the unknown ones, sorted.
 fn known_classes(cfg: &Config, train: &Dataset, test: &Dataset) -> Result<Vec<u32>> {
     let d = &cfg.data;
-    if !d.classes.is_empty() || d.unknown_classes.is_empty() {
-        return Ok(d.classes.clone());
+    let (classes, unknown) = (
+        crate::config::class_ids(&d.classes),
+        crate::config::class_ids(&d.unknown_classes),
+    );
+    if !classes.is_empty() || unknown.is_empty() {
+        return Ok(classes);
     }
     let mut all: Vec<u32> = train
         .labels
@@ -123,7 +333,7 @@ fn known_classes(cfg: &Config, train: &Dataset, test: &Dataset) -> Result<Vec<u3
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    for u in &d.unknown_classes {
+    for u in &unknown {
         if !all.contains(u) {
             return Err(crate::error::cfg(
                 "data.unknown_classes",
@@ -134,7 +344,7 @@ fn known_classes(cfg: &Config, train: &Dataset, test: &Dataset) -> Result<Vec<u3
             ));
         }
     }
-    all.retain(|c| !d.unknown_classes.contains(c));
+    all.retain(|c| !unknown.contains(c));
     if all.len() < 2 {
         return Err(crate::error::cfg(
             "data.unknown_classes",
@@ -152,7 +362,9 @@ fn known_classes(cfg: &Config, train: &Dataset, test: &Dataset) -> Result<Vec<u3
 /// Loads the in-distribution data: class subset, held-out classes, transpose, limits,
 /// validation split.
 pub fn load_splits(cfg: &Config) -> Result<Splits> {
+    let cfg = &resolve_classes(cfg)?;
     let d = &cfg.data;
+    let unknown_ids = crate::config::class_ids(&d.unknown_classes);
     let ctx = load_ctx(cfg, 0, "data");
     let mut train = data::load(&d.train, &ctx)?;
     let mut test = data::load(&d.test, &ctx)?;
@@ -163,6 +375,17 @@ pub fn load_splits(cfg: &Config) -> Result<Splits> {
                 msg: "in-distribution data needs labels (data.train, data.test)".into(),
             });
         }
+        let max = ds.labels.iter().flatten().max().copied().unwrap_or(0);
+        if !d.class_names.is_empty() && max as usize >= d.class_names.len() {
+            return Err(crate::error::cfg(
+                "data.class_names",
+                format!(
+                    "names {} classes, but {} has label {max}",
+                    d.class_names.len(),
+                    ds.name
+                ),
+            ));
+        }
     }
     let known = known_classes(cfg, &train, &test)?;
     let unknown = if d.unknown_classes.is_empty() {
@@ -170,7 +393,7 @@ pub fn load_splits(cfg: &Config) -> Result<Splits> {
     } else {
         let labels = test.labels.as_ref().expect("checked");
         let rows: Vec<usize> = (0..test.len())
-            .filter(|&i| d.unknown_classes.contains(&labels[i]))
+            .filter(|&i| unknown_ids.contains(&labels[i]))
             .collect();
         if rows.is_empty() {
             return Err(crate::error::cfg(
@@ -284,7 +507,7 @@ pub fn score_all(
         };
         let set = "ood-unknown-classes";
         tracing::info!("scoring {set}: {} images", u.len());
-        sets.push(json!({"role": set, "spec": format!("{} classes {:?}", cfg.data.test, cfg.data.unknown_classes), "images": u.len(), "sha256": u.sha256, "prep": prep_note(cfg, &cfg.data.test)}));
+        sets.push(json!({"role": set, "spec": format!("{} classes {}", cfg.data.test, crate::config::class_ids(&cfg.data.unknown_classes).iter().map(|&u| label_name(cfg, u)).collect::<Vec<_>>().join(", ")), "images": u.len(), "sha256": u.sha256, "prep": prep_note(cfg, &cfg.data.test)}));
         table.append(features::score(net, &u, set, &fp)?.into_ood())?;
     }
     let mut extra: Vec<(String, String, usize, &str)> = cfg
@@ -310,7 +533,7 @@ pub fn score_all(
         ));
     }
     for (set, spec, count, stage) in extra {
-        let ctx = load_ctx(cfg, count, stage);
+        let ctx = ood_load_ctx(cfg, count, stage);
         let ds = data::load(&spec, &ctx)?;
         let ds = if count > 0 && ds.len() > count {
             ds.select(&(0..count).collect::<Vec<_>>())
@@ -589,13 +812,19 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
 fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary> {
     let mut times: Vec<(String, f64)> = Vec::new();
     let t = Instant::now();
+    let named = resolve_classes(cfg)?;
+    let cfg = &named;
     let splits = load_splits(cfg)?;
     // held-out classes: the known ones become data.classes of the resolved config, so every
     // later reader of the run (features, score) maps the network's outputs back to them
     let resolved;
     let cfg = if cfg.data.classes.is_empty() && !splits.class_labels.is_empty() {
         let mut raw = cfg.raw.clone();
-        raw.data.classes = splits.class_labels.clone();
+        raw.data.classes = splits
+            .class_labels
+            .iter()
+            .map(|&c| crate::config::ClassRef::Index(c))
+            .collect();
         resolved = Config::validate(raw)?;
         &resolved
     } else {
@@ -619,6 +848,10 @@ fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary
         splits.train.len(),
         splits.val.len(),
         splits.test.len()
+    );
+    tracing::info!(
+        "classes (network output = name): {}",
+        class_map_line(cfg, classes)
     );
 
     let t = Instant::now();
@@ -684,6 +917,11 @@ fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary
     fit_trust(cfg, folder, &table, &mp, &results.records, classes)?;
     times.push(("meta".into(), t.elapsed().as_secs_f64()));
 
+    let acc_ci = {
+        let k = (test_acc * splits.test.len() as f64).round() as usize;
+        let (lo, hi) = crate::stats::wilson(k, splits.test.len());
+        vec![lo, hi]
+    };
     run_json = json!({
         "metaclf_version": env!("CARGO_PKG_VERSION"),
         "status": "done",
@@ -691,11 +929,14 @@ fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary
         "data": sets,
         "classes": classes,
         "class_labels": class_labels(cfg, classes),
+        "class_names": class_names(cfg, classes),
         "input": format!("{} (C×H×W {}×{}×{}), resize {}", cfg.shape(), cfg.shape().c, cfg.shape().h, cfg.shape().w, cfg.data.resize),
         "parameters": trained.net.num_params(),
         "epochs": trained.history.len(),
         "best_epoch": trained.best_epoch,
         "test_accuracy": test_acc,
+        "test_images": splits.test.len(),
+        "test_accuracy_ci": acc_ci,
         "test_loss": test_loss,
         "extra_cnn_test_accuracy": extra_acc,
         "stage_seconds": times.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),

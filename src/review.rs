@@ -94,9 +94,22 @@ fn card(r: &Row, rank: usize, images: &HashMap<usize, Vec<f32>>, shape: Shape) -
         ),
         None => "<div class=\"noimg\">no image</div>".into(),
     };
+    let name = |n: &str, v: u32| {
+        if n.is_empty() {
+            v.to_string()
+        } else {
+            esc(n)
+        }
+    };
     let label = match r.label {
-        Some(l) if l == r.pred => format!("<span class=\"ok\">label {l} ✓</span>"),
-        Some(l) => format!("<span class=\"bad\">label {l} ✗</span>"),
+        Some(l) if l == r.pred => format!(
+            "<span class=\"ok\">label {} ✓</span>",
+            name(&r.label_name, l)
+        ),
+        Some(l) => format!(
+            "<span class=\"bad\">label {} ✗</span>",
+            name(&r.label_name, l)
+        ),
         None => String::new(),
     };
     let path = if r.path.is_empty() {
@@ -108,7 +121,7 @@ fn card(r: &Row, rank: usize, images: &HashMap<usize, Vec<f32>>, shape: Shape) -
         "<figure class=\"{}\">{img}<figcaption>#{rank} · index {}<br>pred <b>{}</b> · msp {:.3}<br>trust {:.3} {label}{path}</figcaption></figure>",
         if r.flag { "card flag" } else { "card" },
         r.index,
-        r.pred,
+        name(&r.pred_name, r.pred),
         r.msp,
         r.trust
     )
@@ -200,7 +213,7 @@ pub fn page(
          body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em;color:#222}\
          .grid{display:flex;flex-wrap:wrap;gap:8px}.card{margin:0;padding:4px;border:1px solid #ccc;width:150px;font-size:12px;background:#fafafa}\
          .card.flag{border-color:#D55E00;background:#fff4ee}.card img{image-rendering:pixelated;display:block;margin:auto;background:#000}\
-         .noimg{width:84px;height:84px;margin:auto;background:#ddd}.path{overflow:hidden;text-overflow:ellipsis;white-space:nowrap;color:#555}\
+         .noimg{width:84px;height:84px;margin:auto;background:#ddd}.path{overflow-wrap:anywhere;word-break:break-all;color:#555}\
          .ok{color:#117733}.bad{color:#b00;font-weight:bold}table{border-collapse:collapse;font-size:0.9em}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}\
          .lead{font-size:1.1em;background:#eef5fb;padding:0.6em 1em;border-left:4px solid #0072B2}</style></head><body>",
     );
@@ -273,9 +286,11 @@ pub fn page(
         h.push_str(&card(&rows[i], rank[i], images, shape));
     }
     h.push_str("</div><h2>Flagged images by predicted class</h2><table><tr><th>predicted</th><th>images</th><th>flagged</th><th>flagged %</th></tr>");
+    let cname = |c: &u32| esc(&s.class_names.get(c).cloned().unwrap_or(c.to_string()));
     for (c, pc) in &s.flagged_by_pred {
         h.push_str(&format!(
-            "<tr><td>{c}</td><td>{}</td><td>{}</td><td>{:.1}%</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1}%</td></tr>",
+            cname(c),
             pc.images,
             pc.flagged,
             100.0 * pc.flagged as f64 / pc.images.max(1) as f64
@@ -284,7 +299,8 @@ pub fn page(
     h.push_str("</table>");
     for (c, idx) in &sec.per_class {
         h.push_str(&format!(
-            "<h3>Predicted {c}: the {} least trusted of {} flagged</h3><div class=\"grid\">",
+            "<h3>Predicted {}: the {} least trusted of {} flagged</h3><div class=\"grid\">",
+            cname(c),
             idx.len(),
             s.flagged_by_pred.get(c).map_or(0, |p| p.flagged)
         ));

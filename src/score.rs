@@ -18,8 +18,17 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// Columns of scores.csv, in order.
-pub const COLUMNS: [&str; 8] = [
-    "index", "path", "label", "pred", "msp", "trust", "flag", "rank",
+pub const COLUMNS: [&str; 10] = [
+    "index",
+    "path",
+    "label",
+    "pred",
+    "msp",
+    "trust",
+    "flag",
+    "rank",
+    "label_name",
+    "pred_name",
 ];
 
 /// Images at or above this msp that are flagged are "confident but not trusted".
@@ -41,6 +50,8 @@ pub struct ScoreOptions {
     pub on_error: OnError,
     /// Images to draw from generated or sampled sets (0 = the set's default).
     pub count: usize,
+    /// A folder's subfolders are not taken as labels.
+    pub unlabeled: bool,
 }
 
 /// One scored image.
@@ -53,6 +64,9 @@ pub struct Row {
     pub msp: f32,
     pub trust: f64,
     pub flag: bool,
+    /// The run's names of `label` (empty without a label) and `pred`.
+    pub label_name: String,
+    pub pred_name: String,
 }
 
 /// Images and flagged images of one predicted class.
@@ -86,6 +100,9 @@ pub struct Summary {
     pub flagged: usize,
     pub flagged_fraction: f64,
     pub flagged_by_pred: BTreeMap<u32, PerClass>,
+    /// The run's name of every predicted class in `flagged_by_pred`.
+    #[serde(default)]
+    pub class_names: BTreeMap<u32, String>,
     /// Flagged although msp ≥ 0.9.
     pub confident_flagged: usize,
     pub labelled: bool,
@@ -170,13 +187,29 @@ pub struct Scorer {
     pub trust: Trust,
     /// The original label of each network output.
     pub labels: Vec<u32>,
+    /// The name of each network output.
+    pub names: Vec<String>,
     /// Whether the run's `data.transpose` applies to the data being scored.
     pub transpose: bool,
 }
 
 impl Scorer {
     pub fn load(run: &Path) -> Result<Scorer> {
-        let cfg = Config::load(&run.join("config.toml"))?;
+        let p = run.join("config.toml");
+        if !p.is_file() || !run.join("run.json").is_file() {
+            return Err(Error::Format {
+                path: run.to_path_buf(),
+                msg: "is not a metaclf run folder (no config.toml and run.json; give --run the folder `metaclf run` wrote)".into(),
+            });
+        }
+        let mut cfg = Config::load(&p)?;
+        if cfg.data.class_names.is_empty() {
+            // a run from before class names: its training source's own names, where it still
+            // has them (a built-in set, a folder that is still there)
+            if let Ok(c) = crate::pipeline::resolve_classes(&cfg) {
+                cfg = c;
+            }
+        }
         let classes = crate::pipeline::run_classes(run)?;
         let model = run.join("model.safetensors");
         let net = Net::load(Arch::from_config(&cfg, classes), &model)?;
@@ -185,7 +218,9 @@ impl Scorer {
             crate::pipeline::net_info(classes, cfg.shape(), &features::columns(&net), &model)?;
         trust.check_net(&info, run)?;
         let labels = crate::pipeline::class_labels(&cfg, classes);
+        let names = crate::pipeline::class_names(&cfg, classes);
         Ok(Scorer {
+            names,
             cfg,
             net,
             trust,
@@ -194,8 +229,12 @@ impl Scorer {
         })
     }
 
-    fn ctx(&self, count: usize) -> LoadCtx {
-        crate::pipeline::load_ctx(&self.cfg, count, "score")
+    fn ctx(&self, count: usize, unlabeled: bool) -> LoadCtx {
+        let mut c = crate::pipeline::load_ctx(&self.cfg, count, "score");
+        if unlabeled {
+            c.folder_labels = crate::data::render::FolderLabels::Ignore;
+        }
+        c
     }
 
     /// Features and trust of one chunk. Every row depends only on its image (MC-dropout masks
@@ -235,6 +274,12 @@ impl Scorer {
                 msp: t.row(r)[msp],
                 trust: trust[r],
                 flag: false,
+                label_name: c
+                    .labels
+                    .as_ref()
+                    .map(|l| crate::pipeline::label_name(&self.cfg, l[r]))
+                    .unwrap_or_default(),
+                pred_name: crate::pipeline::label_name(&self.cfg, t.pred[r]),
             })
             .collect())
     }
@@ -278,6 +323,8 @@ pub fn scores_csv(rows: &[Row]) -> Result<Vec<u8>> {
             row.trust.to_string(),
             if row.flag { "review" } else { "keep" }.to_string(),
             rank[r].to_string(),
+            row.label_name.clone(),
+            row.pred_name.clone(),
         ])
         .map_err(e)?;
     }
@@ -301,7 +348,8 @@ pub fn read_scores_csv(path: &Path) -> Result<Vec<Row>> {
         .iter()
         .map(String::from)
         .collect::<Vec<_>>();
-    if head != COLUMNS {
+    // files from before class names end at `rank`
+    if head != COLUMNS && head != COLUMNS[..8] {
         return Err(bad(1, format!("header must be {}", COLUMNS.join(","))));
     }
     let mut rows = Vec::new();
@@ -344,6 +392,8 @@ pub fn read_scores_csv(path: &Path) -> Result<Vec<Row>> {
                 "keep" => false,
                 o => return Err(bad(ln, format!("flag {o:?} is neither keep nor review"))),
             },
+            label_name: f(8).to_string(),
+            pred_name: f(9).to_string(),
         });
     }
     Ok(rows)
@@ -354,10 +404,14 @@ fn summarise(rows: &[Row], base: &Summary) -> Summary {
     let n = rows.len();
     let flagged = rows.iter().filter(|r| r.flag).count();
     let mut by: BTreeMap<u32, PerClass> = BTreeMap::new();
+    let mut names = BTreeMap::new();
     for r in rows {
         let e = by.entry(r.pred).or_default();
         e.images += 1;
         e.flagged += r.flag as usize;
+        if !r.pred_name.is_empty() {
+            names.insert(r.pred, r.pred_name.clone());
+        }
     }
     let labelled = n > 0 && rows.iter().all(|r| r.label.is_some());
     let acc = |sel: &dyn Fn(&Row) -> bool| -> Option<f64> {
@@ -380,6 +434,7 @@ fn summarise(rows: &[Row], base: &Summary) -> Summary {
             flagged as f64 / n as f64
         },
         flagged_by_pred: by,
+        class_names: names,
         confident_flagged: rows
             .iter()
             .filter(|r| r.flag && r.msp as f64 >= CONFIDENT)
@@ -465,7 +520,7 @@ pub fn score(opts: &ScoreOptions) -> Result<Summary> {
     let th = sc.trust.threshold(&th_name)?.clone();
     let top = opts.top.unwrap_or(sc.cfg.score.top);
     let staged = output_folder(&opts.out, opts.force)?;
-    let ctx = sc.ctx(opts.count);
+    let ctx = sc.ctx(opts.count, opts.unlabeled);
     let mut s = stream::open(&opts.data, &ctx, opts.on_error)?;
     let total = s.len();
     let bs = sc.cfg.features.batch_size;
@@ -649,7 +704,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path, force: bool, top: Option<usize>) -> R
     let want = review_indices(&rows, top);
     let bs = sc.cfg.features.batch_size;
     let chunk = sc.cfg.score.chunk.div_ceil(bs) * bs;
-    let mut s = stream::open(&first.data, &sc.ctx(first.count), OnError::Skip)?;
+    let mut s = stream::open(&first.data, &sc.ctx(first.count, true), OnError::Skip)?;
     let images = fetch_images(&mut *s, 0, sh0.total, &want, chunk)?;
     write_outputs(&staged.folder.path, &rows, &summary, &sc, &images, top)?;
     staged.commit()?;
@@ -689,6 +744,8 @@ mod tests {
                 msp: 0.99,
                 trust: 0.8,
                 flag: false,
+                label_name: "copepod".into(),
+                pred_name: "copepod".into(),
             },
             Row {
                 index: 1,
@@ -698,6 +755,8 @@ mod tests {
                 msp: 0.5,
                 trust: 0.1,
                 flag: true,
+                label_name: String::new(),
+                pred_name: "diatom, \"b\"".into(),
             },
             Row {
                 index: 2,
@@ -707,6 +766,8 @@ mod tests {
                 msp: 0.95,
                 trust: 0.1,
                 flag: true,
+                label_name: String::new(),
+                pred_name: "diatom, \"b\"".into(),
             },
         ];
         assert_eq!(ranks(&rows), vec![3, 1, 2]);
@@ -715,8 +776,12 @@ mod tests {
         std::fs::write(&p, scores_csv(&rows).unwrap()).unwrap();
         assert_eq!(read_scores_csv(&p).unwrap(), rows);
         let text = std::fs::read_to_string(&p).unwrap();
-        assert!(text.starts_with("index,path,label,pred,msp,trust,flag,rank\n"));
-        assert!(text.contains("0,\"a, \"\"quoted\"\"/ü.png\",3,3,0.99,0.8,keep,3\n"));
+        assert!(
+            text.starts_with("index,path,label,pred,msp,trust,flag,rank,label_name,pred_name\n")
+        );
+        assert!(
+            text.contains("0,\"a, \"\"quoted\"\"/ü.png\",3,3,0.99,0.8,keep,3,copepod,copepod\n")
+        );
         let s = summarise(
             &rows,
             &Summary {

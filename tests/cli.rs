@@ -942,3 +942,251 @@ fn trust_of_an_image_does_not_depend_on_the_other_images() {
         assert_eq!(b[name], *v, "{name}");
     }
 }
+
+/// Writes images i of an IDX pair into `dir/<names[label]>/img<i>.png`.
+fn idx_to_named_folders(images: &Path, labels: &Path, dir: &Path, names: &[&str], keep: &[&str]) {
+    let px = std::fs::read(images).unwrap();
+    let l = std::fs::read(labels).unwrap();
+    for (i, &lab) in l[8..].iter().enumerate() {
+        let name = names[lab as usize];
+        if !keep.contains(&name) {
+            continue;
+        }
+        std::fs::create_dir_all(dir.join(name)).unwrap();
+        let img = image::GrayImage::from_raw(28, 28, px[16 + i * 784..16 + (i + 1) * 784].to_vec())
+            .unwrap();
+        img.save(dir.join(name).join(format!("img{i:03}.png")))
+            .unwrap();
+    }
+}
+
+/// The practitioner's trial with class folders named by species: names in check, run.json,
+/// scores.csv and summary.json; `unknown_classes` by name; a batch with some of the species
+/// is read by name (never renumbered); a subfolder that is no class is refused, and read with
+/// folder-flat or --unlabeled.
+#[test]
+fn class_names_end_to_end_and_batches_matched_by_name() {
+    let d = tempfile::tempdir().unwrap();
+    let dp = d.path();
+    let names = ["copepod", "diatom", "pteropod", "salp"];
+    let all = names;
+    let (ti, tl) = toy(dp, "train", 400, 1);
+    let (vi, vl) = toy(dp, "test", 200, 2);
+    // every 6th test label moved to another class: the CNN has errors to detect
+    let mut l = std::fs::read(&vl).unwrap();
+    for i in (8..l.len()).step_by(6) {
+        l[i] = (l[i] + 1) % 4;
+    }
+    std::fs::write(&vl, l).unwrap();
+    idx_to_named_folders(&ti, &tl, &dp.join("train"), &names, &all);
+    idx_to_named_folders(&vi, &vl, &dp.join("test"), &names, &all);
+    let text = format!(
+        r#"[run]
+name = "plankton"
+seed = 3
+out_dir = "{out}"
+[data]
+data_dir = "{data}"
+train = "folder:{train}"
+test = "folder:{test}"
+unknown_classes = ["salp"]
+[train]
+epochs = 2
+batch_size = 32
+lr = 0.05
+[features]
+mc_samples = 4
+[ood]
+sets = ["uniform-noise"]
+count = 40
+[known_unknowns]
+source = "normal-noise"
+count = 20
+[meta]
+repetitions = 2
+models = ["glm"]
+groups = ["softmax"]
+score_repetitions = 1
+[shift]
+sets = []
+"#,
+        out = dp.join("reports").display(),
+        data = dp.join("data").display(),
+        train = dp.join("train").display(),
+        test = dp.join("test").display(),
+    );
+    let cfg = dp.join("p.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let o = run(&["check", cfg.to_str().unwrap()], dp);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        out.contains("classes (network output = name): 0 = copepod, 1 = diatom, 2 = pteropod"),
+        "{out}"
+    );
+    assert!(
+        out.contains("held out (the OOD set unknown-classes): salp"),
+        "{out}"
+    );
+    assert!(
+        out.contains("all readable") && out.contains("copepod "),
+        "{out}"
+    );
+    // a name that is no class is refused, naming the key and the classes
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("[\"salp\"]", "[\"krill\"]"),
+    )
+    .unwrap();
+    let o = run(&["check", cfg.to_str().unwrap()], dp);
+    fails_with(
+        &o,
+        &[
+            "data.unknown_classes",
+            "\"krill\"",
+            "copepod, diatom, pteropod, salp",
+        ],
+    );
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("[\"krill\"]", "[\"salp\"]"),
+    )
+    .unwrap();
+
+    let o = run(&["run", cfg.to_str().unwrap()], dp);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rd = dp.join("reports/plankton");
+    let rj: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rd.join("run.json")).unwrap()).unwrap();
+    assert_eq!(
+        rj["class_names"],
+        serde_json::json!(["copepod", "diatom", "pteropod"])
+    );
+    let rc = metaclf::config::Config::load(&rd.join("config.toml")).unwrap();
+    assert_eq!(rc.data.class_names, names);
+    assert_eq!(metaclf::config::class_ids(&rc.data.unknown_classes), [3]);
+    let report = std::fs::read_to_string(rd.join("report.html")).unwrap();
+    assert!(
+        report.contains("<td>pteropod</td>"),
+        "per-class table names the classes"
+    );
+
+    // a batch with only diatom and salp: labels by name (1 and 3), not 0 and 1
+    let batch = dp.join("batch");
+    idx_to_named_folders(&vi, &vl, &batch, &names, &["diatom", "salp"]);
+    let spec = format!("folder:{}", batch.display());
+    let o = run(
+        &[
+            "score",
+            "--run",
+            rd.to_str().unwrap(),
+            "--data",
+            &spec,
+            "--out",
+            "s1",
+        ],
+        dp,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows = metaclf::score::read_scores_csv(&dp.join("s1/scores.csv")).unwrap();
+    let diatoms: Vec<_> = rows
+        .iter()
+        .filter(|r| r.path.contains("/diatom/"))
+        .collect();
+    assert!(!diatoms.is_empty());
+    assert!(diatoms
+        .iter()
+        .all(|r| r.label == Some(1) && r.label_name == "diatom"));
+    let right = diatoms.iter().filter(|r| r.pred_name == "diatom").count();
+    assert!(
+        right * 10 >= diatoms.len() * 7,
+        "{right} of {} diatoms right",
+        diatoms.len()
+    );
+    assert!(rows
+        .iter()
+        .filter(|r| r.path.contains("/salp/"))
+        .all(|r| r.label == Some(3)));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dp.join("s1/summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["class_names"]["1"], "diatom");
+    let review = std::fs::read_to_string(dp.join("s1/review.html")).unwrap();
+    assert!(review.contains("pred <b>diatom</b>"));
+
+    // date folders are not classes: refused, then read flat or unlabelled
+    let season = dp.join("season");
+    for day in ["2024-06-01", "2024-06-02"] {
+        idx_to_named_folders(&vi, &vl, &season.join(day), &names, &["copepod"]);
+    }
+    let spec = format!("folder:{}", season.display());
+    let o = run(
+        &[
+            "score",
+            "--run",
+            rd.to_str().unwrap(),
+            "--data",
+            &spec,
+            "--out",
+            "s2",
+        ],
+        dp,
+    );
+    fails_with(
+        &o,
+        &["\"2024-06-01\" is not a class of the run", "folder-flat:"],
+    );
+    let flat = format!("folder-flat:{}", season.display());
+    let o = run(
+        &[
+            "score",
+            "--run",
+            rd.to_str().unwrap(),
+            "--data",
+            &flat,
+            "--out",
+            "s3",
+        ],
+        dp,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows = metaclf::score::read_scores_csv(&dp.join("s3/scores.csv")).unwrap();
+    assert!(rows.iter().all(|r| r.label.is_none()));
+    assert!(
+        rows[0].path.contains("2024-06-01/copepod/img"),
+        "{}",
+        rows[0].path
+    );
+    let o = run(
+        &[
+            "score",
+            "--run",
+            rd.to_str().unwrap(),
+            "--data",
+            &spec,
+            "--out",
+            "s4",
+            "--unlabeled",
+        ],
+        dp,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    // --run that is not a run folder says so
+    let o = run(
+        &[
+            "score",
+            "--run",
+            dp.to_str().unwrap(),
+            "--data",
+            &spec,
+            "--out",
+            "s5",
+        ],
+        dp,
+    );
+    fails_with(&o, &["is not a metaclf run folder"]);
+}

@@ -322,6 +322,7 @@ fn idx_with_a_channel_dimension_equals_the_npy_of_the_same_images() {
             shape: metaclf::data::Shape::new(2, H, W),
             resize: metaclf::data::Resize::Fit,
         },
+        folder_labels: Default::default(),
     };
     let from_npy = metaclf::data::load(&format!("npy:{}", ip.display()), &ctx).unwrap();
     let from_idx =

@@ -226,12 +226,15 @@ pub enum Source {
         labels: Option<PathBuf>,
     },
     Folder(PathBuf),
+    /// Every image below a folder, at any depth, unlabelled (subfolders are not classes).
+    FolderFlat(PathBuf),
 }
 
 /// How data specs are written.
 pub const SPEC_HELP: &str = "mnist[:train|:test], fashion-mnist[:train|:test], \
 emnist-<variant>[:train|:test] (files under data/emnist/), letters, gray-natural, uniform-noise, \
-normal-noise, idx:IMAGES[,LABELS], npy:IMAGES[,LABELS], folder:PATH";
+normal-noise, idx:IMAGES[,LABELS], npy:IMAGES[,LABELS], folder:PATH (a subfolder per class, or flat), \
+folder-flat:PATH (every image below PATH, unlabelled)";
 
 /// The named sets `metaclf data` knows.
 pub const NAMED: [&str; 6] = [
@@ -290,6 +293,11 @@ impl Source {
                     .ok_or(format!("{spec:?}: write folder:PATH"))?
                     .into(),
             )),
+            "folder-flat" => Ok(Source::FolderFlat(
+                tail.filter(|t| !t.is_empty())
+                    .ok_or(format!("{spec:?}: write folder-flat:PATH"))?
+                    .into(),
+            )),
             h if h.starts_with("emnist-") && h.len() > 7 => {
                 Ok(Source::Emnist(h[7..].to_string(), split(tail)?))
             }
@@ -301,6 +309,58 @@ impl Source {
     pub fn short_name(spec: &str) -> String {
         spec.split(':').next().unwrap_or(spec).to_string()
     }
+}
+
+/// Fashion-MNIST's ten classes, in label order.
+pub const FASHION_NAMES: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
+
+/// The names of a source's labels 0, 1, 2, … where the source has them: a folder's
+/// subfolders (sorted), the built-in sets' classes (digits "0"–"9", Fashion-MNIST's ten,
+/// EMNIST's digits and letters). `None` for IDX and NumPy files (labels are numbers unless
+/// `data.class_names` names them) and for sets without classes. Reads no image.
+pub fn source_class_names(spec: &str) -> Result<Option<Vec<String>>> {
+    let src = Source::parse(spec).map_err(|msg| Error::Data {
+        name: spec.into(),
+        msg,
+    })?;
+    let digits = || (0..10).map(|d| d.to_string()).collect::<Vec<_>>();
+    Ok(match src {
+        Source::Mnist(_) => Some(digits()),
+        Source::FashionMnist(_) => Some(FASHION_NAMES.iter().map(|s| s.to_string()).collect()),
+        Source::Emnist(v, _) => match v.as_str() {
+            "digits" | "mnist" => Some(digits()),
+            // EMNIST letters: labels 1–26 are a–z (0 is unused)
+            "letters" => Some(
+                std::iter::once("none".to_string())
+                    .chain((b'a'..=b'z').map(|c| (c as char).to_string()))
+                    .collect(),
+            ),
+            "byclass" => Some(
+                digits()
+                    .into_iter()
+                    .chain((b'A'..=b'Z').map(|c| (c as char).to_string()))
+                    .chain((b'a'..=b'z').map(|c| (c as char).to_string()))
+                    .collect(),
+            ),
+            _ => None,
+        },
+        Source::Folder(p) => {
+            let names = render::subfolder_names(&p)?;
+            (!names.is_empty()).then_some(names)
+        }
+        _ => None,
+    })
 }
 
 /// What loading needs besides the source.
@@ -315,6 +375,10 @@ pub struct LoadCtx {
     pub stage: String,
     /// The run's image shape and resize policy: every set is brought to it.
     pub prep: Prep,
+    /// How the subfolders of an image folder become labels (by the run's class names for
+    /// in-distribution data; their own order for out-of-distribution folders, whose labels
+    /// are not the run's classes).
+    pub folder_labels: render::FolderLabels,
 }
 
 /// Loads a data set, fetching it into the cache first when needed.
@@ -394,7 +458,8 @@ pub fn load(spec: &str, ctx: &LoadCtx) -> Result<Dataset> {
             };
             user_images(&name, px, shape, labels, &ctx.prep, &images)?
         }
-        Source::Folder(path) => render::folder(&path, &ctx.prep)?,
+        Source::Folder(path) => render::folder(&path, &ctx.prep, &ctx.folder_labels)?,
+        Source::FolderFlat(path) => render::folder_flat(&path, &ctx.prep)?,
     };
     if ds.is_empty() {
         return Err(Error::Data {

@@ -164,9 +164,47 @@ pub fn convert_bytes(bytes: &[u8], p: &Path, prep: &Prep) -> Result<Vec<f32>> {
     })
 }
 
-/// The image files of a folder: one subfolder per class (labels = sorted subfolder order), or a
-/// flat folder of unlabeled images. Returns the set's name, the files in order and the labels.
-pub fn folder_files(dir: &Path) -> Result<(String, Vec<PathBuf>, Option<Vec<u32>>)> {
+/// How an image folder's subfolders become labels.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum FolderLabels {
+    /// Subfolder k (in sorted order) is label k: the training folder of a run that names no
+    /// classes.
+    #[default]
+    Own,
+    /// A subfolder is the label of its name in this list (the run's `data.class_names`); a
+    /// subfolder the list does not name is an error, never renumbered.
+    ByName(Vec<String>),
+    /// Every image below the folder (any depth, as [`flat_files`]), unlabelled: subfolder
+    /// names are not taken as labels.
+    Ignore,
+}
+
+/// The subfolder names of `dir`, sorted (empty for a flat folder).
+pub fn subfolder_names(dir: &Path) -> Result<Vec<String>> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .at(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .map(|p| {
+            p.file_name()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// The image files of a folder: one subfolder per class (labelled as `how` says), or a flat
+/// folder of unlabeled images. Returns the set's name, the files in order and the labels.
+pub fn folder_files(
+    dir: &Path,
+    how: &FolderLabels,
+) -> Result<(String, Vec<PathBuf>, Option<Vec<u32>>)> {
+    if *how == FolderLabels::Ignore {
+        let (name, files) = flat_files(dir)?;
+        return Ok((name, files, None));
+    }
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .at(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -183,23 +221,87 @@ pub fn folder_files(dir: &Path) -> Result<(String, Vec<PathBuf>, Option<Vec<u32>
     }
     let (mut files, mut labels) = (Vec::new(), Vec::new());
     for (ci, sd) in subdirs.iter().enumerate() {
+        let sub = sd
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let label = match how {
+            FolderLabels::Own | FolderLabels::Ignore => ci as u32,
+            FolderLabels::ByName(names) => match names.iter().position(|n| *n == sub) {
+                Some(k) => k as u32,
+                None => {
+                    return Err(Error::Format {
+                        path: sd.clone(),
+                        msg: format!(
+                            "subfolder {sub:?} is not a class of the run (its classes: {}); \
+                             read nested folders that are not classes with folder-flat:{} \
+                             (every image below it, unlabelled){}",
+                            names.join(", "),
+                            dir.display(),
+                            ", or score with --unlabeled"
+                        ),
+                    })
+                }
+            },
+        };
         let mut f: Vec<_> = std::fs::read_dir(sd)
             .at(sd)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| is_image(p))
             .collect();
         f.sort();
-        labels.extend(std::iter::repeat_n(ci as u32, f.len()));
+        labels.extend(std::iter::repeat_n(label, f.len()));
         files.extend(f);
     }
     Ok((name, files, Some(labels)))
 }
 
+/// Every image file below `dir` (any depth, sorted by path; symbolic links to folders are not
+/// followed): one unlabelled batch, for collections whose subfolders are dates, plates or
+/// stations rather than classes.
+pub fn flat_files(dir: &Path) -> Result<(String, Vec<PathBuf>)> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).at(&d)? {
+            let Ok(e) = e else { continue };
+            let p = e.path();
+            let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            if is_dir {
+                stack.push(p);
+            } else if is_image(&p) {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    let name = dir
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "folder".into());
+    Ok((name, files))
+}
+
 /// An image folder (see [`folder_files`]) read whole, every image brought to `prep`'s shape.
-pub fn folder(dir: &Path, prep: &Prep) -> Result<Dataset> {
-    let (name, files, labels) = folder_files(dir)?;
+pub fn folder(dir: &Path, prep: &Prep, how: &FolderLabels) -> Result<Dataset> {
+    let (name, files, labels) = folder_files(dir, how)?;
+    read_files(name, &files, labels, prep)
+}
+
+/// Every image below a folder ([`flat_files`]), unlabelled.
+pub fn folder_flat(dir: &Path, prep: &Prep) -> Result<Dataset> {
+    let (name, files) = flat_files(dir)?;
+    read_files(name, &files, None, prep)
+}
+
+fn read_files(
+    name: String,
+    files: &[PathBuf],
+    labels: Option<Vec<u32>>,
+    prep: &Prep,
+) -> Result<Dataset> {
     let mut images = Vec::with_capacity(files.len() * prep.shape.len());
-    for p in &files {
+    for p in files {
         images.extend_from_slice(&convert_file(p, prep)?);
     }
     Ok(Dataset::new(name, prep.shape, images, labels))
@@ -279,9 +381,51 @@ mod folder_tests {
             small.save(d.path().join(class).join("2.png")).unwrap();
         }
         std::fs::write(d.path().join("a").join("notes.txt"), "ignored").unwrap();
-        let ds = folder(d.path(), &Prep::MNIST).unwrap();
+        let ds = folder(d.path(), &Prep::MNIST, &FolderLabels::Own).unwrap();
         assert_eq!(ds.len(), 4);
         assert_eq!(ds.labels.clone().unwrap(), vec![0, 0, 1, 1]);
+        // by name: the run's list fixes the numbers, never the folder's own order
+        let names: Vec<String> = ["x", "b", "a"].map(String::from).to_vec();
+        let by = folder(d.path(), &Prep::MNIST, &FolderLabels::ByName(names)).unwrap();
+        assert_eq!(by.labels.clone().unwrap(), vec![2, 2, 1, 1]);
+        assert_eq!(by.images, ds.images);
+        let e = folder(
+            d.path(),
+            &Prep::MNIST,
+            &FolderLabels::ByName(vec!["a".into(), "c".into()]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("\"b\" is not a class of the run (its classes: a, c)")
+                && e.contains("folder-flat:"),
+            "{e}"
+        );
+        let ign = folder(d.path(), &Prep::MNIST, &FolderLabels::Ignore).unwrap();
+        assert!(ign.labels.is_none() && ign.len() == 4);
+        // folder-flat: every image below, any depth, sorted by path, unlabelled
+        std::fs::create_dir_all(d.path().join("b").join("2024-06-01")).unwrap();
+        std::fs::copy(
+            d.path().join("a").join("2.png"),
+            d.path().join("b").join("2024-06-01").join("0.png"),
+        )
+        .unwrap();
+        let (_, files) = flat_files(d.path()).unwrap();
+        let rel: Vec<String> = files
+            .iter()
+            .map(|p| p.strip_prefix(d.path()).unwrap().display().to_string())
+            .collect();
+        assert_eq!(
+            rel,
+            [
+                "a/1.png",
+                "a/2.png",
+                "b/1.png",
+                "b/2.png",
+                "b/2024-06-01/0.png"
+            ]
+        );
+        std::fs::remove_dir_all(d.path().join("b").join("2024-06-01")).unwrap();
         // inverted to white ink, normalised: 20 px wide bar, centred
         let img = ds.image(0);
         let cols = (0..28)
@@ -291,7 +435,7 @@ mod folder_tests {
         assert!(img[0] == 0.0 && img.iter().cloned().fold(0.0, f32::max) > 0.9);
         // 28×28 images are kept as they are (after the light-background check: mean < 0.5 here)
         assert!((ds.image(1)[27] - 243.0 / 255.0).abs() < 1e-6);
-        let flat = folder(&d.path().join("b"), &Prep::MNIST).unwrap();
+        let flat = folder(&d.path().join("b"), &Prep::MNIST, &FolderLabels::Own).unwrap();
         assert_eq!(flat.len(), 2);
         assert!(flat.labels.is_none());
         let e = convert_file(&d.path().join("a").join("notes.txt"), &Prep::MNIST)

@@ -359,11 +359,22 @@ pub fn open(spec: &str, ctx: &LoadCtx, on_error: OnError) -> Result<Box<dyn Imag
             false,
         )?,
         Source::Folder(path) => {
-            let (_, files, labels) = render::folder_files(&path)?;
+            let (_, files, labels) = render::folder_files(&path, &ctx.folder_labels)?;
             Box::new(FolderStream {
                 prep: ctx.prep,
                 files,
                 labels,
+                pos: 0,
+                on_error,
+                skipped: Vec::new(),
+            })
+        }
+        Source::FolderFlat(path) => {
+            let (_, files) = render::flat_files(&path)?;
+            Box::new(FolderStream {
+                prep: ctx.prep,
+                files,
+                labels: None,
                 pos: 0,
                 on_error,
                 skipped: Vec::new(),
@@ -512,6 +523,7 @@ mod tests {
             count: 30,
             stage: "s".into(),
             prep: Prep::MNIST,
+            folder_labels: Default::default(),
         };
         for spec in [
             format!("idx:{},{}", ip.display(), lp.display()),
@@ -553,6 +565,7 @@ mod tests {
             count: 0,
             stage: "s".into(),
             prep: Prep::MNIST,
+            folder_labels: Default::default(),
         };
         let spec = format!("folder:{}", f.display());
         let mut s = open(&spec, &ctx, OnError::Stop).unwrap();
@@ -581,12 +594,13 @@ mod tests {
             count: 0,
             stage: "s".into(),
             prep: Prep::MNIST,
+            folder_labels: Default::default(),
         };
         let spec = format!("idx:{},{}", ip.display(), lp.display());
         let out = d.path().join("png");
         assert_eq!(export_png(&spec, &ctx, &out, 0).unwrap(), 6);
         assert!(out.join("2/idx-000005.png").exists());
-        let back = render::folder(&out, &Prep::MNIST).unwrap();
+        let back = render::folder(&out, &Prep::MNIST, &Default::default()).unwrap();
         // class folders 0, 1, 2 in order: images 1, 4 | 3 | 0, 2, 5
         assert_eq!(back.labels.unwrap(), vec![0, 0, 1, 2, 2, 2]);
         let want: Vec<f32> = [1, 4, 3, 0, 2, 5]

@@ -121,6 +121,18 @@ fn read_json(p: &Path) -> Result<serde_json::Value> {
 }
 
 /// Reads run.json and metrics.json of a run folder.
+/// Original label → class name, from run.json's `class_labels` and `class_names` (empty for
+/// runs from before class names).
+pub(crate) fn label_names(run: &serde_json::Value) -> std::collections::BTreeMap<u32, String> {
+    let labels = run["class_labels"].as_array().cloned().unwrap_or_default();
+    let names = run["class_names"].as_array().cloned().unwrap_or_default();
+    labels
+        .iter()
+        .zip(&names)
+        .filter_map(|(l, n)| Some((l.as_u64()? as u32, n.as_str()?.to_string())))
+        .collect()
+}
+
 pub(crate) fn read_run(dir: &Path) -> Result<RunFiles> {
     let run = read_json(&dir.join("run.json"))?;
     let mj = dir.join("metrics.json");

@@ -128,7 +128,10 @@ pub fn build(dir: &Path) -> Result<()> {
         "<h2>Run summary</h2><table><tr><th>metaclf version</th><td>{}</td></tr><tr><th>seed</th><td>{}</td></tr><tr><th>test accuracy</th><td>{}</td></tr><tr><th>epochs (best)</th><td>{} ({})</td></tr><tr><th>parameters</th><td>{}</td></tr><tr><th>wall time per stage (s)</th><td>{}</td></tr></table>",
         esc(&g("metaclf_version")),
         esc(&g("seed")),
-        run["test_accuracy"].as_f64().map(|a| format!("{:.4}", a)).unwrap_or_default(),
+        run["test_accuracy"].as_f64().map(|a| match run["test_accuracy_ci"].as_array() {
+            Some(ci) if ci.len() == 2 => format!("{:.2}% [{:.2}%, {:.2}%] (95% Wilson interval over {} images)", 100.0 * a, 100.0 * ci[0].as_f64().unwrap_or(0.0), 100.0 * ci[1].as_f64().unwrap_or(0.0), run["test_images"]),
+            _ => format!("{:.4}", a),
+        }).unwrap_or_default(),
         esc(&g("epochs")),
         esc(&g("best_epoch")),
         esc(&g("parameters")),
@@ -161,7 +164,10 @@ pub fn build(dir: &Path) -> Result<()> {
         ));
     }
     html.push_str("</table>");
-    html.push_str(&per_class_table(&table));
+    html.push_str(&per_class_table(
+        &table,
+        &crate::report::files::label_names(&run),
+    ));
     html.push_str(&format!(
         "<h2>Metric definitions</h2><p class=\"how\">{}</p>",
         esc(metrics["definitions"].as_str().unwrap_or(""))
@@ -701,14 +707,18 @@ mod tests {
             source_label: vec![None; 5],
             values: vec![0.5; 5],
         };
-        let h = per_class_table(&t);
+        let names = [(7, "seven".to_string())].into_iter().collect();
+        let h = per_class_table(&t, &names);
+        // intervals: scipy binomtest(2, 2) and (1, 2), method="wilson"
         assert!(
-            h.contains("<td>2</td><td>2</td><td>2</td><td>100.00%</td>"),
+            h.contains(
+                "<td>2</td><td>2</td><td>2</td><td>2</td><td>100.00% [34.24%, 100.00%]</td>"
+            ),
             "{h}"
         );
         assert!(
             h.contains(
-                "<td>7</td><td>2</td><td>1</td><td class=\"best\" title=\"lowest\">50.00%</td>"
+                "<td>7</td><td>seven</td><td>2</td><td>1</td><td class=\"best\" title=\"lowest\">50.00% [9.45%, 90.55%]</td>"
             ),
             "{h}"
         );

@@ -12,8 +12,12 @@ pub fn esc(s: &str) -> String {
 }
 
 /// Accuracy per class of the in-distribution test rows (original labels), as screening labs
-/// show it: class, images, accuracy; the lowest accuracy is marked.
-pub fn per_class_table(t: &FeatureTable) -> String {
+/// show it: class (its name from `names`, label → name), images, accuracy with its Wilson 95%
+/// interval; the lowest accuracy is marked.
+pub fn per_class_table(
+    t: &FeatureTable,
+    names: &std::collections::BTreeMap<u32, String>,
+) -> String {
     let mut by: std::collections::BTreeMap<u32, (usize, usize)> = Default::default();
     for r in 0..t.len() {
         if t.set[r] != "id-test" {
@@ -31,18 +35,22 @@ pub fn per_class_table(t: &FeatureTable) -> String {
     let acc = |(n, k): (usize, usize)| k as f64 / n.max(1) as f64;
     let worst = by.values().map(|&v| acc(v)).fold(f64::INFINITY, f64::min);
     let mut h = String::from(
-        "<h3>Per-class accuracy (test set)</h3><table><tr><th>class</th><th>images</th><th>correct</th><th>accuracy</th></tr>",
+        "<h3>Per-class accuracy (test set)</h3><table><tr><th>label</th><th>class</th><th>images</th><th>correct</th><th>accuracy [95% Wilson interval]</th></tr>",
     );
     for (c, &(n, k)) in &by {
         let a = acc((n, k));
+        let (lo, hi) = crate::stats::wilson(k, n);
         h.push_str(&format!(
-            "<tr><td>{c}</td><td>{n}</td><td>{k}</td><td{}>{:.2}%</td></tr>",
+            "<tr><td>{c}</td><td>{}</td><td>{n}</td><td>{k}</td><td{}>{:.2}% [{:.2}%, {:.2}%]</td></tr>",
+            esc(&names.get(c).cloned().unwrap_or_else(|| c.to_string())),
             if a == worst && by.len() > 1 {
                 " class=\"best\" title=\"lowest\""
             } else {
                 ""
             },
-            100.0 * a
+            100.0 * a,
+            100.0 * lo,
+            100.0 * hi
         ));
     }
     h.push_str("</table>");
