@@ -23,6 +23,9 @@ pub const GRAD_STATS: [&str; 7] = ["l1", "l2", "min", "max", "mean", "skew", "ku
 /// Meta-classifier names accepted in `meta.models`.
 pub const MODELS: [&str; 5] = ["glm", "lasso", "ridge", "elastic-net", "nn"];
 
+/// Feature transforms accepted in `meta.transforms` (see `meta::transform`).
+pub const TRANSFORMS: [&str; 2] = ["none", "log"];
+
 /// A named set of feature columns.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeatureGroup {

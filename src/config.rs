@@ -279,6 +279,10 @@ pub struct MetaSection {
     pub test_fraction: f64,
     pub models: Vec<String>,
     pub groups: Vec<String>,
+    /// Feature transforms, each a grid dimension: "none" (raw values) and "log" (log of
+    /// magnitudes, asinh of signed statistics, log(1 − p) of probabilities; fitted on
+    /// meta-train rows). See the README's table.
+    pub transforms: Vec<String>,
     /// Elastic-net mixing α of the `elastic-net` model.
     pub alpha: f64,
     /// Fixed penalty λ; negative = choose by cross-validation.
@@ -318,6 +322,7 @@ impl Default for MetaSection {
             ]
             .map(String::from)
             .to_vec(),
+            transforms: vec!["none".into(), "log".into()],
             alpha: 0.5,
             lambda: -1.0,
             cv_folds: 3,
@@ -344,6 +349,8 @@ pub struct ScoreSection {
     pub features: String,
     /// Known unknowns in its training set: "auto" (as the best grid entry), "with", "without".
     pub known_unknowns: String,
+    /// Its feature transform: "" (as the best grid entry), "none" or "log".
+    pub transform: String,
     /// The `reject_fraction` operating point flags this fraction of in-distribution images.
     pub reject_fraction: f64,
     /// The `target_accuracy` operating point: kept predictions reach this accuracy.
@@ -365,6 +372,7 @@ impl Default for ScoreSection {
             model: String::new(),
             features: String::new(),
             known_unknowns: "auto".into(),
+            transform: String::new(),
             reject_fraction: 0.05,
             target_accuracy: 0.999,
             threshold: "keep95".into(),
@@ -649,6 +657,26 @@ impl Config {
             crate::columns::FeatureGroup::parse(g, &conv_names)
                 .map_err(|m| cfg("meta.groups", m))?;
         }
+        if me.transforms.is_empty() {
+            return Err(cfg(
+                "meta.transforms",
+                "is empty: give \"none\", \"log\" or both",
+            ));
+        }
+        for (i, tr) in me.transforms.iter().enumerate() {
+            if !crate::columns::TRANSFORMS.contains(&tr.as_str()) {
+                return Err(cfg(
+                    "meta.transforms",
+                    format!(
+                        "unknown transform {tr:?} (known: {})",
+                        crate::columns::TRANSFORMS.join(", ")
+                    ),
+                ));
+            }
+            if me.transforms[..i].contains(tr) {
+                return Err(cfg("meta.transforms", format!("{tr:?} is listed twice")));
+            }
+        }
         if !(me.alpha.is_finite() && (0.0..=1.0).contains(&me.alpha)) {
             return Err(cfg("meta.alpha", format!("{} is outside [0, 1]", me.alpha)));
         }
@@ -696,6 +724,17 @@ impl Config {
             return Err(cfg(
                 "score.known_unknowns",
                 format!("{:?} is not auto, with or without", sc.known_unknowns),
+            ));
+        }
+        if !sc.transform.is_empty() && !crate::columns::TRANSFORMS.contains(&sc.transform.as_str())
+        {
+            return Err(cfg(
+                "score.transform",
+                format!(
+                    "{:?} is not \"\" (as the grid's best), {}",
+                    sc.transform,
+                    crate::columns::TRANSFORMS.join(" or ")
+                ),
             ));
         }
         if !(sc.reject_fraction > 0.0 && sc.reject_fraction < 1.0) {
@@ -856,6 +895,8 @@ mod tests {
             ("[data]\ntrain = \"nope\"", "data.train"),
             ("[meta]\nmodels = [\"svm\"]", "meta.models"),
             ("[meta]\ngroups = [\"grad-conv7\"]", "meta.groups"),
+            ("[meta]\ntransforms = [\"sqrt\"]", "meta.transforms"),
+            ("[meta]\ntransforms = []", "meta.transforms"),
             ("[ood]\ncount = 1000000000000", "ood.count"),
             (
                 "[known_unknowns]\ncount = 99999999999",

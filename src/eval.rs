@@ -161,10 +161,17 @@ pub struct Record {
     pub model: String,
     pub features: String,
     pub known_unknowns: bool,
+    /// Feature transform of a fitted model ("none" or "log"; baselines "none").
+    #[serde(default = "none")]
+    pub transform: String,
     pub metric: String,
     pub mean: f64,
     pub std: f64,
     pub values: Vec<f64>,
+}
+
+fn none() -> String {
+    "none".into()
 }
 
 /// One scored row of one fitted (or baseline) scorer.
@@ -174,6 +181,7 @@ pub struct ScoreRow {
     pub model: String,
     pub features: String,
     pub known_unknowns: bool,
+    pub transform: String,
     pub row: usize,
     pub target: u8,
     pub score: f64,
@@ -186,6 +194,7 @@ pub struct CoefRow {
     pub model: String,
     pub features: String,
     pub known_unknowns: bool,
+    pub transform: String,
     pub term: String,
     pub original: f64,
     pub standardized: f64,
@@ -199,6 +208,8 @@ pub struct MetaParams {
     pub test_fraction: f64,
     pub models: Vec<String>,
     pub groups: Vec<FeatureGroup>,
+    /// Feature transforms ("none", "log"), each a grid dimension of the fitted models.
+    pub transforms: Vec<String>,
     pub alpha: f64,
     pub lambda: Option<f64>,
     pub cv_folds: usize,
@@ -233,8 +244,8 @@ pub struct MetaResults {
     pub warnings: Vec<String>,
 }
 
-/// (task, ood_set, model, features, known_unknowns, metric)
-type Key = (String, Option<String>, String, String, bool, String);
+/// (task, ood_set, model, features, known_unknowns, transform, metric)
+type Key = (String, Option<String>, String, String, bool, String, String);
 
 struct RepOut {
     /// (task, ood_set, model, features, ku, metric) → value
@@ -367,7 +378,8 @@ pub fn run_meta(t: &FeatureTable, p: &MetaParams) -> Result<MetaResults, String>
             model: k.2,
             features: k.3,
             known_unknowns: k.4,
-            metric: k.5,
+            transform: k.5,
+            metric: k.6,
             mean,
             std,
             values: v,
@@ -438,7 +450,7 @@ fn one_rep(
     let target = |r: usize| -> u8 { (t.correct(r) == Some(true)) as u8 };
     let cnn_acc = test.iter().filter(|&&r| t.correct(r) == Some(true)).count() as f64
         / test.len().max(1) as f64;
-    let emit = |out: &mut RepOut, model: &str, feats: &str, ku: bool, s_eval: &[f64]| {
+    let emit = |out: &mut RepOut, model: &str, feats: &str, ku: bool, tr: &str, s_eval: &[f64]| {
         let key = |task: &str, o: Option<&str>, m: &str| {
             (
                 task.to_string(),
@@ -446,6 +458,7 @@ fn one_rep(
                 model.to_string(),
                 feats.to_string(),
                 ku,
+                tr.to_string(),
                 m.to_string(),
             )
         };
@@ -502,6 +515,7 @@ fn one_rep(
                     model: model.into(),
                     features: feats.into(),
                     known_unknowns: ku,
+                    transform: tr.into(),
                     row: r,
                     target: target(r),
                     score: s,
@@ -516,7 +530,7 @@ fn one_rep(
             .iter()
             .map(|&r| sign * t.row(r)[c] as f64)
             .collect();
-        emit(&mut out, name, name, false, &s_eval);
+        emit(&mut out, name, name, false, "none", &s_eval);
     }
     let ku_options: Vec<bool> = if ku_rows.is_empty() {
         vec![false]
@@ -532,47 +546,53 @@ fn one_rep(
         let y: Vec<f64> = fit_rows.iter().map(|&r| target(r) as f64).collect();
         for g in &p.groups {
             let cols: Vec<usize> = g.columns.iter().map(|c| t.col(c).unwrap()).collect();
-            let x = design(t, &fit_rows, &cols);
-            let xe = design(t, &eval_rows, &cols);
-            for model in &p.models {
-                let s_eval: Vec<f64> = if model == "nn" {
-                    let nn = NnParams {
-                        seed: p.seed ^ (rep as u64 + 1),
-                        ..p.nn.clone()
-                    }
-                    .fit(&x, &y)
-                    .map_err(|e| format!("nn meta classifier: {e}"))?;
-                    nn.predict(&xe)
-                        .map_err(|e| format!("nn meta classifier: {e}"))?
-                } else {
-                    let m = logistic_params(model, p, p.seed ^ (rep as u64 + 1)).fit(&x, &y)?;
-                    for w in &m.warnings {
-                        out.warnings.push(format!(
-                            "{model} on {}{}: {w}",
-                            g.name,
-                            if ku { " with known unknowns" } else { "" }
-                        ));
-                    }
-                    let (b0, orig) = m.original();
-                    let mut push = |term: &str, o: f64, s: f64| {
-                        out.coefs.push(CoefRow {
-                            rep,
-                            model: model.clone(),
-                            features: g.name.clone(),
-                            known_unknowns: ku,
-                            term: term.into(),
-                            original: o,
-                            standardized: s,
-                            lambda: m.lambda,
-                        })
+            let x_raw = design(t, &fit_rows, &cols);
+            let xe_raw = design(t, &eval_rows, &cols);
+            for tr in &p.transforms {
+                // fitted on the meta-train rows only, applied to every evaluated row
+                let f = crate::meta::transform::Fitted::fit(tr, &g.columns, &x_raw)?;
+                let (x, xe) = (f.apply(&x_raw), f.apply(&xe_raw));
+                for model in &p.models {
+                    let s_eval: Vec<f64> = if model == "nn" {
+                        let nn = NnParams {
+                            seed: p.seed ^ (rep as u64 + 1),
+                            ..p.nn.clone()
+                        }
+                        .fit(&x, &y)
+                        .map_err(|e| format!("nn meta classifier: {e}"))?;
+                        nn.predict(&xe)
+                            .map_err(|e| format!("nn meta classifier: {e}"))?
+                    } else {
+                        let m = logistic_params(model, p, p.seed ^ (rep as u64 + 1)).fit(&x, &y)?;
+                        for w in &m.warnings {
+                            out.warnings.push(format!(
+                                "{model} on {}{} ({tr}): {w}",
+                                g.name,
+                                if ku { " with known unknowns" } else { "" }
+                            ));
+                        }
+                        let (b0, orig) = m.original();
+                        let mut push = |term: &str, o: f64, s: f64| {
+                            out.coefs.push(CoefRow {
+                                rep,
+                                model: model.clone(),
+                                features: g.name.clone(),
+                                known_unknowns: ku,
+                                transform: tr.clone(),
+                                term: term.into(),
+                                original: o,
+                                standardized: s,
+                                lambda: m.lambda,
+                            })
+                        };
+                        push("(intercept)", b0, m.intercept);
+                        for (j, c) in g.columns.iter().enumerate() {
+                            push(c, orig[j], m.coef[j]);
+                        }
+                        m.predict(&xe)
                     };
-                    push("(intercept)", b0, m.intercept);
-                    for (j, c) in g.columns.iter().enumerate() {
-                        push(c, orig[j], m.coef[j]);
-                    }
-                    m.predict(&xe)
-                };
-                emit(&mut out, model, &g.name, ku, &s_eval);
+                    emit(&mut out, model, &g.name, ku, tr, &s_eval);
+                }
             }
         }
     }
@@ -589,6 +609,7 @@ pub fn pool(a: &mut MetaResults, b: MetaResults) {
                 && r.model == rb.model
                 && r.features == rb.features
                 && r.known_unknowns == rb.known_unknowns
+                && r.transform == rb.transform
                 && r.metric == rb.metric
         }) {
             Some(r) => {
@@ -616,6 +637,7 @@ pub fn records_csv(records: &[Record]) -> String {
             "model",
             "features",
             "known_unknowns",
+            "transform",
             "metric",
             "mean",
             "std",
@@ -629,6 +651,7 @@ pub fn records_csv(records: &[Record]) -> String {
                 r.model.clone(),
                 r.features.clone(),
                 r.known_unknowns.to_string(),
+                r.transform.clone(),
                 r.metric.clone(),
                 r.mean.to_string(),
                 r.std.to_string(),
@@ -655,32 +678,34 @@ pub fn ablation(records: &[Record]) -> (String, String) {
         Some(o) => format!("ood-{o}:{}", c.2),
         None => format!("{}:{}", c.0, c.2),
     };
-    let mut tables: Vec<(String, bool)> = Vec::new();
+    let mut tables: Vec<(String, bool, String)> = Vec::new();
     for r in records {
-        let k = (r.model.clone(), r.known_unknowns);
+        let k = (r.model.clone(), r.known_unknowns, r.transform.clone());
         if !tables.contains(&k) && !BASELINES.iter().any(|b| b.0 == r.model) {
             tables.push(k);
         }
     }
-    tables.insert(0, ("baseline".into(), false));
-    let find = |model: &str, feats: &str, ku: bool, c: &(String, Option<String>, String)| {
-        records.iter().find(|r| {
-            r.model == model
-                && r.features == feats
-                && r.known_unknowns == ku
-                && r.task == c.0
-                && r.ood_set == c.1
-                && r.metric == c.2
-        })
-    };
-    let csv_head: Vec<String> = ["model", "known_unknowns", "features"]
+    tables.insert(0, ("baseline".into(), false, "none".into()));
+    let find =
+        |model: &str, feats: &str, ku: bool, tr: &str, c: &(String, Option<String>, String)| {
+            records.iter().find(|r| {
+                r.model == model
+                    && r.features == feats
+                    && r.known_unknowns == ku
+                    && r.transform == tr
+                    && r.task == c.0
+                    && r.ood_set == c.1
+                    && r.metric == c.2
+            })
+        };
+    let csv_head: Vec<String> = ["model", "known_unknowns", "transform", "features"]
         .iter()
         .map(|s| s.to_string())
         .chain(cols.iter().map(&col_name))
         .collect();
     let mut csv_rows: Vec<Vec<String>> = Vec::new();
     let mut md = String::from("# Ablation: feature groups\n\nMean ± std over repetitions; **bold** = best in its column within the table (lowest for fpr95, highest otherwise).\n");
-    for (model, ku) in &tables {
+    for (model, ku, tr) in &tables {
         let rows: Vec<(String, String)> = if model == "baseline" {
             BASELINES
                 .iter()
@@ -690,7 +715,7 @@ pub fn ablation(records: &[Record]) -> (String, String) {
             let mut v: Vec<(String, String)> = Vec::new();
             for r in records
                 .iter()
-                .filter(|r| &r.model == model && r.known_unknowns == *ku)
+                .filter(|r| &r.model == model && r.known_unknowns == *ku && &r.transform == tr)
             {
                 if !v.iter().any(|x| x.1 == r.features) {
                     v.push((model.clone(), r.features.clone()));
@@ -699,8 +724,13 @@ pub fn ablation(records: &[Record]) -> (String, String) {
             v
         };
         md.push_str(&format!(
-            "\n## {model}{}\n\n| features | {} |\n|---|{}\n",
+            "\n## {model}{}{}\n\n| features | {} |\n|---|{}\n",
             if *ku { " (with known unknowns)" } else { "" },
+            if tr == "none" {
+                String::new()
+            } else {
+                format!(", {tr} features")
+            },
             cols.iter().map(&col_name).collect::<Vec<_>>().join(" | "),
             "---|".repeat(cols.len())
         ));
@@ -709,7 +739,7 @@ pub fn ablation(records: &[Record]) -> (String, String) {
             .map(|c| {
                 let it = rows
                     .iter()
-                    .filter_map(|(m, f)| find(m, f, *ku, c).map(|r| r.mean));
+                    .filter_map(|(m, f)| find(m, f, *ku, tr, c).map(|r| r.mean));
                 if c.2 == "fpr95" {
                     it.min_by(f64::total_cmp)
                 } else {
@@ -721,7 +751,7 @@ pub fn ablation(records: &[Record]) -> (String, String) {
             let mut cells_csv = Vec::new();
             let mut cells_md = Vec::new();
             for (c, b) in cols.iter().zip(&best) {
-                match find(m, f, *ku, c) {
+                match find(m, f, *ku, tr, c) {
                     Some(r) => {
                         let cell = format!("{:.4} ± {:.4}", r.mean, r.std);
                         let is_best = b.is_some_and(|b| b == r.mean);
@@ -739,7 +769,7 @@ pub fn ablation(records: &[Record]) -> (String, String) {
                 }
             }
             csv_rows.push(
-                [m.clone(), ku.to_string(), f.clone()]
+                [m.clone(), ku.to_string(), tr.clone(), f.clone()]
                     .into_iter()
                     .chain(cells_csv)
                     .collect(),
@@ -783,6 +813,7 @@ mod tests {
             model: "glm".into(),
             features: "softmax".into(),
             known_unknowns: false,
+            transform: "none".into(),
             metric: "auroc".into(),
             mean: 0.0,
             std: 0.0,

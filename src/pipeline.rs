@@ -616,6 +616,7 @@ pub fn meta_params(cfg: &Config) -> Result<MetaParams> {
         test_fraction: m.test_fraction,
         models: m.models.clone(),
         groups,
+        transforms: m.transforms.clone(),
         alpha: m.alpha,
         lambda: if m.lambda < 0.0 { None } else { Some(m.lambda) },
         cv_folds: m.cv_folds,
@@ -682,6 +683,7 @@ pub fn write_meta(folder: &RunFolder, t: &FeatureTable, r: &eval::MetaResults) -
             "index",
             "target",
             "score",
+            "transform",
         ],
         r.scores.iter().map(|x| {
             vec![
@@ -693,6 +695,7 @@ pub fn write_meta(folder: &RunFolder, t: &FeatureTable, r: &eval::MetaResults) -
                 t.index[x.row].to_string(),
                 x.target.to_string(),
                 x.score.to_string(),
+                x.transform.clone(),
             ]
         }),
     );
@@ -707,6 +710,7 @@ pub fn write_meta(folder: &RunFolder, t: &FeatureTable, r: &eval::MetaResults) -
             "coef_original",
             "coef_standardized",
             "lambda",
+            "transform",
         ],
         r.coefs.iter().map(|x| {
             vec![
@@ -718,6 +722,7 @@ pub fn write_meta(folder: &RunFolder, t: &FeatureTable, r: &eval::MetaResults) -
                 x.original.to_string(),
                 x.standardized.to_string(),
                 x.lambda.to_string(),
+                x.transform.clone(),
             ]
         }),
     );
@@ -771,9 +776,10 @@ pub fn fit_trust(
     };
     for th in &trust.model.thresholds {
         tracing::info!(
-            "trust model {} on {}: {} < {:.4} flags; keeps {:.1}% at {:.2}% accuracy, catches {:.1}% of errors",
+            "trust model {} on {} ({} features): {} < {:.4} flags; keeps {:.1}% at {:.2}% accuracy, catches {:.1}% of errors",
             trust.model.model,
             trust.model.features,
+            if trust.model.transform.name.is_empty() { "none" } else { &trust.model.transform.name },
             th.name,
             th.value,
             100.0 * th.kept_fraction,

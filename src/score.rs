@@ -613,9 +613,14 @@ fn foreign_labels(train: &str, data: &str) -> Option<String> {
 
 fn describe(t: &Trust) -> String {
     format!(
-        "{} on {}{}",
+        "{} on {}{}{}",
         t.model.model,
         t.model.features,
+        if t.model.transform.name == "log" {
+            " (log features)"
+        } else {
+            ""
+        },
         if t.model.known_unknowns {
             " with known unknowns"
         } else {

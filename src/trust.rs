@@ -90,6 +90,10 @@ pub struct TrustModel {
     pub model: String,
     pub features: String,
     pub known_unknowns: bool,
+    /// The feature transform applied before standardising (its rule and parameters per
+    /// column, fitted on the trust model's training rows); identity when absent.
+    #[serde(default)]
+    pub transform: crate::meta::transform::Fitted,
     /// Why this model, feature group and setting.
     pub selection: String,
     pub columns: Vec<String>,
@@ -174,7 +178,8 @@ fn select(
     sc: &ScoreSection,
     convs: &[String],
     have_ku: bool,
-) -> Result<(String, FeatureGroup, bool, String)> {
+) -> Result<(String, FeatureGroup, bool, String, String)> {
+    let tr_ok = |tr: &str| sc.transform.is_empty() || sc.transform == tr;
     let ku_ok = |ku: bool| match sc.known_unknowns.as_str() {
         "with" => ku,
         "without" => !ku,
@@ -186,6 +191,11 @@ fn select(
         ));
     }
     let mut best: Option<(&Record, usize, usize)> = None;
+    let tri = |r: &Record| {
+        crate::columns::TRANSFORMS
+            .iter()
+            .position(|t| *t == r.transform)
+    };
     for r in records {
         if r.task != "error" || r.metric != "auroc" || !r.mean.is_finite() {
             continue;
@@ -199,6 +209,7 @@ fn select(
         if (!sc.model.is_empty() && sc.model != r.model)
             || (!sc.features.is_empty() && sc.features != r.features)
             || !ku_ok(r.known_unknowns)
+            || !tr_ok(&r.transform)
         {
             continue;
         }
@@ -208,7 +219,8 @@ fn select(
                 if (r.mean - b.mean).abs() > 1e-12 {
                     r.mean > b.mean
                 } else {
-                    (mi, g.columns.len(), r.known_unknowns) < (bmi, bcols, b.known_unknowns)
+                    (mi, g.columns.len(), r.known_unknowns, tri(r))
+                        < (bmi, bcols, b.known_unknowns, tri(b))
                 }
             }
         };
@@ -229,9 +241,14 @@ fn select(
             "set in [score]"
         };
         let why = format!(
-            "{how}: {} on {}{}, AUROC {:.4} ± {:.4} over {} repetitions",
+            "{how}: {} on {}{}{}, AUROC {:.4} ± {:.4} over {} repetitions",
             r.model,
             r.features,
+            if r.transform == "none" {
+                String::new()
+            } else {
+                format!(" ({} features)", r.transform)
+            },
             if r.known_unknowns {
                 " with known unknowns"
             } else {
@@ -241,7 +258,13 @@ fn select(
             r.std,
             r.values.len()
         );
-        return Ok((r.model.clone(), g, r.known_unknowns, why));
+        return Ok((
+            r.model.clone(),
+            g,
+            r.known_unknowns,
+            r.transform.clone(),
+            why,
+        ));
     }
     // nothing in the grid fits: [score] named a model/group outside it
     if sc.model.is_empty() || sc.features.is_empty() {
@@ -258,6 +281,11 @@ fn select(
         sc.model.clone(),
         g,
         sc.known_unknowns == "with",
+        if sc.transform.is_empty() {
+            "none".into()
+        } else {
+            sc.transform.clone()
+        },
         "set in [score] (not in the grid)".into(),
     ))
 }
@@ -391,7 +419,13 @@ pub fn fit(
         Some(k) => (0..table.len()).filter(|&r| &table.set[r] == k).collect(),
         None => vec![],
     };
-    let (model, group, ku, selection) = select(records, mp, sc, convs, !ku_rows.is_empty())?;
+    let (model, group, ku, tr_name, selection) =
+        select(records, mp, sc, convs, !ku_rows.is_empty())?;
+    // the transform is fitted on the rows each scorer is fitted on
+    let fit_tr = |x: &[f64]| {
+        crate::meta::transform::Fitted::fit(&tr_name, &group.columns, x)
+            .map_err(|e| err(format!("trust model: {e}")))
+    };
     let cols: Vec<usize> = group
         .columns
         .iter()
@@ -439,15 +473,11 @@ pub fn fit(
             .map(|&i| ok[i] as u8 as f64)
             .chain(ku_fit.iter().map(|_| 0.0))
             .collect();
-        let m = fit_scorer(
-            &model,
-            &design(table, &rows, &cols),
-            &y,
-            mp,
-            seed ^ (f as u64 + 1),
-        )?;
+        let x = design(table, &rows, &cols);
+        let tf = fit_tr(&x)?;
+        let m = fit_scorer(&model, &tf.apply(&x), &y, mp, seed ^ (f as u64 + 1))?;
         let te_rows: Vec<usize> = te.iter().map(|&i| id[i]).collect();
-        for (k, v) in predict(&m, &design(table, &te_rows, &cols))?
+        for (k, v) in predict(&m, &tf.apply(&design(table, &te_rows, &cols)))?
             .into_iter()
             .enumerate()
         {
@@ -462,7 +492,9 @@ pub fn fit(
         .map(|&o| o as u8 as f64)
         .chain(ku_fit.iter().map(|_| 0.0))
         .collect();
-    let scorer = fit_scorer(&model, &design(table, &rows, &cols), &y, mp, seed)?;
+    let x = design(table, &rows, &cols);
+    let transform = fit_tr(&x)?;
+    let scorer = fit_scorer(&model, &transform.apply(&x), &y, mp, seed)?;
     let (mean, scale, logistic, nn_weights) = match &scorer {
         Scorer::Logistic(m) => {
             let (b0, orig) = m.original();
@@ -493,6 +525,7 @@ pub fn fit(
             model,
             features: group.name.clone(),
             known_unknowns: ku,
+            transform,
             selection,
             columns: group.columns.clone(),
             mean,
@@ -515,7 +548,7 @@ pub fn fit(
 impl Trust {
     /// Trust of each row of a row-major design over [`TrustModel::columns`].
     pub fn predict(&self, x: &[f64]) -> Result<Vec<f64>> {
-        predict(&self.scorer, x)
+        predict(&self.scorer, &self.model.transform.apply(x))
     }
 
     /// Trust of rows of a feature table (which must have the model's columns).
@@ -769,6 +802,7 @@ mod tests {
             test_fraction: 0.5,
             models: models.iter().map(|m| m.to_string()).collect(),
             groups: vec![FeatureGroup::parse("softmax", &[]).unwrap()],
+            transforms: vec!["none".into(), "log".into()],
             alpha: 0.5,
             lambda: None,
             cv_folds: 3,
@@ -799,10 +833,16 @@ mod tests {
     #[test]
     fn fitted_models_save_load_and_score_the_same_and_refuse_other_nets() {
         let t = table(300);
-        for model in ["lasso", "nn"] {
+        for (model, trn) in [
+            ("lasso", "none"),
+            ("nn", "none"),
+            ("lasso", "log"),
+            ("nn", "log"),
+        ] {
             let sc = ScoreSection {
                 model: model.into(),
                 features: "softmax".into(),
+                transform: trn.into(),
                 ..Default::default()
             };
             let rec = Record {
@@ -811,6 +851,7 @@ mod tests {
                 model: model.into(),
                 features: "softmax".into(),
                 known_unknowns: false,
+                transform: trn.into(),
                 metric: "auroc".into(),
                 mean: 0.9,
                 std: 0.0,
@@ -818,6 +859,17 @@ mod tests {
             };
             let tr = fit(&t, &params(&[model]), &[rec], &sc, &[], info(&t)).unwrap();
             assert_eq!(tr.model.model, model);
+            assert_eq!(tr.model.transform.name, trn);
+            if trn == "log" {
+                // msp → log(1 − msp), entropy → log(entropy): parameters kept in the model
+                assert!(matches!(
+                    tr.model.transform.rules[..],
+                    [
+                        crate::meta::transform::Rule::LogOneMinus { .. },
+                        crate::meta::transform::Rule::Log { .. }
+                    ]
+                ));
+            }
             let rows: Vec<usize> = (0..t.len()).collect();
             let a = tr.predict_table(&t, &rows).unwrap();
             // trust follows msp: correct rows score higher on average

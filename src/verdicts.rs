@@ -103,14 +103,16 @@ pub fn task_of(r: &Record) -> String {
     }
 }
 
-/// The detector name of a record.
+/// The detector name of a record: `model/features/with|without` for a baseline (a raw
+/// score), `model/features/with|without/transform` for a fitted meta classifier (e.g.
+/// `lasso/grad+softmax/without/log`).
 pub fn detector_of(r: &Record) -> String {
-    format!(
-        "{}/{}/{}",
-        r.model,
-        r.features,
-        if r.known_unknowns { "with" } else { "without" }
-    )
+    let ku = if r.known_unknowns { "with" } else { "without" };
+    if r.model == r.features {
+        format!("{}/{}/{ku}", r.model, r.features)
+    } else {
+        format!("{}/{}/{ku}/{}", r.model, r.features, r.transform)
+    }
 }
 
 fn find<'a>(recs: &'a [Record], task: &str, metric: &str, det: &str) -> Option<&'a Record> {
@@ -235,7 +237,7 @@ pub fn compute(recs: &[Record], known_unknown: Option<&str>, seed: u64) -> Verdi
             })
             .max_by(|a, b| a.mean.total_cmp(&b.mean));
         if let Some(b) = best {
-            let with = format!("{}/{}/with", b.model, b.features);
+            let with = format!("{}/{}/with/{}", b.model, b.features, b.transform);
             if find(recs, task, "auroc", &with).is_some() {
                 push(task, &with, "claim b", &detector_of(b), &detector_of(b));
                 claim_b_sets.push(task.clone());
@@ -523,6 +525,7 @@ mod tests {
             model: model.into(),
             features: feats.into(),
             known_unknowns: ku,
+            transform: "none".into(),
             metric: metric.into(),
             mean: stats::mean(v),
             std: stats::sd(v),
@@ -608,7 +611,7 @@ mod tests {
             .iter()
             .find(|x| x.task == "error" && x.metric == "auroc" && x.role.starts_with("best"))
             .unwrap();
-        assert_eq!(best.detector, "ridge/grad+softmax/without");
+        assert_eq!(best.detector, "ridge/grad+softmax/without/none");
         assert!(best.role.contains("best combination"));
         assert_eq!(best.verdict, "better");
         // 0.03 plus the jitter's mean, −0.001/10
@@ -630,7 +633,9 @@ mod tests {
         let mc = v
             .comparisons
             .iter()
-            .find(|x| x.task == "error" && x.metric == "auroc" && x.detector == "ridge/mc/without")
+            .find(|x| {
+                x.task == "error" && x.metric == "auroc" && x.detector == "ridge/mc/without/none"
+            })
             .unwrap();
         assert_eq!(mc.verdict, "worse");
         // entropy's tiny noisy gain: no detectable difference

@@ -1,9 +1,10 @@
 //! Meta classifiers: which feature columns they see (named feature groups), the penalised
 //! logistic-regression family (GLM, LASSO, ridge, elastic net) and the small NN, fitted on
-//! meta-train rows and scoring any rows.
+//! meta-train rows and scoring any rows, and the feature transforms applied before them.
 
 pub mod logistic;
 pub mod nn;
+pub mod transform;
 
 pub use crate::columns::{FeatureGroup, MODELS};
 

@@ -61,37 +61,79 @@ pub(crate) fn num(
     }
 }
 
-/// Rows of meta_scores.csv grouped by scorer: (rep 0 only) → (set, target, score) lists.
-pub(crate) type Scores = BTreeMap<(String, String, bool), Vec<(String, u8, f64)>>;
+/// Rows of meta_scores.csv grouped by scorer (model, features, known unknowns, transform):
+/// (rep 0 only) → (set, target, score) lists.
+pub(crate) type Scores = BTreeMap<(String, String, bool, String), Vec<(String, u8, f64)>>;
 
+/// Reads meta_scores.csv record by record (the file can be hundreds of MB: only repetition 0's
+/// rows are kept), strictly: a bad field names its line and column. Files from before
+/// transforms (8 columns) read as transform "none".
 pub(crate) fn read_scores(dir: &Path) -> Result<Scores> {
     let path = dir.join("meta_scores.csv");
-    let (head, rows) = read_csv(&path)?;
+    let bad = |line: u64, msg: String| Error::Format {
+        path: path.clone(),
+        msg: format!("line {line}: {msg}"),
+    };
+    let f = std::fs::File::open(&path).at(&path)?;
+    let mut rd = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(false)
+        .from_reader(std::io::BufReader::with_capacity(1 << 20, f));
+    let head: Vec<String> = rd
+        .headers()
+        .map_err(|e| bad(1, e.to_string()))?
+        .iter()
+        .map(String::from)
+        .collect();
+    if head.len() < 8 {
+        return Err(bad(1, format!("{} columns, need at least 8", head.len())));
+    }
     let mut out: Scores = BTreeMap::new();
-    for (i, r) in rows.iter().enumerate() {
-        if r.len() < 8 || r[0] != "0" {
+    let mut rec = csv::StringRecord::new();
+    loop {
+        match rd.read_record(&mut rec) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => return Err(bad(e.position().map_or(0, |p| p.line()), e.to_string())),
+        }
+        let line = rec.position().map_or(0, |p| p.line());
+        if &rec[0] != "0" {
             continue;
         }
-        let score = num(&path, &head, &rows, i, 7)?;
-        let target = num(&path, &head, &rows, i, 6)?;
+        let num = |c: usize| -> Result<f64> {
+            match rec[c].parse::<f64>() {
+                Ok(x) if x.is_finite() => Ok(x),
+                _ => Err(bad(
+                    line,
+                    format!("column {}: {:?} is not a finite number", head[c], &rec[c]),
+                )),
+            }
+        };
+        let score = num(7)?;
+        let target = num(6)?;
         if target != 0.0 && target != 1.0 {
-            return Err(Error::Format {
-                path: path.clone(),
-                msg: format!("line {}: target {target} is neither 0 nor 1", i + 2),
-            });
+            return Err(bad(line, format!("target {target} is neither 0 nor 1")));
         }
-        out.entry((r[1].clone(), r[2].clone(), r[3] == "true"))
-            .or_default()
-            .push((r[4].clone(), target as u8, score));
+        let tr = rec.get(8).unwrap_or("none").to_string();
+        out.entry((
+            rec[1].to_string(),
+            rec[2].to_string(),
+            &rec[3] == "true",
+            tr,
+        ))
+        .or_default()
+        .push((rec[4].to_string(), target as u8, score));
     }
     Ok(out)
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn find<'a>(
     recs: &'a [Record],
     model: &str,
     feats: &str,
     ku: bool,
+    tr: &str,
     task: &str,
     ood: Option<&str>,
     metric: &str,
@@ -100,6 +142,7 @@ pub(crate) fn find<'a>(
         r.model == model
             && r.features == feats
             && r.known_unknowns == ku
+            && r.transform == tr
             && r.task == task
             && r.ood_set.as_deref() == ood
             && r.metric == metric

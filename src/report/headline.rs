@@ -38,30 +38,37 @@ pub fn block(v: &Verdicts) -> String {
 pub fn heatmap(recs: &[Record]) -> String {
     let auroc: Vec<&Record> = recs.iter().filter(|r| r.metric == "auroc").collect();
     let mut tasks: Vec<String> = Vec::new();
-    let mut rows: Vec<(String, bool)> = Vec::new();
+    // rows: (features, transform, baseline)
+    let mut rows: Vec<(String, String, bool)> = Vec::new();
     for r in &auroc {
         let t = verdicts::task_of(r);
         if !tasks.contains(&t) {
             tasks.push(t);
         }
-        let key = (r.features.clone(), r.model == r.features);
+        let key = (
+            r.features.clone(),
+            r.transform.clone(),
+            r.model == r.features,
+        );
         if !rows.contains(&key) {
             rows.push(key);
         }
     }
-    // baselines first, each part in the order met
-    rows.sort_by_key(|(_, base)| !*base);
-    let best = |feat: &str, task: &str| {
+    // baselines first, each part in the order met; a group's transforms side by side
+    rows.sort_by_key(|(_, _, base)| !*base);
+    let order: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+    rows.sort_by_key(|(f, _, base)| (!*base, order.iter().position(|o| o == f)));
+    let best = |feat: &str, tr: &str, task: &str| {
         auroc
             .iter()
-            .filter(|r| r.features == feat && verdicts::task_of(r) == task)
+            .filter(|r| r.features == feat && r.transform == tr && verdicts::task_of(r) == task)
             .map(|r| r.mean)
             .fold(f64::NAN, f64::max)
     };
     let vals: Vec<f64> = rows
         .iter()
-        .flat_map(|(f, _)| tasks.iter().map(move |t| (f, t)))
-        .map(|(f, t)| best(f, t))
+        .flat_map(|(f, tr, _)| tasks.iter().map(move |t| (f, tr, t)))
+        .map(|(f, tr, t)| best(f, tr, t))
         .filter(|v| v.is_finite())
         .collect();
     let lo = vals.iter().cloned().fold(f64::INFINITY, f64::min).min(0.99);
@@ -70,19 +77,24 @@ pub fn heatmap(recs: &[Record]) -> String {
         .cloned()
         .fold(f64::NEG_INFINITY, f64::max)
         .max(lo + 1e-9);
-    let mut h = String::from("<h3>Best AUROC per feature group and task</h3><p class=\"how\">Rows: the baselines (a raw score each), then the meta classifiers' feature groups; a cell is the best mean AUROC over models and known-unknown settings; darker is higher (scale from the table's lowest to its highest value).</p><div class=\"scroll\"><table class=\"heat\"><tr><th>features</th>");
+    let mut h = String::from("<h3>Best AUROC per feature group and task</h3><p class=\"how\">Rows: the baselines (a raw score each), then the meta classifiers' feature groups; a cell is the best mean AUROC over models and known-unknown settings (rows ending in \", log\": the meta classifiers on log-transformed features); darker is higher (scale from the table's lowest to its highest value).</p><div class=\"scroll\"><table class=\"heat\"><tr><th>features</th>");
     for t in &tasks {
         h.push_str(&format!("<th>{}</th>", esc(&verdicts::task_label(t))));
     }
     h.push_str("</tr>");
-    for (f, base) in &rows {
+    for (f, tr, base) in &rows {
         h.push_str(&format!(
-            "<tr><th>{}{}</th>",
+            "<tr><th>{}{}{}</th>",
             esc(f),
+            if tr == "none" {
+                String::new()
+            } else {
+                format!(", {}", esc(tr))
+            },
             if *base { " (baseline)" } else { "" }
         ));
         for t in &tasks {
-            let v = best(f, t);
+            let v = best(f, tr, t);
             if v.is_finite() {
                 let x = ((v - lo) / (hi - lo)).clamp(0.0, 1.0);
                 // white → blue; text turns white on the dark end
@@ -112,6 +124,7 @@ mod tests {
             model: model.into(),
             features: feats.into(),
             known_unknowns: false,
+            transform: "none".into(),
             metric: "auroc".into(),
             mean,
             std: 0.0,

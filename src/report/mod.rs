@@ -40,14 +40,14 @@ fn task_list(recs: &[Record]) -> Vec<(String, Option<String>)> {
     tasks
 }
 
-/// The meta classifier with the best mean AUROC on a task for a feature group (without known
-/// unknowns), and that AUROC.
+/// The meta classifier and transform with the best mean AUROC on a task for a feature group
+/// (without known unknowns), and that AUROC.
 fn best_model(
     recs: &[Record],
     task: &str,
     ood: Option<&str>,
     feats: &str,
-) -> Option<(String, f64)> {
+) -> Option<(String, String, f64)> {
     recs.iter()
         .filter(|r| {
             r.task == task
@@ -57,7 +57,16 @@ fn best_model(
                 && r.metric == "auroc"
         })
         .max_by(|a, b| a.mean.total_cmp(&b.mean))
-        .map(|r| (r.model.clone(), r.mean))
+        .map(|r| (r.model.clone(), r.transform.clone(), r.mean))
+}
+
+/// " (log)" for a transformed scorer, "" for raw features.
+fn tr_note(tr: &str) -> String {
+    if tr == "none" {
+        String::new()
+    } else {
+        format!(" ({tr})")
+    }
 }
 
 /// What the report's sections read.
@@ -351,27 +360,37 @@ fn curve_section(i: &Inputs) -> Result<(String, Vec<Plot>)> {
             .clone()
             .map(|o| format!("OOD: {o}"))
             .unwrap_or_else(|| "error detection".into());
-        let mut scorers: Vec<(String, String, String)> = vec![
-            ("msp".into(), "msp".into(), "msp baseline".into()),
+        let mut scorers: Vec<(String, String, String, String)> = vec![
+            (
+                "msp".into(),
+                "msp".into(),
+                "none".into(),
+                "msp baseline".into(),
+            ),
             (
                 "entropy".into(),
                 "entropy".into(),
+                "none".into(),
                 "entropy baseline".into(),
             ),
         ];
-        // the four best feature groups (each with its best meta classifier), to stay readable
-        let mut best: Vec<(String, String, f64)> = feature_groups
+        // the four best feature groups (each with its best meta classifier and transform), to
+        // stay readable
+        let mut best: Vec<(String, String, String, f64)> = feature_groups
             .iter()
-            .filter_map(|g| best_for(task, ood.as_deref(), g).map(|(m, a)| (m, g.clone(), a)))
+            .filter_map(|g| {
+                best_for(task, ood.as_deref(), g).map(|(m, tr, a)| (m, g.clone(), tr, a))
+            })
             .collect();
-        best.sort_by(|a, b| b.2.total_cmp(&a.2));
-        for (m, g, _) in best.into_iter().take(4) {
-            scorers.push((m.clone(), g.clone(), format!("{m} on {g}")));
+        best.sort_by(|a, b| b.3.total_cmp(&a.3));
+        for (m, g, tr, _) in best.into_iter().take(4) {
+            let name = format!("{m} on {g}{}", tr_note(&tr));
+            scorers.push((m, g, tr, name));
         }
         let mut roc = Vec::new();
         let mut pr = Vec::new();
-        for (model, feats, name) in &scorers {
-            let Some(rows) = scores.get(&(model.clone(), feats.clone(), false)) else {
+        for (model, feats, tr, name) in &scorers {
+            let Some(rows) = scores.get(&(model.clone(), feats.clone(), false, tr.clone())) else {
                 continue;
             };
             let sel: Vec<&(String, u8, f64)> = rows
@@ -393,12 +412,21 @@ fn curve_section(i: &Inputs) -> Result<(String, Vec<Plot>)> {
                     )
                 })
                 .unzip();
-            let auroc = find(recs, model, feats, false, task, ood.as_deref(), "auroc")
+            let auroc = find(recs, model, feats, false, tr, task, ood.as_deref(), "auroc")
                 .map(|r| r.mean)
                 .unwrap_or(f64::NAN);
-            let ap = find(recs, model, feats, false, task, ood.as_deref(), "aupr_in")
-                .map(|r| r.mean)
-                .unwrap_or(f64::NAN);
+            let ap = find(
+                recs,
+                model,
+                feats,
+                false,
+                tr,
+                task,
+                ood.as_deref(),
+                "aupr_in",
+            )
+            .map(|r| r.mean)
+            .unwrap_or(f64::NAN);
             roc.push((
                 format!("{name} (AUROC {auroc:.3})"),
                 roc_points(&pos, &s),
@@ -525,21 +553,21 @@ fn calibration_section(i: &Inputs) -> Result<(String, Vec<Plot>)> {
         }
     }
     // the three best feature groups for error detection, each with its best meta classifier
-    let mut best_err: Vec<(String, String, f64)> = feature_groups
+    let mut best_err: Vec<(String, String, String, f64)> = feature_groups
         .iter()
-        .filter_map(|g| best_for("error", None, g).map(|(m, a)| (m, g.clone(), a)))
+        .filter_map(|g| best_for("error", None, g).map(|(m, tr, a)| (m, g.clone(), tr, a)))
         .collect();
-    best_err.sort_by(|a, b| b.2.total_cmp(&a.2));
-    for (m, g, _) in best_err.into_iter().take(3) {
+    best_err.sort_by(|a, b| b.3.total_cmp(&a.3));
+    for (m, g, tr, _) in best_err.into_iter().take(3) {
         {
-            if let Some(rows) = scores.get(&(m.clone(), g.clone(), false)) {
+            if let Some(rows) = scores.get(&(m.clone(), g.clone(), false, tr.clone())) {
                 let (ok, s): (Vec<bool>, Vec<f64>) = rows
                     .iter()
                     .filter(|r| r.0 == "id-test")
                     .map(|r| (r.1 == 1, r.2))
                     .unzip();
                 rej.push((
-                    format!("{m} on {g} (meta-test half)"),
+                    format!("{m} on {g}{} (meta-test half)", tr_note(&tr)),
                     rejection_curve(&ok, &s, 400),
                     false,
                 ));
@@ -609,26 +637,29 @@ fn model_section(i: &Inputs) -> Result<(String, Vec<Plot>)> {
             .filter(|r| r.len() > 6 && r[1] == "lasso" && r[2] == g && r[4] != "(intercept)")
         {
             let ku = r[3] == "true";
+            let tr = r.get(8).map(String::as_str).unwrap_or("none");
             if !terms.contains(&r[4]) {
                 terms.push(r[4].clone());
             }
-            let e = sum.entry(format!("{}|{ku}", r[4])).or_default();
+            let e = sum.entry(format!("{}|{ku}|{tr}", r[4])).or_default();
             e.0 += r[6].parse::<f64>().unwrap_or(0.0); // checked finite above
             e.1 += 1.0;
         }
         let series: Vec<(String, Vec<f64>)> = [
-            (false, "without known unknowns"),
-            (true, "with known unknowns"),
+            (false, "none", "without known unknowns"),
+            (true, "none", "with known unknowns"),
+            (false, "log", "log features, without known unknowns"),
+            (true, "log", "log features, with known unknowns"),
         ]
         .iter()
-        .filter(|(ku, _)| sum.keys().any(|k| k.ends_with(&format!("|{ku}"))))
-        .map(|(ku, name)| {
+        .filter(|(ku, tr, _)| sum.keys().any(|k| k.ends_with(&format!("|{ku}|{tr}"))))
+        .map(|(ku, tr, name)| {
             (
                 name.to_string(),
                 terms
                     .iter()
                     .map(|t| {
-                        sum.get(&format!("{t}|{ku}"))
+                        sum.get(&format!("{t}|{ku}|{tr}"))
                             .map(|(s, n)| s / n)
                             .unwrap_or(f64::NAN)
                     })
@@ -655,20 +686,21 @@ fn model_section(i: &Inputs) -> Result<(String, Vec<Plot>)> {
         .iter()
         .filter(|r| r.known_unknowns && r.metric == "auroc" && r.task == "ood")
         .max_by(|a, b| a.mean.total_cmp(&b.mean))
-        .map(|r| (r.model.clone(), r.features.clone()));
-    if let Some((m, g)) = ku_model {
+        .map(|r| (r.model.clone(), r.features.clone(), r.transform.clone()));
+    if let Some((m, g, tr)) = ku_model {
         let sets: Vec<String> = tasks.iter().filter_map(|t| t.1.clone()).collect();
         let series: Vec<(String, Vec<f64>)> = [false, true]
             .iter()
             .map(|&ku| {
                 (
                     format!(
-                        "{m} on {g}, known unknowns {}",
+                        "{m} on {g}{}, known unknowns {}",
+                        tr_note(&tr),
                         if ku { "on" } else { "off" }
                     ),
                     sets.iter()
                         .map(|s| {
-                            find(recs, &m, &g, ku, "ood", Some(s), "auroc")
+                            find(recs, &m, &g, ku, &tr, "ood", Some(s), "auroc")
                                 .map(|r| r.mean)
                                 .unwrap_or(f64::NAN)
                         })

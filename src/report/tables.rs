@@ -74,36 +74,46 @@ pub fn ablation_by_task(recs: &[crate::eval::Record]) -> String {
             models.push(r.model.clone());
         }
     }
-    let get = |task: &str, model: &str, feats: &str, ku: bool, metric: &str| {
+    let get = |task: &str, model: &str, feats: &str, ku: bool, tr: &str, metric: &str| {
         recs.iter().find(|r| {
             task_of(r) == task
                 && r.model == model
                 && r.features == feats
                 && r.known_unknowns == ku
+                && r.transform == tr
                 && r.metric == metric
         })
     };
     let mut h = String::new();
     for task in &tasks {
-        // rows: (label, features, ku, is baseline)
-        let mut rows: Vec<(String, String, bool, bool)> = Vec::new();
+        // rows: (label, features, ku, transform, is baseline)
+        let mut rows: Vec<(String, String, bool, String, bool)> = Vec::new();
         for r in recs
             .iter()
             .filter(|r| &task_of(r) == task && r.metric == "auroc")
         {
             let base = r.model == r.features;
-            let label = if base {
+            let mut label = if base {
                 format!("{} (baseline)", r.features)
             } else if r.known_unknowns {
                 format!("{} + known unknowns", r.features)
             } else {
                 r.features.clone()
             };
+            if !base && r.transform != "none" {
+                label.push_str(&format!(", {}", r.transform));
+            }
             if !rows.iter().any(|x| x.0 == label) {
-                rows.push((label, r.features.clone(), r.known_unknowns, base));
+                rows.push((
+                    label,
+                    r.features.clone(),
+                    r.known_unknowns,
+                    r.transform.clone(),
+                    base,
+                ));
             }
         }
-        rows.sort_by_key(|x| !x.3);
+        rows.sort_by_key(|x| !x.4);
         let best = recs
             .iter()
             .filter(|r| &task_of(r) == task && r.metric == "auroc")
@@ -117,18 +127,19 @@ pub fn ablation_by_task(recs: &[crate::eval::Record]) -> String {
             h.push_str(&format!("<th>{}</th>", esc(m)));
         }
         h.push_str("</tr>");
-        for (label, feats, ku, base) in &rows {
+        for (label, feats, ku, tr, base) in &rows {
             h.push_str(&format!("<tr><th>{}</th>", esc(label)));
             let cols: Vec<Option<&str>> =
                 std::iter::once(if *base { Some(feats.as_str()) } else { None })
                     .chain(models.iter().map(|m| (!*base).then_some(m.as_str())))
                     .collect();
             for model in cols {
-                let cell = model.and_then(|m| get(task, m, feats, *ku, "auroc").map(|r| (m, r)));
+                let cell =
+                    model.and_then(|m| get(task, m, feats, *ku, tr, "auroc").map(|r| (m, r)));
                 match cell {
                     Some((m, r)) => {
                         let other = |metric: &str| {
-                            get(task, m, feats, *ku, metric)
+                            get(task, m, feats, *ku, tr, metric)
                                 .map(|x| format!("; {metric} {:.4} ± {:.4}", x.mean, x.std))
                                 .unwrap_or_default()
                         };
@@ -176,6 +187,7 @@ mod tests {
             model: model.into(),
             features: feats.into(),
             known_unknowns: ku,
+            transform: "none".into(),
             metric: metric.into(),
             mean,
             std: 0.01,
