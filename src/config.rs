@@ -19,6 +19,22 @@ pub struct RawConfig {
     pub meta: MetaSection,
     pub score: ScoreSection,
     pub shift: ShiftSection,
+    pub verdicts: VerdictsSection,
+}
+
+/// How the report's verdicts and the paper's claims are tested.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerdictsSection {
+    /// Equivalence / non-inferiority margin in AUROC (and AUPR-Out) for the claims that say
+    /// "the same" or "equally well or better".
+    pub margin: f64,
+}
+
+impl Default for VerdictsSection {
+    fn default() -> Self {
+        Self { margin: 0.005 }
+    }
 }
 
 /// Error detection under shift: labelled sets of the known classes, each a task `shift-<name>`.
@@ -510,6 +526,12 @@ impl Config {
             tracing::warn!(
                 "data.transpose: emnist-* sources are transposed when loaded; the key is resolved to false"
             );
+        }
+        if !(r.verdicts.margin > 0.0 && r.verdicts.margin < 0.5) {
+            return Err(cfg(
+                "verdicts.margin",
+                format!("{} is outside (0, 0.5)", r.verdicts.margin),
+            ));
         }
         let m = &r.model;
         if m.channels.is_empty() || m.channels.contains(&0) {

@@ -242,6 +242,10 @@ pub struct MetaResults {
     pub scores: Vec<ScoreRow>,
     pub coefs: Vec<CoefRow>,
     pub warnings: Vec<String>,
+    /// The single-metric table: every feature column as a threshold classifier (model
+    /// `single`, features = the column; metric `sign` = the sign fixed on each repetition's
+    /// meta-train rows), on the same meta-test rows as the grid.
+    pub single: Vec<Record>,
 }
 
 /// (task, ood_set, model, features, known_unknowns, transform, metric)
@@ -250,6 +254,8 @@ type Key = (String, Option<String>, String, String, bool, String, String);
 struct RepOut {
     /// (task, ood_set, model, features, ku, metric) → value
     values: Vec<(Key, f64)>,
+    /// The same for the single-metric threshold classifiers.
+    single: Vec<(Key, f64)>,
     scores: Vec<ScoreRow>,
     coefs: Vec<CoefRow>,
     warnings: Vec<String>,
@@ -352,6 +358,8 @@ pub fn run_meta(t: &FeatureTable, p: &MetaParams) -> Result<MetaResults, String>
     let mut res = MetaResults::default();
     let mut keys: Vec<Key> = Vec::new();
     let mut vals: std::collections::HashMap<Key, Vec<f64>> = Default::default();
+    let mut skeys: Vec<Key> = Vec::new();
+    let mut svals: std::collections::HashMap<Key, Vec<f64>> = Default::default();
     for o in outs {
         let o = o?;
         for (k, v) in o.values {
@@ -359,6 +367,12 @@ pub fn run_meta(t: &FeatureTable, p: &MetaParams) -> Result<MetaResults, String>
                 keys.push(k.clone());
             }
             vals.entry(k).or_default().push(v);
+        }
+        for (k, v) in o.single {
+            if !svals.contains_key(&k) {
+                skeys.push(k.clone());
+            }
+            svals.entry(k).or_default().push(v);
         }
         res.scores.extend(o.scores);
         res.coefs.extend(o.coefs);
@@ -368,24 +382,80 @@ pub fn run_meta(t: &FeatureTable, p: &MetaParams) -> Result<MetaResults, String>
             }
         }
     }
-    for k in keys {
-        let v = vals.remove(&k).unwrap_or_default();
-        let mean = v.iter().sum::<f64>() / v.len() as f64;
-        let std = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
-        res.records.push(Record {
-            task: k.0,
-            ood_set: k.1,
-            model: k.2,
-            features: k.3,
-            known_unknowns: k.4,
-            transform: k.5,
-            metric: k.6,
-            mean,
-            std,
-            values: v,
-        });
-    }
+    res.records = summarise(keys, vals);
+    res.single = summarise(skeys, svals);
     Ok(res)
+}
+
+/// Records (mean and population sd over repetitions) of the values per key, in key order.
+fn summarise(keys: Vec<Key>, mut vals: std::collections::HashMap<Key, Vec<f64>>) -> Vec<Record> {
+    keys.into_iter()
+        .map(|k| {
+            let v = vals.remove(&k).unwrap_or_default();
+            let mean = v.iter().sum::<f64>() / v.len() as f64;
+            let std = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+            Record {
+                task: k.0,
+                ood_set: k.1,
+                model: k.2,
+                features: k.3,
+                known_unknowns: k.4,
+                transform: k.5,
+                metric: k.6,
+                mean,
+                std,
+                values: v,
+            }
+        })
+        .collect()
+}
+
+/// single_metrics.csv: per task and column, mean ± sd over repetitions of AUROC, AUPR-In,
+/// AUPR-Out and FPR95, and the sign (+1: larger values mean trustworthy; the mean of the
+/// per-repetition signs).
+pub fn single_metrics_csv(single: &[Record]) -> String {
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for r in single {
+        let k = (crate::verdicts::task_of(r), r.features.clone());
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    let get = |task: &str, col: &str, metric: &str| {
+        single.iter().find(|r| {
+            crate::verdicts::task_of(r) == task && r.features == col && r.metric == metric
+        })
+    };
+    let mut head = vec!["task".to_string(), "column".into(), "sign".into()];
+    for m in METRICS {
+        head.push(format!("{m}_mean"));
+        head.push(format!("{m}_sd"));
+    }
+    head.push("repetitions".into());
+    let rows = keys
+        .iter()
+        .filter(|(t, c)| get(t, c, "auroc").is_some())
+        .map(|(t, c)| {
+            let mut row = vec![
+                t.clone(),
+                c.clone(),
+                get("error", c, "sign")
+                    .map(|r| r.mean.to_string())
+                    .unwrap_or_default(),
+            ];
+            for m in METRICS {
+                match get(t, c, m) {
+                    Some(r) => {
+                        row.push(r.mean.to_string());
+                        row.push(r.std.to_string());
+                    }
+                    None => row.extend([String::new(), String::new()]),
+                }
+            }
+            row.push(get(t, c, "auroc").map_or(0, |r| r.values.len()).to_string());
+            row
+        });
+    crate::runfolder::csv_text(&head, rows)
 }
 
 fn one_rep(
@@ -414,6 +484,7 @@ fn one_rep(
     test.sort_unstable();
     let mut out = RepOut {
         values: Vec::new(),
+        single: Vec::new(),
         scores: Vec::new(),
         coefs: Vec::new(),
         warnings: Vec::new(),
@@ -450,7 +521,14 @@ fn one_rep(
     let target = |r: usize| -> u8 { (t.correct(r) == Some(true)) as u8 };
     let cnn_acc = test.iter().filter(|&&r| t.correct(r) == Some(true)).count() as f64
         / test.len().max(1) as f64;
-    let emit = |out: &mut RepOut, model: &str, feats: &str, ku: bool, tr: &str, s_eval: &[f64]| {
+    let emit = |out: &mut RepOut,
+                model: &str,
+                feats: &str,
+                ku: bool,
+                tr: &str,
+                s_eval: &[f64],
+                single: bool| {
+        let mut vals: Vec<(Key, f64)> = Vec::new();
         let key = |task: &str, o: Option<&str>, m: &str| {
             (
                 task.to_string(),
@@ -467,19 +545,19 @@ fn one_rep(
         let pos: Vec<bool> = test.iter().map(|&r| target(r) == 1).collect();
         if let Some(m) = detection_metrics(&pos, s_test) {
             for (name, v) in METRICS.iter().zip(m) {
-                out.values.push((key("error", None, name), v));
+                vals.push((key("error", None, name), v));
             }
         }
-        if !BASELINES.iter().any(|b| b.0 == model) {
+        if !single && !BASELINES.iter().any(|b| b.0 == model) {
             let acc = pos
                 .iter()
                 .zip(s_test)
                 .filter(|(p, s)| (**s >= 0.5) == **p)
                 .count() as f64
                 / pos.len().max(1) as f64;
-            out.values.push((key("error", None, "meta_acc"), acc));
+            vals.push((key("error", None, "meta_acc"), acc));
         }
-        out.values.push((key("error", None, "cnn_acc"), cnn_acc));
+        vals.push((key("error", None, "cnn_acc"), cnn_acc));
         let mut start = test.len();
         for (name, rows) in ood_rows {
             let mut pos = vec![true; test.len()];
@@ -492,7 +570,7 @@ fn one_rep(
             start += rows.len();
             if let Some(m) = detection_metrics(&pos, &s) {
                 for (mn, v) in METRICS.iter().zip(m) {
-                    out.values.push((key("ood", Some(name), mn), v));
+                    vals.push((key("ood", Some(name), mn), v));
                 }
             }
         }
@@ -504,10 +582,15 @@ fn one_rep(
             let pos: Vec<bool> = rows.iter().map(|&r| target(r) == 1).collect();
             if let Some(m) = detection_metrics(&pos, s) {
                 for (mn, v) in METRICS.iter().zip(m) {
-                    out.values.push((key(name, None, mn), v));
+                    vals.push((key(name, None, mn), v));
                 }
             }
         }
+        if single {
+            out.single.extend(vals);
+            return;
+        }
+        out.values.extend(vals);
         if rep < p.keep_scores {
             for (&r, &s) in eval_rows.iter().zip(s_eval) {
                 out.scores.push(ScoreRow {
@@ -530,7 +613,34 @@ fn one_rep(
             .iter()
             .map(|&r| sign * t.row(r)[c] as f64)
             .collect();
-        emit(&mut out, name, name, false, "none", &s_eval);
+        emit(&mut out, name, name, false, "none", &s_eval, false);
+    }
+    // the single-metric table: each feature column as a threshold classifier, its sign (does
+    // larger mean trustworthy?) fixed on the meta-train rows of the error task
+    let train_pos: Vec<bool> = train.iter().map(|&r| target(r) == 1).collect();
+    for (c, name) in t.columns.iter().enumerate() {
+        let xs: Vec<f64> = train.iter().map(|&r| t.row(r)[c] as f64).collect();
+        let sign = match auroc(&train_pos, &xs) {
+            Some(a) if a < 0.5 => -1.0,
+            _ => 1.0,
+        };
+        let s_eval: Vec<f64> = eval_rows
+            .iter()
+            .map(|&r| sign * t.row(r)[c] as f64)
+            .collect();
+        emit(&mut out, "single", name, false, "none", &s_eval, true);
+        out.single.push((
+            (
+                "error".into(),
+                None,
+                "single".into(),
+                name.clone(),
+                false,
+                "none".into(),
+                "sign".into(),
+            ),
+            sign,
+        ));
     }
     let ku_options: Vec<bool> = if ku_rows.is_empty() {
         vec![false]
@@ -591,7 +701,7 @@ fn one_rep(
                         }
                         m.predict(&xe)
                     };
-                    emit(&mut out, model, &g.name, ku, tr, &s_eval);
+                    emit(&mut out, model, &g.name, ku, tr, &s_eval, false);
                 }
             }
         }
@@ -602,8 +712,18 @@ fn one_rep(
 /// Pools the repetitions of another CNN's results into `a` (same grid): values are appended,
 /// mean and std recomputed. Scores and coefficients of `a` are kept as they are.
 pub fn pool(a: &mut MetaResults, b: MetaResults) {
-    for rb in b.records {
-        match a.records.iter_mut().find(|r| {
+    pool_records(&mut a.records, b.records);
+    pool_records(&mut a.single, b.single);
+    for w in b.warnings {
+        if !a.warnings.contains(&w) {
+            a.warnings.push(w);
+        }
+    }
+}
+
+fn pool_records(a: &mut Vec<Record>, b: Vec<Record>) {
+    for rb in b {
+        match a.iter_mut().find(|r| {
             r.task == rb.task
                 && r.ood_set == rb.ood_set
                 && r.model == rb.model
@@ -618,12 +738,7 @@ pub fn pool(a: &mut MetaResults, b: MetaResults) {
                 r.mean = r.values.iter().sum::<f64>() / n;
                 r.std = (r.values.iter().map(|x| (x - r.mean).powi(2)).sum::<f64>() / n).sqrt();
             }
-            None => a.records.push(rb),
-        }
-    }
-    for w in b.warnings {
-        if !a.warnings.contains(&w) {
-            a.warnings.push(w);
+            None => a.push(rb),
         }
     }
 }

@@ -666,6 +666,7 @@ pub fn write_meta(folder: &RunFolder, t: &FeatureTable, r: &eval::MetaResults) -
         "definitions": eval::DEFINITIONS,
         "cnn_accuracy": cnn_accuracy(t),
         "results": r.records,
+        "single_metrics": r.single,
         "warnings": r.warnings,
     });
     folder.write(
@@ -673,6 +674,7 @@ pub fn write_meta(folder: &RunFolder, t: &FeatureTable, r: &eval::MetaResults) -
         serde_json::to_string_pretty(&metrics).map_err(|e| Error::Other(e.to_string()))?,
     )?;
     folder.write("metrics.csv", eval::records_csv(&r.records))?;
+    folder.write("single_metrics.csv", eval::single_metrics_csv(&r.single))?;
     let s = crate::runfolder::csv_text(
         &[
             "rep",

@@ -42,6 +42,40 @@ pub fn paired_t(d: &[f64]) -> (f64, f64) {
     (t, (2.0 * dist.sf(t.abs())).min(1.0))
 }
 
+/// One-sided one-sample t test of the mean of `d` against `mu0`: P(T ≥ t) for `greater`
+/// (H0: mean ≤ mu0), P(T ≤ t) otherwise (H0: mean ≥ mu0), t = (mean − mu0)/(sd/√n), n − 1
+/// degrees of freedom; as scipy's `ttest_1samp(d, mu0, alternative=...)`. With zero spread the
+/// p-value is 0 or 1 by the side the mean is on.
+pub fn t_one_sided(d: &[f64], mu0: f64, greater: bool) -> f64 {
+    let n = d.len();
+    if n < 2 {
+        return 1.0;
+    }
+    let (m, s) = (mean(d), sd(d));
+    let diff = m - mu0;
+    if s == 0.0 {
+        return if (diff > 0.0) == greater && diff != 0.0 {
+            0.0
+        } else {
+            1.0
+        };
+    }
+    let t = diff / (s / (n as f64).sqrt());
+    let dist = StudentsT::new(0.0, 1.0, (n - 1) as f64).expect("df ≥ 1");
+    if greater {
+        dist.sf(t)
+    } else {
+        dist.cdf(t)
+    }
+}
+
+/// Two one-sided tests (TOST) of equivalence within ±`margin`: the larger of the p-values of
+/// H0: mean ≤ −margin and H0: mean ≥ +margin. Equivalent at level α when it is < α (the same
+/// as the 1 − 2α t interval lying inside (−margin, margin)).
+pub fn tost(d: &[f64], margin: f64) -> f64 {
+    t_one_sided(d, -margin, true).max(t_one_sided(d, margin, false))
+}
+
 /// The `level` (e.g. 0.95) t interval of the mean of `d`: mean ± t_{(1+level)/2, n−1}·sd/√n.
 pub fn t_interval(d: &[f64], level: f64) -> (f64, f64) {
     let n = d.len();
@@ -192,6 +226,24 @@ pub fn holm(p: &[f64]) -> Vec<f64> {
 
 #[cfg(test)]
 mod tests {
+
+    /// scipy's `ttest_1samp` (tests/fixtures/make_wilson_values.py prints these too).
+    #[test]
+    fn one_sided_tests_equal_scipy() {
+        // scipy.stats.ttest_1samp(d, mu0, alternative=...).pvalue
+        let d = [0.001, -0.002, 0.0015, 0.0005, -0.001, 0.002, 0.0, 0.001];
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.max(1e-300) + 1e-15;
+        assert!(close(t_one_sided(&d, -0.005, true), 4.393753813030549e-06));
+        assert!(close(t_one_sided(&d, 0.005, false), 1.1907187323293305e-05));
+        assert!(close(t_one_sided(&d, 0.0, true), 0.225619436000839));
+        assert!(close(tost(&d, 0.005), 1.1907187323293305e-05));
+        let d2 = [0.01, 0.012, 0.008, 0.011, 0.009];
+        assert!(close(t_one_sided(&d2, 0.0, true), 7.256408530659893e-05));
+        // a clear gain is not equivalent within 0.005
+        assert!(close(tost(&d2, 0.005), 0.9989446770774544));
+        assert_eq!(t_one_sided(&[0.1, 0.1], 0.0, true), 0.0);
+        assert_eq!(t_one_sided(&[0.1, 0.1], 0.0, false), 1.0);
+    }
 
     /// scipy's `binomtest(k, n).proportion_ci(method="wilson")`
     /// (tests/fixtures/make_wilson_values.py).

@@ -17,7 +17,8 @@ pub struct RunVerdicts {
 /// The verdicts of a finished run, computed from its metrics.json and run.json (as its report
 /// does, so runs made before verdicts.json existed compare too).
 pub fn load(dir: &Path) -> Result<RunVerdicts> {
-    let super::files::RunFiles { run, recs, .. } = super::files::read_run(dir)?;
+    let files = super::files::read_run(dir)?;
+    let run = &files.run;
     let name = dir
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
@@ -25,7 +26,7 @@ pub fn load(dir: &Path) -> Result<RunVerdicts> {
     Ok(RunVerdicts {
         name,
         accuracy: run["test_accuracy"].as_f64(),
-        verdicts: super::files::verdicts_of(&run, &recs),
+        verdicts: super::files::verdicts_of(dir, &files),
     })
 }
 

@@ -187,11 +187,15 @@ pub(crate) fn read_run(dir: &Path) -> Result<RunFiles> {
     Ok(RunFiles { run, metrics, recs })
 }
 
-/// The verdicts of a run (its known-unknown source and seed from run.json).
-pub(crate) fn verdicts_of(
-    run: &serde_json::Value,
-    recs: &[crate::eval::Record],
-) -> crate::verdicts::Verdicts {
+/// The verdicts of a run folder's files (its known-unknown source and seed from run.json, the
+/// single-metric table from metrics.json, the margin from its config.toml).
+pub(crate) fn verdicts_of(dir: &Path, f: &RunFiles) -> crate::verdicts::Verdicts {
+    let RunFiles { run, metrics, recs } = f;
+    let single: Vec<crate::eval::Record> =
+        serde_json::from_value(metrics["single_metrics"].clone()).unwrap_or_default();
+    let margin = crate::config::Config::load(&dir.join("config.toml"))
+        .map(|c| c.verdicts.margin)
+        .unwrap_or_else(|_| crate::config::VerdictsSection::default().margin);
     let ku = run["data"].as_array().and_then(|d| {
         d.iter().find_map(|s| {
             s["role"]
@@ -200,5 +204,11 @@ pub(crate) fn verdicts_of(
                 .map(String::from)
         })
     });
-    crate::verdicts::compute(recs, ku.as_deref(), run["seed"].as_u64().unwrap_or(0))
+    crate::verdicts::compute(
+        recs,
+        &single,
+        ku.as_deref(),
+        run["seed"].as_u64().unwrap_or(0),
+        margin,
+    )
 }

@@ -1,6 +1,6 @@
-//! The first screen of report.html: the verdict of every task in one line, the two claims of
-//! the gradient-metrics paper answered, and one heatmap of the best AUROC per feature group and
-//! task.
+//! The first screen of report.html: the verdict of every task in one line, the four claims of
+//! the gradient-metrics paper answered with the tests their wording needs, and one heatmap of
+//! the best AUROC per feature group and task.
 
 use super::esc;
 use crate::eval::Record;
@@ -19,14 +19,20 @@ pub fn block(v: &Verdicts) -> String {
             h.push_str(&format!("<li class=\"{cls}\">{}</li>", esc(&line)));
         }
     }
-    h.push_str("</ul><h3>The paper's claims</h3><ul>");
+    h.push_str("</ul><h3>The paper's claims, as it states them</h3><ul class=\"claims\">");
     for c in &v.claims {
         h.push_str(&format!(
-            "<li><b>({}) {}</b> — <b>{}</b>: {}</li>",
+            "<li><b>{} {}</b> <span class=\"how\">({})</span><br>Answer: <b>{}</b>. {}{}</li>",
             esc(&c.name),
             esc(&c.statement),
+            esc(&c.quote),
             esc(&c.answer),
-            esc(&c.because)
+            esc(&c.because),
+            if c.test.is_empty() {
+                String::new()
+            } else {
+                format!("<br><span class=\"how\">Test: {}.</span>", esc(&c.test))
+            }
         ));
     }
     h.push_str(&format!("</ul><p class=\"how\">{}</p>", esc(&v.how)));

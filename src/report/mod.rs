@@ -82,7 +82,9 @@ struct Inputs<'a> {
 pub fn build(dir: &Path) -> Result<()> {
     register_font();
     let t0 = std::time::Instant::now();
-    let RunFiles { run, metrics, recs } = read_run(dir)?;
+    let files = read_run(dir)?;
+    let verdicts = verdicts_of(dir, &files);
+    let RunFiles { run, metrics, recs } = files;
     let table = FeatureTable::read_csv(&dir.join("features.csv"))?;
     let scores = read_scores(dir)?;
     let mut plots: Vec<(String, Vec<Plot>)> = Vec::new();
@@ -115,7 +117,6 @@ pub fn build(dir: &Path) -> Result<()> {
     // the page
     let mut html = String::from("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>metaclf report</title><style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em;color:#222}svg{max-width:100%;height:auto}.plot{margin:1em 0;border-top:1px solid #ddd}.how{color:#555;font-size:0.9em}table{border-collapse:collapse;font-size:0.8em}td,th{border:1px solid #ccc;padding:2px 6px;white-space:nowrap}td.best{font-weight:bold;background:#e8f3ff}ul.verdicts li.better{color:#0a5}ul.verdicts li.worse{color:#b22}table.heat td{text-align:right}.scroll{overflow-x:auto}code{background:#f4f4f4}</style></head><body>");
     html.push_str("<h1>metaclf report</h1>");
-    let verdicts = verdicts_of(&run, recs);
     write_atomic(
         &dir.join("verdicts.json"),
         (serde_json::to_string_pretty(&verdicts).map_err(|e| Error::Other(e.to_string()))? + "\n")
@@ -183,6 +184,9 @@ pub fn build(dir: &Path) -> Result<()> {
     ));
     html.push_str("<h2>Ablation: which feature groups detect errors and unknown inputs</h2><p class=\"how\">How to read: one table per task; rows are the baselines (a raw score each), then the feature groups with and without known unknowns in meta training; columns are the meta classifiers; a cell is the mean AUROC over repetitions (hover for its spread, AUPR-In, AUPR-Out and FPR95); the best cell of each table is highlighted. Every metric of every cell: ablation.csv and ablation.md.</p>");
     html.push_str(&ablation_by_task(recs));
+    let single: Vec<Record> =
+        serde_json::from_value(metrics["single_metrics"].clone()).unwrap_or_default();
+    html.push_str(&single_table(&single));
     for (section, ps) in &plots {
         html.push_str(&format!("<h2>{}</h2>", esc(section)));
         for p in ps {

@@ -57,6 +57,60 @@ pub fn per_class_table(
     h
 }
 
+/// The paper's single-metric table, compact: for every task the ten feature columns with the
+/// highest mean AUROC as threshold classifiers (sign fixed on meta-train rows), value and
+/// spread; every column and metric is in single_metrics.csv.
+pub fn single_table(single: &[crate::eval::Record]) -> String {
+    use crate::verdicts::{task_label, task_of};
+    let mut tasks: Vec<String> = Vec::new();
+    for r in single.iter().filter(|r| r.metric == "auroc") {
+        let t = task_of(r);
+        if !tasks.contains(&t) {
+            tasks.push(t);
+        }
+    }
+    if tasks.is_empty() {
+        return String::new();
+    }
+    let top: Vec<Vec<&crate::eval::Record>> = tasks
+        .iter()
+        .map(|t| {
+            let mut v: Vec<&crate::eval::Record> = single
+                .iter()
+                .filter(|r| r.metric == "auroc" && &task_of(r) == t)
+                .collect();
+            v.sort_by(|a, b| b.mean.total_cmp(&a.mean));
+            v.truncate(10);
+            v
+        })
+        .collect();
+    let mut h = String::from("<h3>Single metrics: the ten best feature columns per task</h3><p class=\"how\">Each feature column thresholded on its own (its sign fixed on each repetition's meta-train rows), mean AUROC ± sd over repetitions on the meta-test rows; every column with AUPR-In, AUPR-Out and FPR95: single_metrics.csv.</p><div class=\"scroll\"><table><tr><th>#</th>");
+    for t in &tasks {
+        h.push_str(&format!("<th>{}</th>", esc(&task_label(t))));
+    }
+    h.push_str("</tr>");
+    for i in 0..10 {
+        if top.iter().all(|v| v.len() <= i) {
+            break;
+        }
+        h.push_str(&format!("<tr><th>{}</th>", i + 1));
+        for v in &top {
+            match v.get(i) {
+                Some(r) => h.push_str(&format!(
+                    "<td title=\"± {:.4}\"><code>{}</code> {:.4}</td>",
+                    r.std,
+                    esc(&r.features),
+                    r.mean
+                )),
+                None => h.push_str("<td></td>"),
+            }
+        }
+        h.push_str("</tr>");
+    }
+    h.push_str("</table></div>");
+    h
+}
+
 /// The ablation as one table per task: rows are the baselines, then each feature group (with
 /// and without known unknowns), columns the meta classifiers; a cell is the mean AUROC over
 /// repetitions (its spread and the other metrics in the cell's title); the best cell of each

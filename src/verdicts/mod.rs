@@ -3,7 +3,8 @@
 //! baseline on the same meta-test rows of each repetition — paired differences in AUROC,
 //! AUPR-Out and FPR95 with a t interval and a bootstrap interval over repetitions, the paired t
 //! and Wilcoxon signed-rank tests, Holm's correction across every comparison of the run — and
-//! the two claims of the gradient-metrics paper answered from them. Reads only metric records.
+//! the four claims of the gradient-metrics paper answered as it states them (`claims`). Reads
+//! only metric records.
 
 use crate::eval::Record;
 use crate::stats;
@@ -25,10 +26,9 @@ pub struct Verdict {
     /// `model/features/known_unknowns` (`with` or `without`).
     pub detector: String,
     /// Why this detector is compared: `best`, `best softmax`, `best mc-dropout`, `best gradient`,
-    /// `best combination`, or a claim (`claim a`, `claim b`), several joined by `, `.
+    /// `best combination`, several joined by `, `.
     pub role: String,
-    /// The baseline it is compared with (`msp`; `entropy` for one side of claim a; the same
-    /// detector without known unknowns for claim b).
+    /// The baseline it is compared with (`msp`).
     pub baseline: String,
     pub detector_mean: f64,
     pub baseline_mean: f64,
@@ -49,15 +49,8 @@ pub struct Verdict {
     pub repetitions: usize,
 }
 
-/// The answer to one claim of the paper.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Claim {
-    pub name: String,
-    pub statement: String,
-    /// `supported`, `not supported` or `not testable here` (e.g. no such group in the grid).
-    pub answer: String,
-    pub because: String,
-}
+pub mod claims;
+pub use claims::{Claim, Evidence, CLAIMS, MIN_REPETITIONS};
 
 /// Everything `verdicts.json` holds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -132,9 +125,15 @@ struct Pending {
 }
 
 /// Computes the verdicts from a run's metric records. `known_unknown` is the short name of the
-/// known-unknown source (its OOD set, if also evaluated, is not "unseen" for claim b); `seed`
+/// known-unknown source (its OOD set, if also evaluated, is not "unseen" for claim c4); `seed`
 /// fixes the bootstrap draws.
-pub fn compute(recs: &[Record], known_unknown: Option<&str>, seed: u64) -> Verdicts {
+pub fn compute(
+    recs: &[Record],
+    single: &[Record],
+    known_unknown: Option<&str>,
+    seed: u64,
+    margin: f64,
+) -> Verdicts {
     let mut tasks: Vec<String> = Vec::new();
     for r in recs {
         let t = task_of(r);
@@ -197,54 +196,6 @@ pub fn compute(recs: &[Record], known_unknown: Option<&str>, seed: u64) -> Verdi
             push(task, det, &roles.join(", "), msp, "msp");
         }
     }
-    // claim a: the best meta classifier on gradient metrics + softmax (msp, entropy) vs
-    // entropy and vs MSP, for error detection
-    let claim_a_det = recs
-        .iter()
-        .filter(|r| {
-            r.task == "error"
-                && r.metric == "auroc"
-                && r.model != r.features
-                && !r.known_unknowns
-                && r.features.split('+').any(|p| p == "softmax")
-                && r.features.split('+').any(|p| p.starts_with("grad"))
-        })
-        .max_by(|a, b| a.mean.total_cmp(&b.mean))
-        .map(detector_of);
-    if let Some(d) = &claim_a_det {
-        push("error", d, "claim a", msp, "msp");
-        push("error", d, "claim a", "entropy/entropy/without", "entropy");
-    }
-    // claim b: on each unseen OOD set, the best fitted scorer without known unknowns vs the
-    // same scorer with them
-    let mut unseen: Vec<String> = Vec::new();
-    for t in &tasks {
-        if let Some(set) = t.strip_prefix("ood-") {
-            if Some(set) != known_unknown {
-                unseen.push(t.clone());
-            }
-        }
-    }
-    let mut claim_b_sets = Vec::new();
-    for task in &unseen {
-        let best = recs
-            .iter()
-            .filter(|r| {
-                &task_of(r) == task
-                    && r.metric == "auroc"
-                    && r.model != r.features
-                    && !r.known_unknowns
-            })
-            .max_by(|a, b| a.mean.total_cmp(&b.mean));
-        if let Some(b) = best {
-            let with = format!("{}/{}/with/{}", b.model, b.features, b.transform);
-            if find(recs, task, "auroc", &with).is_some() {
-                push(task, &with, "claim b", &detector_of(b), &detector_of(b));
-                claim_b_sets.push(task.clone());
-            }
-        }
-    }
-
     // statistics, then Holm over every comparison
     let mut rng = crate::data::stage_rng(seed, "verdicts");
     let mut out: Vec<Verdict> = pending
@@ -288,7 +239,7 @@ pub fn compute(recs: &[Record], known_unknown: Option<&str>, seed: u64) -> Verdi
         }
         .into();
     }
-    let claims = claims(&out, claim_a_det.as_deref(), &claim_b_sets);
+    let claims = claims::answer(recs, single, known_unknown, &tasks, margin);
     Verdicts {
         how: format!(
             "Each comparison pairs a detector with its baseline on the same meta-test rows of every \
@@ -298,109 +249,17 @@ pub fn compute(recs: &[Record], known_unknown: Option<&str>, seed: u64) -> Verdi
              Wilcoxon signed-rank test (both two-sided); p_holm = Holm's correction of p_ttest over \
              all {} comparisons. Verdict: better/worse when p_holm < {ALPHA} and the interval excludes \
              0 (for FPR95 lower is better), else no detectable difference. The best detectors are \
-             chosen on the same repetitions they are tested on, so their p-values are optimistic.",
+             chosen on the same repetitions they are tested on, so their p-values are optimistic. \
+             \"No detectable difference\" means the repetitions cannot tell detector and baseline apart \
+             (the interval includes 0): it is not evidence that they are equal (the claims test \
+             equivalence and non-inferiority for that, within ±{margin} AUROC), and with fewer than \
+             {MIN_REPETITIONS} repetitions the tests decide nothing.",
             out.len()
         ),
         comparisons: out,
         claims,
     }
 }
-
-fn claims(v: &[Verdict], a_det: Option<&str>, b_sets: &[String]) -> Vec<Claim> {
-    let get = |task: &str, role: &str, base: &str| {
-        v.iter().find(|x| {
-            x.task == task && x.metric == "auroc" && x.role.contains(role) && x.baseline == base
-        })
-    };
-    let a = match a_det {
-        None => Claim {
-            name: "a".into(),
-            statement: CLAIM_A.into(),
-            answer: "not testable here".into(),
-            because:
-                "the grid has no feature group of gradient metrics with softmax (e.g. grad+softmax)"
-                    .into(),
-        },
-        Some(det) => {
-            let (m, e) = (
-                get("error", "claim a", "msp"),
-                get("error", "claim a", "entropy"),
-            );
-            let line = |x: Option<&Verdict>| {
-                x.map(|x| {
-                    format!(
-                        "vs {}: ΔAUROC {:+.4} [{:+.4}, {:+.4}], p_holm {} → {}",
-                        x.baseline,
-                        x.mean_diff,
-                        x.ci_low,
-                        x.ci_high,
-                        fmt_p(x.p_holm),
-                        x.verdict
-                    )
-                })
-                .unwrap_or_else(|| "no baseline".into())
-            };
-            let ok = [m, e]
-                .iter()
-                .all(|x| x.is_some_and(|x| x.verdict == "better"));
-            Claim {
-                name: "a".into(),
-                statement: CLAIM_A.into(),
-                answer: if ok { "supported" } else { "not supported" }.into(),
-                because: format!("{det}: {}; {}", line(m), line(e)),
-            }
-        }
-    };
-    let bs: Vec<&Verdict> = b_sets
-        .iter()
-        .filter_map(|t| {
-            v.iter()
-                .find(|x| &x.task == t && x.role.contains("claim b") && x.metric == "auroc")
-        })
-        .collect();
-    let b = if bs.is_empty() {
-        Claim {
-            name: "b".into(),
-            statement: CLAIM_B.into(),
-            answer: "not testable here".into(),
-            because: "no known unknowns in meta training, or no OOD set apart from them".into(),
-        }
-    } else {
-        let better = bs.iter().filter(|x| x.verdict == "better").count();
-        let worse = bs.iter().filter(|x| x.verdict == "worse").count();
-        Claim {
-            name: "b".into(),
-            statement: CLAIM_B.into(),
-            answer: if better > 0 && worse == 0 && better * 2 > bs.len() {
-                "supported"
-            } else {
-                "not supported"
-            }
-            .into(),
-            because: format!(
-                "with known unknowns, AUROC is higher on {better}, lower on {worse}, not detectably different on {} of {} unseen OOD sets: {}",
-                bs.len() - better - worse,
-                bs.len(),
-                bs.iter()
-                    .map(|x| format!(
-                        "{} {:+.4} ({})",
-                        x.task.trim_start_matches("ood-"),
-                        x.mean_diff,
-                        x.verdict
-                    ))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ),
-        }
-    };
-    vec![a, b]
-}
-
-/// Claim (a) of the gradient-metrics paper.
-pub const CLAIM_A: &str = "A meta classifier on gradient metrics plus entropy detects errors better than entropy or MSP alone.";
-/// Claim (b).
-pub const CLAIM_B: &str =
-    "Noise \"known unknowns\" in meta training raise the detection of unseen OOD sets.";
 
 /// A p-value for display.
 pub fn fmt_p(p: f64) -> String {
@@ -605,7 +464,7 @@ mod tests {
 
     #[test]
     fn verdicts_pick_the_best_and_decide() {
-        let v = compute(&grid(), Some("uniform-noise"), 1);
+        let v = compute(&grid(), &[], Some("uniform-noise"), 1, 0.005);
         let best = v
             .comparisons
             .iter()
@@ -649,16 +508,30 @@ mod tests {
         assert_eq!(e.verdict, "no detectable difference");
         // Holm never lowers a p-value
         assert!(v.comparisons.iter().all(|x| x.p_holm >= x.p_ttest));
-        // claims: a supported (better than msp and entropy), b supported on the one unseen set
-        assert_eq!(v.claims[0].answer, "supported", "{:?}", v.claims[0]);
-        assert_eq!(v.claims[1].answer, "supported", "{:?}", v.claims[1]);
+        // claims: c1 has no single-metric table; c2 (ridge on grad+softmax, +0.03) holds; c3
+        // has no entropy + gradient group on an OOD set; c4 has no nn
+        let answers: Vec<&str> = v.claims.iter().map(|c| c.answer.as_str()).collect();
+        assert!(answers[0].starts_with("not testable here"), "{answers:?}");
+        assert_eq!(answers[1], "supported", "{:?}", v.claims[1]);
+        assert!(answers[2].starts_with("not testable here"), "{answers:?}");
+        assert!(answers[3].starts_with("not testable here"), "{answers:?}");
         assert!(headline(&v, "error").unwrap().contains("→ better"));
         let csv = to_csv(&v);
         assert!(csv.starts_with(
             "task,metric,detector,baseline,mean_diff,ci_low,ci_high,p_wilcoxon,p_ttest,p_holm,verdict,"
         ));
         // deterministic
-        assert_eq!(v, compute(&grid(), Some("uniform-noise"), 1));
+        assert_eq!(v, compute(&grid(), &[], Some("uniform-noise"), 1, 0.005));
+        // too few repetitions: nothing is testable
+        let few: Vec<Record> = grid()
+            .into_iter()
+            .map(|mut r| {
+                r.values.truncate(3);
+                r
+            })
+            .collect();
+        let v = compute(&few, &[], None, 1, 0.005);
+        assert!(v.claims.iter().all(|c| c.answer.contains("3 repetitions")));
     }
 
     #[test]
