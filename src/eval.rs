@@ -20,7 +20,11 @@ positive = correct prediction. OOD detection per set: in-distribution meta-test 
 the positives as the class of interest (sklearn average_precision_score(positive, s)). aupr_out = average precision \
 with the negatives as the class of interest and -s as the score. fpr95 = fraction of negatives with s >= the largest \
 threshold that keeps >= 95% of positives. meta_acc = accuracy of the meta classifier at 0.5 on its targets. \
-cnn_acc = the CNN's accuracy on the meta-test rows. Mean and std (population, ddof 0) over repetitions.";
+cnn_acc = the CNN's accuracy on the meta-test rows. aurc, eaurc, augrc = selective classification (FD-Shifts' \
+definitions, 0-1 scale; FD-Shifts reports x1000): area under risk (wrong among kept / kept) over coverage, ties kept \
+together; eaurc = aurc minus that of a perfect ranking; augrc uses wrong among kept / n. Task failure (FD-Shifts' \
+protocol): successes = right in-distribution predictions (meta-test rows), failures = wrong ones and every OOD row; \
+auroc with successes positive, aurc, augrc. Mean and std (population, ddof 0) over repetitions.";
 
 /// Area under the ROC curve (Mann–Whitney, ties count half). `None` without both classes.
 pub fn auroc(pos: &[bool], s: &[f64]) -> Option<f64> {
@@ -123,6 +127,43 @@ pub fn detection_metrics(pos: &[bool], s: &[f64]) -> Option<[f64; 4]> {
 
 pub const METRICS: [&str; 4] = ["auroc", "aupr_in", "aupr_out", "fpr95"];
 
+/// Selective-classification metrics (FD-Shifts' definitions, 0–1 scale; FD-Shifts reports
+/// ×1000): AURC, e-AURC and AUGRC of confidences `s` (higher = more trustworthy) for
+/// predictions `ok` (right or wrong). Tied confidences are kept or dropped together; AURC is
+/// the trapezoid area under risk = wrong among kept / kept over coverage = kept / n, from
+/// (0, risk of the first point) to 1; e-AURC = AURC − the optimum r + (1 − r)·ln(1 − r) for an
+/// error rate r; AUGRC uses the generalised risk wrong among kept / n and starts at (0, 0).
+pub fn selective(ok: &[bool], s: &[f64]) -> Option<[f64; 3]> {
+    let n = ok.len();
+    if n == 0 {
+        return None;
+    }
+    let nf = n as f64;
+    let steps = threshold_steps(ok, s);
+    let (mut aurc, mut augrc) = (0f64, 0f64);
+    let (mut c0, mut r0, mut g0) = (0f64, f64::NAN, 0f64);
+    for (tp, fp) in steps {
+        let kept = tp + fp;
+        let (c, r, g) = (kept / nf, fp / kept, fp / nf);
+        if r0.is_nan() {
+            r0 = r;
+        }
+        aurc += (c - c0) * (r0 + r) / 2.0;
+        augrc += (c - c0) * (g0 + g) / 2.0;
+        (c0, r0, g0) = (c, r, g);
+    }
+    let rate = ok.iter().filter(|&&o| !o).count() as f64 / nf;
+    let best = if rate >= 1.0 {
+        1.0
+    } else {
+        rate + (1.0 - rate) * (1.0 - rate).ln()
+    };
+    Some([aurc, aurc - best, augrc])
+}
+
+/// Names of [`selective`]'s values, in order.
+pub const SELECTIVE: [&str; 3] = ["aurc", "eaurc", "augrc"];
+
 /// Expected and maximum calibration error over `bins` equal-width confidence bins:
 /// ECE = Σ_b (n_b/N)|acc_b − conf_b|, MCE = max_b |acc_b − conf_b| over non-empty bins.
 pub fn calibration(
@@ -153,6 +194,82 @@ pub fn calibration(
     (ece, mce, table)
 }
 
+/// Mean negative log-likelihood of softmax(z / t) at `labels` (z: rows × `k` logits).
+pub fn nll_at(z: &[f32], labels: &[u32], k: usize, t: f64) -> f64 {
+    let n = labels.len().max(1) as f64;
+    z.chunks_exact(k)
+        .zip(labels)
+        .map(|(row, &y)| {
+            let m = row
+                .iter()
+                .fold(f64::NEG_INFINITY, |a, &v| a.max(v as f64 / t));
+            let lse = m + row
+                .iter()
+                .map(|&v| (v as f64 / t - m).exp())
+                .sum::<f64>()
+                .ln();
+            lse - row[y as usize] as f64 / t
+        })
+        .sum::<f64>()
+        / n
+}
+
+/// Temperature scaling (Guo et al. 2017): the T > 0 minimising the mean NLL of softmax(z / T)
+/// on held-out rows (the validation split), by golden-section search on ln T ∈ [−3, 3] (the
+/// NLL is convex in 1/T, so unimodal there); 1 without rows.
+pub fn fit_temperature(z: &[f32], labels: &[u32], k: usize) -> f64 {
+    if labels.is_empty() || k == 0 {
+        return 1.0;
+    }
+    let f = |u: f64| nll_at(z, labels, k, u.exp());
+    let g = (5f64.sqrt() - 1.0) / 2.0;
+    let (mut a, mut b) = (-3.0f64, 3.0f64);
+    let (mut c, mut d) = (b - g * (b - a), a + g * (b - a));
+    let (mut fc, mut fd) = (f(c), f(d));
+    for _ in 0..200 {
+        if (b - a).abs() < 1e-12 {
+            break;
+        }
+        if fc < fd {
+            b = d;
+            d = c;
+            fd = fc;
+            c = b - g * (b - a);
+            fc = f(c);
+        } else {
+            a = c;
+            c = d;
+            fc = fd;
+            d = a + g * (b - a);
+            fd = f(d);
+        }
+    }
+    ((a + b) / 2.0).exp()
+}
+
+/// The max softmax probability of each row of softmax(z / t), and whether its argmax is the
+/// label.
+pub fn confidences(z: &[f32], labels: &[u32], k: usize, t: f64) -> (Vec<f64>, Vec<bool>) {
+    z.chunks_exact(k)
+        .zip(labels)
+        .map(|(row, &y)| {
+            let m = row
+                .iter()
+                .fold(f64::NEG_INFINITY, |a, &v| a.max(v as f64 / t));
+            let e: Vec<f64> = row.iter().map(|&v| (v as f64 / t - m).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            let (arg, top) = e
+                .iter()
+                .enumerate()
+                .fold(
+                    (0, f64::NEG_INFINITY),
+                    |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc },
+                );
+            (top / sum, arg as u32 == y)
+        })
+        .unzip()
+}
+
 /// One result: a metric over repetitions.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Record {
@@ -174,15 +291,22 @@ fn none() -> String {
     "none".into()
 }
 
-/// One scored row of one fitted (or baseline) scorer.
-#[derive(Debug, Clone)]
-pub struct ScoreRow {
-    pub rep: usize,
+/// A fitted (or baseline) scorer of the grid: model, feature group, known unknowns, transform.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scorer {
     pub model: String,
     pub features: String,
     pub known_unknowns: bool,
     pub transform: String,
-    pub row: usize,
+}
+
+/// One scored row of one scorer. Millions of these are kept for meta_scores.csv (every
+/// evaluated row × every scorer of the kept repetitions), so the scorer is shared, not copied.
+#[derive(Debug, Clone)]
+pub struct ScoreRow {
+    pub scorer: std::sync::Arc<Scorer>,
+    pub rep: u32,
+    pub row: u32,
     pub target: u8,
     pub score: f64,
 }
@@ -548,6 +672,27 @@ fn one_rep(
                 vals.push((key("error", None, name), v));
             }
         }
+        if let Some(m) = selective(&pos, s_test) {
+            for (name, v) in SELECTIVE.iter().zip(m) {
+                vals.push((key("error", None, name), v));
+            }
+        }
+        // failure detection (FD-Shifts): successes = right in-distribution predictions;
+        // failures = wrong ones and every OOD image
+        if !ood_rows.is_empty() {
+            let n_ood: usize = ood_rows.iter().map(|(_, r)| r.len()).sum();
+            let mut fpos = pos.clone();
+            fpos.extend(std::iter::repeat_n(false, n_ood));
+            let fs = &s_eval[..test.len() + n_ood];
+            if let Some(a) = auroc(&fpos, fs) {
+                vals.push((key("failure", None, "auroc"), a));
+            }
+            if let Some(m) = selective(&fpos, fs) {
+                for (name, v) in SELECTIVE.iter().zip(m) {
+                    vals.push((key("failure", None, name), v));
+                }
+            }
+        }
         if !single && !BASELINES.iter().any(|b| b.0 == model) {
             let acc = pos
                 .iter()
@@ -585,6 +730,11 @@ fn one_rep(
                     vals.push((key(name, None, mn), v));
                 }
             }
+            if let Some(m) = selective(&pos, s) {
+                for (mn, v) in SELECTIVE.iter().zip(m) {
+                    vals.push((key(name, None, mn), v));
+                }
+            }
         }
         if single {
             out.single.extend(vals);
@@ -592,14 +742,17 @@ fn one_rep(
         }
         out.values.extend(vals);
         if rep < p.keep_scores {
+            let scorer = std::sync::Arc::new(Scorer {
+                model: model.into(),
+                features: feats.into(),
+                known_unknowns: ku,
+                transform: tr.into(),
+            });
             for (&r, &s) in eval_rows.iter().zip(s_eval) {
                 out.scores.push(ScoreRow {
-                    rep,
-                    model: model.into(),
-                    features: feats.into(),
-                    known_unknowns: ku,
-                    transform: tr.into(),
-                    row: r,
+                    scorer: scorer.clone(),
+                    rep: rep as u32,
+                    row: r as u32,
                     target: target(r),
                     score: s,
                 });
@@ -898,6 +1051,48 @@ pub fn ablation(records: &[Record]) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// scipy.optimize.minimize_scalar on the same logits
+    /// (tests/fixtures/make_temperature_values.py).
+    #[test]
+    fn temperature_equals_scipy() {
+        let z: Vec<f32> = vec![
+            0.004, 0.896, -0.822, -2.672, 2.636, -2.975, 0.18, 8.021, -1.477, 2.139, 1.47, 1.071,
+            0.316, -2.791, -0.088, 2.086, -4.033, 2.627, -5.704, 0.131, -5.525, -0.705, -3.802,
+            4.814, 0.47, -0.561, -7.55, -1.616, -0.146, 4.34, -4.59, -1.433, 1.064, -2.427, 7.183,
+            -2.423, -0.098, 2.653, -1.751, 3.665, 0.331, 0.191, -3.675, 4.228, 4.076, -0.641,
+            2.578, 0.358, -1.924, 6.001, 2.287, -3.598, 0.224, 5.73, 3.434, 2.049, -0.2, 2.002,
+            8.316, -2.027, 0.609, -1.39, 0.382, 0.438, -1.738, -0.589, 2.696, 7.436, -3.971,
+            -2.384, 1.941, -1.977,
+        ];
+        let y = [
+            0, 1, 1, 0, 2, 2, 1, 2, 1, 2, 2, 1, 0, 0, 1, 0, 2, 2, 0, 1, 0, 0, 1, 2,
+        ];
+        let t = fit_temperature(&z, &y, 3);
+        assert!((t - 2.2602322180385084).abs() < 1e-6, "{t}");
+        // the f32 logits differ from numpy's f64 in the 8th digit
+        assert!((nll_at(&z, &y, 3, 1.0) - 0.86195847764394).abs() < 1e-6);
+        assert!((nll_at(&z, &y, 3, t) - 0.6793201749504884).abs() < 1e-6);
+        let (c, ok) = confidences(&z, &y, 3, t);
+        assert_eq!(c.len(), 24);
+        assert!(c.iter().all(|&v| v > 1.0 / 3.0 - 1e-12 && v <= 1.0));
+        assert_eq!(ok, confidences(&z, &y, 3, 1.0).1);
+    }
+
+    /// tests/fixtures/make_selective_values.py (FORMATS.md's definitions in plain Python).
+    #[test]
+    fn selective_equals_python() {
+        let s = [0.9, 0.8, 0.8, 0.7, 0.6, 0.6, 0.6, 0.5, 0.3, 0.2];
+        let ok = [1, 1, 0, 1, 1, 0, 1, 0, 1, 0].map(|v| v == 1);
+        let [aurc, eaurc, augrc] = selective(&ok, &s).unwrap();
+        assert!((aurc - 0.24797619047619046).abs() < 1e-12, "{aurc}");
+        assert!((eaurc - 0.15447156473578488).abs() < 1e-12, "{eaurc}");
+        assert!((augrc - 0.155).abs() < 1e-12, "{augrc}");
+        // a perfect ranking reaches the optimum: e-AURC 0, AUGRC r²/2
+        let s: Vec<f64> = ok.iter().map(|&o| o as u8 as f64).collect();
+        let [_, e, g] = selective(&ok, &s).unwrap();
+        assert!(e.abs() < 1e-12 && (g - 0.08).abs() < 1e-12, "{e} {g}");
+    }
 
     #[test]
     fn metrics_by_hand() {

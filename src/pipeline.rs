@@ -660,10 +660,50 @@ pub fn cnn_accuracy(t: &FeatureTable) -> serde_json::Map<String, serde_json::Val
         .collect()
 }
 
+/// Temperature scaling (Guo et al. 2017) fitted on the validation split, and the test set's
+/// calibration before and after it: ECE, MCE and the 15-bin reliability table.
+pub fn calibrate(net: &Net, s: &Splits) -> Result<serde_json::Value> {
+    let k = net.arch.classes;
+    let labels = |d: &Dataset| d.labels.clone().unwrap_or_default();
+    let (vy, ty) = (labels(&s.val), labels(&s.test));
+    let vz = crate::model::logits(net, &s.val, 512)?;
+    let tz = crate::model::logits(net, &s.test, 512)?;
+    let t = eval::fit_temperature(&vz, &vy, k);
+    let side = |temp: f64| {
+        let (conf, ok) = eval::confidences(&tz, &ty, k, temp);
+        let (ece, mce, bins) = eval::calibration(&conf, &ok, 15);
+        json!({
+            "ece": ece,
+            "mce": mce,
+            "test_nll": eval::nll_at(&tz, &ty, k, temp),
+            "bins": bins.iter().filter(|b| b.2 > 0).map(|b| json!({"confidence": b.0, "accuracy": b.1, "images": b.2})).collect::<Vec<_>>(),
+        })
+    };
+    tracing::info!(
+        "temperature scaling on {} validation images: T = {t:.4}",
+        vy.len()
+    );
+    Ok(json!({
+        "method": "temperature scaling (Guo et al. 2017): T minimises the mean NLL of softmax(logits / T) on the validation split; ECE/MCE over 15 equal-width confidence bins of the test set",
+        "temperature": t,
+        "validation_images": vy.len(),
+        "validation_nll_before": eval::nll_at(&vz, &vy, k, 1.0),
+        "validation_nll_after": eval::nll_at(&vz, &vy, k, t),
+        "before": side(1.0),
+        "after": side(t),
+    }))
+}
+
 /// Writes the meta results into the run folder.
 pub fn write_meta(folder: &RunFolder, t: &FeatureTable, r: &eval::MetaResults) -> Result<()> {
+    // the CNN's calibration (temperature scaling), written by the training stage
+    let calibration: serde_json::Value = std::fs::read_to_string(folder.file("calibration.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(serde_json::Value::Null);
     let metrics = json!({
         "definitions": eval::DEFINITIONS,
+        "calibration": calibration,
         "cnn_accuracy": cnn_accuracy(t),
         "results": r.records,
         "single_metrics": r.single,
@@ -675,7 +715,8 @@ pub fn write_meta(folder: &RunFolder, t: &FeatureTable, r: &eval::MetaResults) -
     )?;
     folder.write("metrics.csv", eval::records_csv(&r.records))?;
     folder.write("single_metrics.csv", eval::single_metrics_csv(&r.single))?;
-    let s = crate::runfolder::csv_text(
+    crate::runfolder::write_csv_atomic(
+        &folder.file("meta_scores.csv"),
         &[
             "rep",
             "model",
@@ -688,20 +729,20 @@ pub fn write_meta(folder: &RunFolder, t: &FeatureTable, r: &eval::MetaResults) -
             "transform",
         ],
         r.scores.iter().map(|x| {
+            let (sc, row) = (&x.scorer, x.row as usize);
             vec![
                 x.rep.to_string(),
-                x.model.clone(),
-                x.features.clone(),
-                x.known_unknowns.to_string(),
-                t.set[x.row].clone(),
-                t.index[x.row].to_string(),
+                sc.model.clone(),
+                sc.features.clone(),
+                sc.known_unknowns.to_string(),
+                t.set[row].clone(),
+                t.index[row].to_string(),
                 x.target.to_string(),
                 x.score.to_string(),
-                x.transform.clone(),
+                sc.transform.clone(),
             ]
         }),
-    );
-    folder.write("meta_scores.csv", s)?;
+    )?;
     let c = crate::runfolder::csv_text(
         &[
             "rep",
@@ -879,6 +920,11 @@ fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary
         "test accuracy {test_acc:.4} (loss {test_loss:.4}), best epoch {}",
         trained.best_epoch
     );
+    let calibration = calibrate(&trained.net, &splits)?;
+    folder.write(
+        "calibration.json",
+        serde_json::to_string_pretty(&calibration).unwrap_or_default() + "\n",
+    )?;
 
     let t = Instant::now();
     let mut sets = vec![
@@ -945,6 +991,9 @@ fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary
         "test_accuracy": test_acc,
         "test_images": splits.test.len(),
         "test_accuracy_ci": acc_ci,
+        "temperature": calibration["temperature"],
+        "ece_before": calibration["before"]["ece"],
+        "ece_after": calibration["after"]["ece"],
         "test_loss": test_loss,
         "extra_cnn_test_accuracy": extra_acc,
         "stage_seconds": times.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),

@@ -38,6 +38,30 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).at(path)
 }
 
+/// Writes a CSV file of a header and rows straight to disk (through a temporary sibling,
+/// renamed in at the end): for files too large to build in memory first (meta_scores.csv).
+pub fn write_csv_atomic<H, R, F>(path: &Path, header: &[H], rows: R) -> Result<()>
+where
+    H: AsRef<[u8]>,
+    R: IntoIterator<Item = Vec<F>>,
+    F: AsRef<[u8]>,
+{
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        create_dirs(dir)?;
+    }
+    let tmp = tmp_sibling(path);
+    let f = std::fs::File::create(&tmp).at(&tmp)?;
+    let mut w = csv::Writer::from_writer(std::io::BufWriter::with_capacity(1 << 20, f));
+    let io = |e: csv::Error| Error::Other(format!("writing {}: {e}", tmp.display()));
+    w.write_record(header).map_err(io)?;
+    for r in rows {
+        w.write_record(&r).map_err(io)?;
+    }
+    w.flush().at(&tmp)?;
+    drop(w);
+    std::fs::rename(&tmp, path).at(path)
+}
+
 /// CSV text of a header and rows, written with the csv crate (fields that hold a comma, quote
 /// or line break are quoted; everything else is written as it is).
 pub fn csv_text<H, R, F>(header: &[H], rows: R) -> String

@@ -1116,7 +1116,11 @@ sets = []
             .unwrap();
     assert_eq!(summary["class_names"]["1"], "diatom");
     let review = std::fs::read_to_string(dp.join("s1/review.html")).unwrap();
-    assert!(review.contains("pred <b>diatom</b>"));
+    // cards name the predicted class, never its number
+    assert!(["copepod", "diatom", "pteropod"]
+        .iter()
+        .any(|n| review.contains(&format!("pred <b>{n}</b>"))));
+    assert!(!(0..4).any(|k| review.contains(&format!("pred <b>{k}</b>"))));
 
     // date folders are not classes: refused, then read flat or unlabelled
     let season = dp.join("season");

@@ -8,4 +8,4 @@ pub mod oracle;
 pub mod train;
 
 pub use net::{argmax_rows, softmax, Arch, Net, OutGrads, Step, Tape};
-pub use train::{evaluate, EpochRecord, TrainParams, Trained};
+pub use train::{evaluate, logits, EpochRecord, TrainParams, Trained};

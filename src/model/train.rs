@@ -58,6 +58,19 @@ pub struct Trained {
     pub best_epoch: usize,
 }
 
+/// The logits of every image of a data set (rows × classes), dropout off, in batches.
+pub fn logits(net: &Net, ds: &Dataset, batch: usize) -> Result<Vec<f32>> {
+    crate::features::check_shape(net, ds)?;
+    let len = ds.shape.len();
+    let mut out = Vec::with_capacity(ds.len() * net.arch.classes);
+    for start in (0..ds.len()).step_by(batch.max(1)) {
+        let end = (start + batch).min(ds.len());
+        let tape = net.forward(&ds.images[start * len..end * len], end - start, None, false);
+        out.extend_from_slice(&tape.logits);
+    }
+    Ok(out)
+}
+
 /// Mean cross-entropy and accuracy of a net on labelled data, dropout off.
 pub fn evaluate(net: &Net, ds: &Dataset, batch: usize) -> Result<(f64, f64)> {
     let labels = ds.labels.as_ref().ok_or_else(|| Error::Data {

@@ -523,6 +523,35 @@ fn calibration_section(i: &Inputs) -> Result<(String, Vec<Plot>)> {
         ));
         cal_text.push(format!("{name}: ECE {ece:.4}, MCE {mce:.4}"));
     }
+    // temperature scaling (calibration.json of the training stage)
+    if let Some(c) = std::fs::read_to_string(dir.join("calibration.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+    {
+        let t = c["temperature"].as_f64().unwrap_or(f64::NAN);
+        let (ece, mce) = (
+            c["after"]["ece"].as_f64().unwrap_or(f64::NAN),
+            c["after"]["mce"].as_f64().unwrap_or(f64::NAN),
+        );
+        let pts: Vec<(f64, f64)> = c["after"]["bins"]
+            .as_array()
+            .map(|b| {
+                b.iter()
+                    .filter_map(|x| Some((x["confidence"].as_f64()?, x["accuracy"].as_f64()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !pts.is_empty() {
+            rel_series.push((
+                format!("softmax / T (T = {t:.3}): ECE {ece:.4}, MCE {mce:.4}"),
+                pts,
+                false,
+            ));
+            cal_text.push(format!(
+                "temperature scaling (T = {t:.3}, fitted on the validation split): ECE {ece:.4}, MCE {mce:.4}"
+            ));
+        }
+    }
     let svg = both!(dir, "reliability", |root| {
         lines(
             &root,

@@ -349,6 +349,8 @@ pub fn task_label(task: &str) -> String {
         format!("errors under shift {s}")
     } else if task == "error" {
         "error detection".into()
+    } else if task == "failure" {
+        "failure detection (errors and OOD)".into()
     } else {
         task.into()
     }
