@@ -1088,10 +1088,19 @@ mod tests {
         assert!((aurc - 0.24797619047619046).abs() < 1e-12, "{aurc}");
         assert!((eaurc - 0.15447156473578488).abs() < 1e-12, "{eaurc}");
         assert!((augrc - 0.155).abs() < 1e-12, "{augrc}");
-        // a perfect ranking reaches the optimum: e-AURC 0, AUGRC r²/2
+        // a perfect ranking (two tied groups): points (0, 0), (0.6, 0), (1, 0.4), so AURC =
+        // 0.08 by hand, AUGRC = r²/2 = 0.08, and e-AURC = AURC − (r + (1 − r)·ln(1 − r)) (the
+        // continuous optimum, which a tied discrete curve undercuts)
         let s: Vec<f64> = ok.iter().map(|&o| o as u8 as f64).collect();
-        let [_, e, g] = selective(&ok, &s).unwrap();
-        assert!(e.abs() < 1e-12 && (g - 0.08).abs() < 1e-12, "{e} {g}");
+        let [a, e, g] = selective(&ok, &s).unwrap();
+        assert!(
+            (a - 0.08).abs() < 1e-12 && (g - 0.08).abs() < 1e-12,
+            "{a} {g}"
+        );
+        assert!(
+            (e - (0.08 - (0.4 + 0.6 * 0.6f64.ln()))).abs() < 1e-12,
+            "{e}"
+        );
     }
 
     #[test]
