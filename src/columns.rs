@@ -21,7 +21,7 @@ pub const GRAD_START: usize = SCORE_COLUMNS.len();
 pub const GRAD_STATS: [&str; 7] = ["l1", "l2", "min", "max", "mean", "skew", "kurt"];
 
 /// Meta-classifier names accepted in `meta.models`.
-pub const MODELS: [&str; 5] = ["glm", "lasso", "ridge", "elastic-net", "nn"];
+pub const MODELS: [&str; 6] = ["glm", "lasso", "ridge", "elastic-net", "nn", "gb"];
 
 /// Feature transforms accepted in `meta.transforms` (see `meta::transform`).
 pub const TRANSFORMS: [&str; 2] = ["none", "log"];

@@ -323,7 +323,7 @@ impl Default for MetaSection {
         Self {
             repetitions: 10,
             test_fraction: 0.5,
-            models: ["glm", "lasso", "ridge", "elastic-net", "nn"]
+            models: ["glm", "lasso", "ridge", "elastic-net", "nn", "gb"]
                 .map(String::from)
                 .to_vec(),
             groups: [

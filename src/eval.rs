@@ -816,7 +816,18 @@ fn one_rep(
                 let f = crate::meta::transform::Fitted::fit(tr, &g.columns, &x_raw)?;
                 let (x, xe) = (f.apply(&x_raw), f.apply(&xe_raw));
                 for model in &p.models {
-                    let s_eval: Vec<f64> = if model == "nn" {
+                    // trees only compare thresholds: a monotone transform changes nothing
+                    if model == "gb" && tr != "none" && p.transforms.iter().any(|t| t == "none") {
+                        continue;
+                    }
+                    let s_eval: Vec<f64> = if model == "gb" {
+                        crate::meta::boost::BoostParams {
+                            seed: p.seed ^ (rep as u64 + 1),
+                            ..Default::default()
+                        }
+                        .fit(&x, &y)?
+                        .predict(&xe)
+                    } else if model == "nn" {
                         let nn = NnParams {
                             seed: p.seed ^ (rep as u64 + 1),
                             ..p.nn.clone()

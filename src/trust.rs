@@ -103,6 +103,10 @@ pub struct TrustModel {
     pub logistic: Option<LogisticCoefs>,
     /// The NN's weights file in the run folder (NN models only).
     pub nn_weights: Option<String>,
+    /// The boosted trees (`gb` only; the means and scales are then 0 and 1: trees need no
+    /// standardisation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boost: Option<crate::meta::boost::Booster>,
     pub thresholds: Vec<Threshold>,
     pub fitted_on: FittedOn,
     pub net: NetInfo,
@@ -111,6 +115,7 @@ pub struct TrustModel {
 enum Scorer {
     Logistic(Logistic),
     Nn(Nn),
+    Gb(crate::meta::boost::Booster),
 }
 
 /// A trust model ready to score.
@@ -144,6 +149,15 @@ pub fn file_sha256(path: &Path) -> Result<String> {
 }
 
 fn fit_scorer(model: &str, x: &[f64], y: &[f64], mp: &MetaParams, seed: u64) -> Result<Scorer> {
+    if model == "gb" {
+        let b = crate::meta::boost::BoostParams {
+            seed,
+            ..Default::default()
+        }
+        .fit(x, y)
+        .map_err(|e| err(format!("trust model (gb): {e}")))?;
+        return Ok(Scorer::Gb(b));
+    }
     if model == "nn" {
         let nn = NnParams {
             seed,
@@ -166,6 +180,7 @@ fn predict(s: &Scorer, x: &[f64]) -> Result<Vec<f64>> {
         Scorer::Nn(m) => m
             .predict(x)
             .map_err(|e| err(format!("trust model (nn): {e}"))),
+        Scorer::Gb(b) => Ok(b.predict(x)),
     }
 }
 
@@ -495,7 +510,9 @@ pub fn fit(
     let x = design(table, &rows, &cols);
     let transform = fit_tr(&x)?;
     let scorer = fit_scorer(&model, &transform.apply(&x), &y, mp, seed)?;
+    let p = group.columns.len();
     let (mean, scale, logistic, nn_weights) = match &scorer {
+        Scorer::Gb(_) => (vec![0.0; p], vec![1.0; p], None, None),
         Scorer::Logistic(m) => {
             let (b0, orig) = m.original();
             (
@@ -532,6 +549,10 @@ pub fn fit(
             scale,
             logistic,
             nn_weights,
+            boost: match &scorer {
+                Scorer::Gb(b) => Some(b.clone()),
+                _ => None,
+            },
             thresholds,
             fitted_on: FittedOn {
                 id_rows: id.len(),
@@ -653,7 +674,37 @@ impl Trust {
             }
         }
         let scorer = match (&m.logistic, &m.nn_weights) {
-            (Some(l), None) if m.model != "nn" => {
+            (None, None) if m.model == "gb" => {
+                let Some(b) = &m.boost else {
+                    return Err(fmt_err(&path, "model \"gb\" needs its trees (boost)"));
+                };
+                let ok = b.features == p
+                    && b.baseline.is_finite()
+                    && b.trees.iter().all(|t| {
+                        !t.is_empty()
+                            && t.iter().enumerate().all(|(i, n)| {
+                                if n.leaf {
+                                    n.value.is_finite()
+                                } else {
+                                    // children after their parent: no cycle, no index outside
+                                    n.feature < p
+                                        && !n.threshold.is_nan()
+                                        && n.left > i
+                                        && n.right > i
+                                        && n.left < t.len()
+                                        && n.right < t.len()
+                                }
+                            })
+                    });
+                if !ok {
+                    return Err(fmt_err(
+                        &path,
+                        format!("its boosted trees do not fit its {p} columns (a node points outside its tree, or a value is not finite)"),
+                    ));
+                }
+                Scorer::Gb(b.clone())
+            }
+            (Some(l), None) if m.model != "nn" && m.model != "gb" => {
                 if l.coef.len() != p || !finite(&l.coef) || !l.intercept.is_finite() {
                     return Err(fmt_err(
                         &path,
@@ -891,6 +942,18 @@ mod tests {
             let back = Trust::load(d.path()).unwrap();
             assert_eq!(back.model, tr.model);
             assert_eq!(back.predict_table(&t, &rows).unwrap(), a);
+            if model == "gb" {
+                // a tree whose node points back at itself is refused, not followed forever
+                let mut bad = back.model.clone();
+                let tree = &mut bad.boost.as_mut().unwrap().trees[0];
+                let k = tree.iter().position(|n| !n.leaf).unwrap();
+                tree[k].left = k;
+                let text = serde_json::to_string(&bad).unwrap();
+                let e = tempfile::tempdir().unwrap();
+                std::fs::write(e.path().join(JSON_FILE), text).unwrap();
+                let msg = Trust::load(e.path()).unwrap_err().to_string();
+                assert!(msg.contains("boosted trees do not fit"), "{msg}");
+            }
             back.check_net(&info(&t), d.path()).unwrap();
             let other = NetInfo {
                 classes: 4,

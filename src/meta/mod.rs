@@ -2,6 +2,7 @@
 //! logistic-regression family (GLM, LASSO, ridge, elastic net) and the small NN, fitted on
 //! meta-train rows and scoring any rows, and the feature transforms applied before them.
 
+pub mod boost;
 pub mod logistic;
 pub mod nn;
 pub mod transform;
