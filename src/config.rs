@@ -359,7 +359,7 @@ impl Default for MetaSection {
 pub struct ScoreSection {
     /// Meta classifier of the trust model ("" = the one with the best mean error-detection
     /// AUROC in this run's grid; ties go to the simpler model, in the order of `meta.models`'
-    /// known names: glm, lasso, ridge, elastic-net, nn).
+    /// known names: glm, lasso, ridge, elastic-net, nn, gb).
     pub model: String,
     /// Its feature group ("" = the best for the model, as above; ties to fewer columns).
     pub features: String,

@@ -48,7 +48,7 @@ fn cell(v: &Verdicts, task: &str) -> Option<(String, String)> {
     ))
 }
 
-/// The rows: every task of any run (in first-seen order), then the two claims.
+/// The rows: every task of any run (in first-seen order), then the four claims.
 fn rows(runs: &[RunVerdicts]) -> Vec<String> {
     let mut t: Vec<String> = Vec::new();
     for r in runs {
@@ -90,7 +90,7 @@ pub fn markdown(runs: &[RunVerdicts]) -> String {
         }
         m.push('\n');
     }
-    for (i, label) in ["claim (a)", "claim (b)"].iter().enumerate() {
+    for (i, label) in ["claim c1", "claim c2", "claim c3", "claim c4"].iter().enumerate() {
         m.push_str(&format!("| {label} |"));
         for r in runs {
             m.push_str(&format!(
@@ -141,7 +141,7 @@ pub fn html(runs: &[RunVerdicts]) -> String {
         }
         h.push_str("</tr>");
     }
-    for (i, label) in ["claim (a)", "claim (b)"].iter().enumerate() {
+    for (i, label) in ["claim c1", "claim c2", "claim c3", "claim c4"].iter().enumerate() {
         h.push_str(&format!("<tr><th>{label}</th>"));
         for r in runs {
             let c = r.verdicts.claims.get(i);
