@@ -31,6 +31,10 @@ pub enum Error {
         "run folder {0} already exists; pass --force to overwrite it or --out to choose another"
     )]
     RunExists(PathBuf),
+    #[error(
+        "output folder {0} already exists; pass --force to replace it or --out to choose another"
+    )]
+    OutputExists(PathBuf),
     /// The run's meta data cannot give a trust model (says why).
     #[error("no trust model: {0}")]
     NoTrustModel(String),

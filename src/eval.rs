@@ -839,6 +839,19 @@ fn one_rep(
                     } else {
                         let m = logistic_params(model, p, p.seed ^ (rep as u64 + 1)).fit(&x, &y)?;
                         for w in &m.warnings {
+                            // name the constant features
+                            let w = if w.contains("constant feature") {
+                                let names: Vec<&str> = g
+                                    .columns
+                                    .iter()
+                                    .zip(&m.scale)
+                                    .filter(|(_, s)| **s == 0.0)
+                                    .map(|(c, _)| c.as_str())
+                                    .collect();
+                                format!("{w}: {}", names.join(", "))
+                            } else {
+                                w.clone()
+                            };
                             out.warnings.push(format!(
                                 "{model} on {}{} ({tr}): {w}",
                                 g.name,

@@ -111,7 +111,11 @@ fn check_replaceable(dir: &Path, force: bool, markers: &[&str], what: &str) -> R
         let empty = std::fs::read_dir(dir).at(dir)?.next().is_none();
         if !empty {
             if !force {
-                return Err(Error::RunExists(dir.to_path_buf()));
+                return Err(if markers.contains(&MARKER) {
+                    Error::RunExists(dir.to_path_buf())
+                } else {
+                    Error::OutputExists(dir.to_path_buf())
+                });
             }
             if !markers.iter().any(|m| dir.join(m).exists()) {
                 return Err(Error::Other(format!(

@@ -819,7 +819,7 @@ fn score_applies_the_trust_model_streams_shards_and_refuses_mismatches() {
         ],
         dp,
     );
-    fails_with(&o, &["already exists"]);
+    fails_with(&o, &["output folder", "already exists"]);
     assert_eq!(snapshot(&dp.join("f1")), before);
 
     // a trust model of another model is refused, naming the mismatch; so is none at all

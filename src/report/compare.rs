@@ -90,7 +90,10 @@ pub fn markdown(runs: &[RunVerdicts]) -> String {
         }
         m.push('\n');
     }
-    for (i, label) in ["claim c1", "claim c2", "claim c3", "claim c4"].iter().enumerate() {
+    for (i, label) in ["claim c1", "claim c2", "claim c3", "claim c4"]
+        .iter()
+        .enumerate()
+    {
         m.push_str(&format!("| {label} |"));
         for r in runs {
             m.push_str(&format!(
@@ -141,7 +144,10 @@ pub fn html(runs: &[RunVerdicts]) -> String {
         }
         h.push_str("</tr>");
     }
-    for (i, label) in ["claim c1", "claim c2", "claim c3", "claim c4"].iter().enumerate() {
+    for (i, label) in ["claim c1", "claim c2", "claim c3", "claim c4"]
+        .iter()
+        .enumerate()
+    {
         h.push_str(&format!("<tr><th>{label}</th>"));
         for r in runs {
             let c = r.verdicts.claims.get(i);
