@@ -217,7 +217,7 @@ fn toy_run_writes_folder_reproducibly_and_refuses_overwrite() {
     assert!(o.status.success(), "{}", stderr(&o));
     let md = std::fs::read_to_string(cmp.join("compare.md")).unwrap();
     assert!(md.starts_with("| task | toy | toy |"), "{md}");
-    assert!(md.contains("| OOD uniform-noise |") && md.contains("| claim (b) |"));
+    assert!(md.contains("| OOD uniform-noise |") && md.contains("| claim c4 |"));
     assert!(cmp.join("compare.html").exists());
     fails_with(
         &run(
