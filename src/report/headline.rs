@@ -22,7 +22,7 @@ pub fn block(v: &Verdicts) -> String {
     h.push_str("</ul><h3>The paper's claims, as it states them</h3><ul class=\"claims\">");
     for c in &v.claims {
         h.push_str(&format!(
-            "<li><b>{} {}</b> <span class=\"how\">({})</span><br>Answer: <b>{}</b>. {}{}</li>",
+            "<li><b>{} {}</b> <span class=\"how\">({})</span><br>Answer: <b>{}</b>.<details><summary class=\"how\">evidence and test</summary>{}{}</details></li>",
             esc(&c.name),
             esc(&c.statement),
             esc(&c.quote),
@@ -85,7 +85,11 @@ pub fn heatmap(recs: &[Record]) -> String {
         .max(lo + 1e-9);
     let mut h = String::from("<h3>Best AUROC per feature group and task</h3><p class=\"how\">Rows: the baselines (a raw score each), then the meta classifiers' feature groups; a cell is the best mean AUROC over models and known-unknown settings (rows ending in \", log\": the meta classifiers on log-transformed features); darker is higher (scale from the table's lowest to its highest value).</p><div class=\"scroll\"><table class=\"heat\"><tr><th>features</th>");
     for t in &tasks {
-        h.push_str(&format!("<th>{}</th>", esc(&verdicts::task_label(t))));
+        h.push_str(&format!(
+            "<th title=\"{}\">{}</th>",
+            esc(&verdicts::task_label(t)),
+            esc(&verdicts::task_short(t))
+        ));
     }
     h.push_str("</tr>");
     for (f, tr, base) in &rows {
@@ -152,6 +156,6 @@ mod tests {
         let grad = h.find("<th>grad</th>").unwrap();
         assert!(msp < grad);
         assert!(h.contains(">0.9700</td>") && !h.contains(">0.9500</td>"));
-        assert!(h.contains("<th>OOD letters</th>"));
+        assert!(h.contains("<th title=\"OOD letters\">letters</th>"));
     }
 }

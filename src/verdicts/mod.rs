@@ -356,6 +356,20 @@ pub fn task_label(task: &str) -> String {
     }
 }
 
+/// A task's short name for narrow table headers: `errors`, `failure`, the OOD set's name,
+/// `shift <name>`.
+pub fn task_short(task: &str) -> String {
+    if let Some(s) = task.strip_prefix("ood-") {
+        s.into()
+    } else if let Some(s) = task.strip_prefix("shift-") {
+        format!("shift {s}")
+    } else if task == "error" {
+        "errors".into()
+    } else {
+        task.into()
+    }
+}
+
 /// The tasks in the order the records have them.
 pub fn tasks(v: &Verdicts) -> Vec<String> {
     let mut t: Vec<String> = Vec::new();
