@@ -191,7 +191,9 @@ where
     if hi - lo < 1e-12 {
         hi = lo + 1.0;
     }
-    let pad = (hi - lo) * 0.05;
+    // the axis is the data's range (msp never above 1), and each violin is cut at its own
+    // group's smallest and largest value (seaborn's cut = 0)
+    let pad = 0.0;
     let k = groups.len().max(1);
     let mut chart = ChartBuilder::on(root)
         .caption(title, style(20))
@@ -219,14 +221,17 @@ where
         .light_line_style(RGBColor(235, 235, 235))
         .draw()
         .map_err(perr)?;
-    let grid: Vec<f64> = (0..=120)
-        .map(|i| lo - pad + (hi - lo + 2.0 * pad) * i as f64 / 120.0)
-        .collect();
     for (gi, (_, vals)) in groups.iter().enumerate() {
         let v: Vec<f64> = vals.iter().cloned().filter(|x| x.is_finite()).collect();
         if v.len() < 2 {
             continue;
         }
+        let (glo, ghi) = v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |a, x| {
+            (a.0.min(*x), a.1.max(*x))
+        });
+        let grid: Vec<f64> = (0..=120)
+            .map(|i| glo + (ghi - glo) * i as f64 / 120.0)
+            .collect();
         let (dens, _) = kde(&v, &grid);
         let m = dens.iter().cloned().fold(0.0, f64::max).max(1e-300);
         let c = PALETTE[gi % PALETTE.len()];
