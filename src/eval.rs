@@ -194,22 +194,24 @@ pub fn calibration(
     (ece, mce, table)
 }
 
+/// ln Σ exp(v / t) of one row of logits, stably.
+fn log_sum_exp(row: &[f32], t: f64) -> f64 {
+    let m = row
+        .iter()
+        .fold(f64::NEG_INFINITY, |a, &v| a.max(v as f64 / t));
+    m + row
+        .iter()
+        .map(|&v| (v as f64 / t - m).exp())
+        .sum::<f64>()
+        .ln()
+}
+
 /// Mean negative log-likelihood of softmax(z / t) at `labels` (z: rows × `k` logits).
 pub fn nll_at(z: &[f32], labels: &[u32], k: usize, t: f64) -> f64 {
     let n = labels.len().max(1) as f64;
     z.chunks_exact(k)
         .zip(labels)
-        .map(|(row, &y)| {
-            let m = row
-                .iter()
-                .fold(f64::NEG_INFINITY, |a, &v| a.max(v as f64 / t));
-            let lse = m + row
-                .iter()
-                .map(|&v| (v as f64 / t - m).exp())
-                .sum::<f64>()
-                .ln();
-            lse - row[y as usize] as f64 / t
-        })
+        .map(|(row, &y)| log_sum_exp(row, t) - row[y as usize] as f64 / t)
         .sum::<f64>()
         / n
 }
@@ -253,19 +255,17 @@ pub fn confidences(z: &[f32], labels: &[u32], k: usize, t: f64) -> (Vec<f64>, Ve
     z.chunks_exact(k)
         .zip(labels)
         .map(|(row, &y)| {
-            let m = row
-                .iter()
-                .fold(f64::NEG_INFINITY, |a, &v| a.max(v as f64 / t));
-            let e: Vec<f64> = row.iter().map(|&v| (v as f64 / t - m).exp()).collect();
-            let sum: f64 = e.iter().sum();
-            let (arg, top) = e
+            let (arg, top) = row
                 .iter()
                 .enumerate()
                 .fold(
-                    (0, f64::NEG_INFINITY),
+                    (0, f32::NEG_INFINITY),
                     |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc },
                 );
-            (top / sum, arg as u32 == y)
+            (
+                (top as f64 / t - log_sum_exp(row, t)).exp(),
+                arg as u32 == y,
+            )
         })
         .unzip()
 }

@@ -187,8 +187,6 @@ pub struct Scorer {
     pub trust: Trust,
     /// The original label of each network output.
     pub labels: Vec<u32>,
-    /// The name of each network output.
-    pub names: Vec<String>,
     /// Whether the run's `data.transpose` applies to the data being scored.
     pub transpose: bool,
 }
@@ -218,9 +216,7 @@ impl Scorer {
             crate::pipeline::net_info(classes, cfg.shape(), &features::columns(&net), &model)?;
         trust.check_net(&info, run)?;
         let labels = crate::pipeline::class_labels(&cfg, classes);
-        let names = crate::pipeline::class_names(&cfg, classes);
         Ok(Scorer {
-            names,
             cfg,
             net,
             trust,

@@ -226,7 +226,6 @@ pub fn folder_files(
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         let label = match how {
-            FolderLabels::Own | FolderLabels::Ignore => ci as u32,
             FolderLabels::ByName(names) => match names.iter().position(|n| *n == sub) {
                 Some(k) => k as u32,
                 None => {
@@ -235,14 +234,15 @@ pub fn folder_files(
                         msg: format!(
                             "subfolder {sub:?} is not a class of the run (its classes: {}); \
                              read nested folders that are not classes with folder-flat:{} \
-                             (every image below it, unlabelled){}",
+                             (every image below it, unlabelled), or score with --unlabeled",
                             names.join(", "),
                             dir.display(),
-                            ", or score with --unlabeled"
                         ),
-                    })
+                    });
                 }
             },
+            // `Ignore` returned above: the sorted subfolder order
+            _ => ci as u32,
         };
         let mut f: Vec<_> = std::fs::read_dir(sd)
             .at(sd)?

@@ -437,17 +437,20 @@ mod tests {
         let y: Vec<f64> = serde_json::from_value(r["y"].clone()).unwrap();
         let n = y.len();
         let half = r["train_rows"].as_u64().unwrap() as usize;
-        let b = BoostParams {
-            max_iter: r["max_iter"].as_u64().unwrap() as usize,
-            max_depth: r["max_depth"].as_u64().unwrap() as usize,
-            validation_fraction: 0.0,
-            ..Default::default()
-        }
-        .fit(&x[..half * p], &y[..half])
-        .unwrap();
-        let s = b.predict(&x[half * p..]);
         let pos: Vec<bool> = y[half..n].iter().map(|&v| v == 1.0).collect();
-        let ours = crate::eval::auroc(&pos, &s).unwrap();
+        // fit on the first half, AUROC on the second
+        let auroc_of = |x: &[f64]| {
+            let b = BoostParams {
+                max_iter: r["max_iter"].as_u64().unwrap() as usize,
+                max_depth: r["max_depth"].as_u64().unwrap() as usize,
+                validation_fraction: 0.0,
+                ..Default::default()
+            }
+            .fit(&x[..half * p], &y[..half])
+            .unwrap();
+            crate::eval::auroc(&pos, &b.predict(&x[half * p..])).unwrap()
+        };
+        let ours = auroc_of(&x);
         let theirs = r["sklearn_auroc"].as_f64().unwrap();
         assert!((ours - theirs).abs() < 0.005, "{ours} vs sklearn {theirs}");
         // and boosting is invariant to a monotone transform of a column
@@ -456,16 +459,7 @@ mod tests {
             .enumerate()
             .map(|(i, &v)| if i % p == 0 { v.exp() } else { v })
             .collect();
-        let b2 = BoostParams {
-            max_iter: r["max_iter"].as_u64().unwrap() as usize,
-            max_depth: r["max_depth"].as_u64().unwrap() as usize,
-            validation_fraction: 0.0,
-            ..Default::default()
-        }
-        .fit(&xl[..half * p], &y[..half])
-        .unwrap();
-        let s2 = b2.predict(&xl[half * p..]);
-        let a2 = crate::eval::auroc(&pos, &s2).unwrap();
+        let a2 = auroc_of(&xl);
         assert!((a2 - ours).abs() < 1e-9, "{a2} vs {ours}");
     }
 }

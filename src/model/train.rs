@@ -77,21 +77,14 @@ pub fn evaluate(net: &Net, ds: &Dataset, batch: usize) -> Result<(f64, f64)> {
         name: ds.name.clone(),
         msg: "has no labels to evaluate against".into(),
     })?;
-    crate::features::check_shape(net, ds)?;
     let k = net.arch.classes;
-    let len = ds.shape.len();
+    let z = logits(net, ds, batch)?;
+    let (p, pred) = (softmax(&z, k), argmax_rows(&z, k));
     let (mut loss, mut correct) = (0f64, 0usize);
-    for start in (0..ds.len()).step_by(batch.max(1)) {
-        let end = (start + batch).min(ds.len());
-        let n = end - start;
-        let tape = net.forward(&ds.images[start * len..end * len], n, None, false);
-        let p = softmax(&tape.logits, k);
-        let pred = argmax_rows(&tape.logits, k);
-        for i in 0..n {
-            let y = labels[start + i] as usize;
-            loss -= (p[i * k + y] as f64).max(1e-30).ln();
-            correct += (pred[i] as usize == y) as usize;
-        }
+    for (i, &y) in labels.iter().enumerate() {
+        let y = y as usize;
+        loss -= (p[i * k + y] as f64).max(1e-30).ln();
+        correct += (pred[i] as usize == y) as usize;
     }
     let n = ds.len().max(1) as f64;
     Ok((loss / n, correct as f64 / n))

@@ -450,8 +450,8 @@ fn c4(recs: &[Record], ood: &[&String], known_unknown: Option<&str>) -> Claim {
             }
         }
     }
-    let nn_out: Vec<Evidence> = superiority(&pairs);
-    let nn: Vec<&Evidence> = nn_out
+    let ev: Vec<Evidence> = superiority(&pairs);
+    let nn: Vec<&Evidence> = ev
         .iter()
         .filter(|e| e.detector.starts_with("nn/") && e.metric == "aupr_out")
         .collect();
@@ -477,12 +477,12 @@ fn c4(recs: &[Record], ood: &[&String], known_unknown: Option<&str>) -> Claim {
         3,
         format!(
             "superiority: one-sided paired t test of H0: with − without known unknowns ≤ 0, Holm-adjusted over the claim's {} tests, α = {ALPHA}; the same model, group and transform (the model's best for error detection) on every OOD set other than the known-unknown source; the answer follows nn's AUPR-Out, lasso is evidence",
-            nn_out.len()
+            ev.len()
         ),
         "aupr_out, auroc",
         answer,
-        nn_out.iter().map(ev_line).collect::<Vec<_>>().join("; "),
-        nn_out,
+        ev.iter().map(ev_line).collect::<Vec<_>>().join("; "),
+        ev,
     )
 }
 
