@@ -812,23 +812,48 @@ pub fn fit_trust(
             // e.g. a test set without wrong predictions: nothing to learn trust from
             tracing::warn!("no trust model: {why}");
             let _ = std::fs::remove_file(folder.file(crate::trust::JSON_FILE));
-            let _ = std::fs::remove_file(folder.file(crate::trust::NN_FILE));
+            for f in [
+                crate::trust::NN_FILE,
+                crate::trust::NN_FILE_KNOWN,
+                crate::trust::NN_FILE_CORRECT,
+            ] {
+                let _ = std::fs::remove_file(folder.file(f));
+            }
             return Ok(());
         }
         Err(e) => return Err(e),
     };
-    for th in &trust.model.thresholds {
-        tracing::info!(
-            "trust model {} on {} ({} features): {} < {:.4} flags; keeps {:.1}% at {:.2}% accuracy, catches {:.1}% of errors",
-            trust.model.model,
-            trust.model.features,
-            if trust.model.transform.name.is_empty() { "none" } else { &trust.model.transform.name },
-            th.name,
-            th.value,
-            100.0 * th.kept_fraction,
-            100.0 * th.kept_accuracy,
-            100.0 * th.errors_flagged
-        );
+    let mut trust = trust;
+    // calibrated probabilities for scores.csv: the training stage's temperature
+    trust.model.temperature = std::fs::read_to_string(folder.file("calibration.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["temperature"].as_f64())
+        .filter(|t| t.is_finite() && *t > 0.0);
+    for (what, h) in [
+        ("trust", Some(&trust.model.trust)),
+        ("p_known", trust.model.known.as_ref()),
+        ("p_correct_if_known", trust.model.correct.as_ref()),
+    ] {
+        let Some(h) = h else {
+            tracing::info!("no {what} head (the run has no OOD or known-unknown images)");
+            continue;
+        };
+        for th in &h.thresholds {
+            tracing::info!(
+                "{what}: {} on {} ({} features): {} < {:.4} flags; keeps {:.1}% at {:.2}% {}, catches {:.1}% of {}",
+                h.model,
+                h.features,
+                if h.transform.name.is_empty() { "none" } else { &h.transform.name },
+                th.name,
+                th.value,
+                100.0 * th.kept_fraction,
+                100.0 * th.kept_accuracy,
+                if what == "p_known" { "in-distribution" } else { "accuracy" },
+                100.0 * th.errors_flagged,
+                if what == "p_known" { "OOD images" } else { "errors" },
+            );
+        }
     }
     trust.save(folder)
 }

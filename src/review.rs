@@ -205,6 +205,7 @@ pub fn page(
     let rank = ranks(rows);
     let th = trust
         .model
+        .trust
         .thresholds
         .iter()
         .find(|t| t.name == s.threshold);
@@ -244,7 +245,7 @@ pub fn page(
         esc(&s.data),
         esc(&s.run),
         esc(&s.trust_model),
-        esc(&trust.model.selection),
+        esc(&trust.model.trust.selection),
         th.map(|t| format!(
             " On the run's held-out test images this threshold {}: it kept {:.1}% of them at {:.2}% accuracy and flagged {:.1}% of the wrong predictions.",
             esc(&t.rule),

@@ -17,8 +17,12 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-/// Columns of scores.csv, in order.
-pub const COLUMNS: [&str; 10] = [
+/// Columns of scores.csv, in order. `p_calibrated` is the CNN's top-class probability after
+/// temperature scaling; `p_known` and `p_correct_if_known` are the trust model's two
+/// questions (empty when it has no such head); `suspect` says which one the image fails:
+/// `new-kind` (p_known below its keep95 threshold), `misclassified` (known, but
+/// p_correct_if_known below its threshold of the chosen name), or empty.
+pub const COLUMNS: [&str; 14] = [
     "index",
     "path",
     "label",
@@ -29,7 +33,40 @@ pub const COLUMNS: [&str; 10] = [
     "rank",
     "label_name",
     "pred_name",
+    "p_calibrated",
+    "p_known",
+    "p_correct_if_known",
+    "suspect",
 ];
+
+/// Why an image is suspect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Suspect {
+    #[default]
+    None,
+    /// Probably not of a kind the CNN was trained on.
+    NewKind,
+    /// Of a known kind, but the prediction is probably wrong.
+    Misclassified,
+}
+
+impl Suspect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Suspect::None => "",
+            Suspect::NewKind => "new-kind",
+            Suspect::Misclassified => "misclassified",
+        }
+    }
+    fn parse(s: &str) -> Option<Suspect> {
+        match s {
+            "" => Some(Suspect::None),
+            "new-kind" => Some(Suspect::NewKind),
+            "misclassified" => Some(Suspect::Misclassified),
+            _ => None,
+        }
+    }
+}
 
 /// Images at or above this msp that are flagged are "confident but not trusted".
 pub const CONFIDENT: f64 = 0.9;
@@ -67,6 +104,11 @@ pub struct Row {
     /// The run's names of `label` (empty without a label) and `pred`.
     pub label_name: String,
     pub pred_name: String,
+    /// Top-class probability after temperature scaling (msp when the run has no temperature).
+    pub p_calibrated: f32,
+    pub p_known: Option<f64>,
+    pub p_correct: Option<f64>,
+    pub suspect: Suspect,
 }
 
 /// Images and flagged images of one predicted class.
@@ -105,6 +147,16 @@ pub struct Summary {
     pub class_names: BTreeMap<u32, String>,
     /// Flagged although msp ≥ 0.9.
     pub confident_flagged: usize,
+    /// Images whose p_known is below the known head's keep95 threshold (`p_known_threshold`).
+    #[serde(default)]
+    pub new_kind: usize,
+    /// Images of a known kind whose p_correct_if_known is below its threshold.
+    #[serde(default)]
+    pub misclassified: usize,
+    #[serde(default)]
+    pub p_known_threshold: Option<f64>,
+    #[serde(default)]
+    pub p_correct_threshold: Option<f64>,
     pub labelled: bool,
     /// With labels: accuracy of all, kept and flagged predictions, and errors caught.
     pub accuracy: Option<f64>,
@@ -143,6 +195,12 @@ impl Summary {
                 100.0 * k,
                 100.0 * f,
                 100.0 * c
+            ));
+        }
+        if self.p_known_threshold.is_some() {
+            s.push_str(&format!(
+                "; {} probably of a new kind, {} probably misclassified",
+                self.new_kind, self.misclassified
             ));
         }
         if !self.skipped.is_empty() {
@@ -239,12 +297,7 @@ impl Scorer {
     pub fn score_chunk(&self, c: &Chunk) -> Result<Vec<Row>> {
         let fp = FeatureParams {
             // MC passes only when the trust model reads their columns
-            mc: self
-                .trust
-                .model
-                .columns
-                .iter()
-                .any(|c| c.starts_with("mc_")),
+            mc: self.trust.columns().iter().any(|c| c.starts_with("mc_")),
             ..FeatureParams::from_config(&self.cfg)
         };
         let mut ds = crate::data::Dataset::unhashed(
@@ -259,8 +312,23 @@ impl Scorer {
         let mut t = features::score(&self.net, &ds, "score", &fp)?;
         t.map_classes(&self.labels, false)?;
         let all: Vec<usize> = (0..t.len()).collect();
-        let trust = self.trust.predict_table(&t, &all)?;
+        let sc = self.trust.scores_table(&t, &all)?;
         let msp = t.col("msp").expect("msp column");
+        // calibrated top-class probabilities: softmax(z / T) of the CNN's logits
+        let p_cal: Vec<f32> = match self.trust.model.temperature {
+            Some(temp) => {
+                let k = self.net.arch.classes;
+                let z = crate::model::logits(&self.net, &ds, self.cfg.features.batch_size)?;
+                z.chunks(k)
+                    .map(|row| {
+                        let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+                        let s: f64 = row.iter().map(|&v| ((v as f64 - m) / temp).exp()).sum();
+                        (1.0 / s) as f32
+                    })
+                    .collect()
+            }
+            None => (0..t.len()).map(|r| t.row(r)[msp]).collect(),
+        };
         Ok((0..t.len())
             .map(|r| Row {
                 index: c.index[r],
@@ -268,8 +336,12 @@ impl Scorer {
                 label: c.labels.as_ref().map(|l| l[r]),
                 pred: t.pred[r],
                 msp: t.row(r)[msp],
-                trust: trust[r],
+                trust: sc.trust[r],
                 flag: false,
+                p_calibrated: p_cal[r],
+                p_known: sc.p_known.as_ref().map(|v| v[r]),
+                p_correct: sc.p_correct.as_ref().map(|v| v[r]),
+                suspect: Suspect::None,
                 label_name: c
                     .labels
                     .as_ref()
@@ -321,6 +393,10 @@ pub fn scores_csv(rows: &[Row]) -> Result<Vec<u8>> {
             rank[r].to_string(),
             row.label_name.clone(),
             row.pred_name.clone(),
+            row.p_calibrated.to_string(),
+            row.p_known.map(|v| v.to_string()).unwrap_or_default(),
+            row.p_correct.map(|v| v.to_string()).unwrap_or_default(),
+            row.suspect.as_str().to_string(),
         ])
         .map_err(e)?;
     }
@@ -344,8 +420,8 @@ pub fn read_scores_csv(path: &Path) -> Result<Vec<Row>> {
         .iter()
         .map(String::from)
         .collect::<Vec<_>>();
-    // files from before class names end at `rank`
-    if head != COLUMNS && head != COLUMNS[..8] {
+    // files from before class names end at `rank`, from before the two scores at `pred_name`
+    if head != COLUMNS && head != COLUMNS[..8] && head != COLUMNS[..10] {
         return Err(bad(1, format!("header must be {}", COLUMNS.join(","))));
     }
     let mut rows = Vec::new();
@@ -390,6 +466,27 @@ pub fn read_scores_csv(path: &Path) -> Result<Vec<Row>> {
             },
             label_name: f(8).to_string(),
             pred_name: f(9).to_string(),
+            p_calibrated: if f(10).is_empty() {
+                num(4)? as f32
+            } else {
+                num(10)? as f32
+            },
+            p_known: if f(11).is_empty() {
+                None
+            } else {
+                Some(num(11)?)
+            },
+            p_correct: if f(12).is_empty() {
+                None
+            } else {
+                Some(num(12)?)
+            },
+            suspect: Suspect::parse(f(13)).ok_or_else(|| {
+                bad(
+                    ln,
+                    format!("suspect {:?} is not new-kind or misclassified", f(13)),
+                )
+            })?,
         });
     }
     Ok(rows)
@@ -434,6 +531,14 @@ fn summarise(rows: &[Row], base: &Summary) -> Summary {
         confident_flagged: rows
             .iter()
             .filter(|r| r.flag && r.msp as f64 >= CONFIDENT)
+            .count(),
+        new_kind: rows
+            .iter()
+            .filter(|r| r.suspect == Suspect::NewKind)
+            .count(),
+        misclassified: rows
+            .iter()
+            .filter(|r| r.suspect == Suspect::Misclassified)
             .count(),
         labelled,
         accuracy: acc(&|_| true),
@@ -559,8 +664,11 @@ pub fn score(opts: &ScoreOptions) -> Result<Summary> {
         Ok(())
     })?;
     pb.finish_and_clear();
+    let tk = sc.trust.known_threshold().map(|t| t.value);
+    let tc = sc.trust.correct_threshold(&th_name).map(|t| t.value);
     for r in rows.iter_mut() {
         r.flag = r.trust < th.value;
+        r.suspect = suspect(r, tk, tc);
     }
     let base = Summary {
         run: opts.run.display().to_string(),
@@ -569,6 +677,8 @@ pub fn score(opts: &ScoreOptions) -> Result<Summary> {
         trust_model: describe(&sc.trust),
         threshold: th_name,
         threshold_value: th.value,
+        p_known_threshold: tk,
+        p_correct_threshold: tc,
         skipped: s.skipped(),
         labels_ignored: foreign,
         shard,
@@ -581,6 +691,22 @@ pub fn score(opts: &ScoreOptions) -> Result<Summary> {
     write_outputs(&staged.folder.path, &rows, &summary, &sc, &images, top)?;
     staged.commit()?;
     Ok(summary)
+}
+
+/// Which question an image fails: unknown kind when p_known < `tk`; else misclassified when
+/// p_correct_if_known < `tc` (without that head: when trust flags it).
+pub fn suspect(r: &Row, tk: Option<f64>, tc: Option<f64>) -> Suspect {
+    if let (Some(p), Some(t)) = (r.p_known, tk) {
+        if p < t {
+            return Suspect::NewKind;
+        }
+    }
+    match (r.p_correct, tc) {
+        (Some(p), Some(t)) if p < t => Suspect::Misclassified,
+        (Some(_), Some(_)) => Suspect::None,
+        _ if r.flag => Suspect::Misclassified,
+        _ => Suspect::None,
+    }
 }
 
 /// Why the labels of `data` are not the run's classes, if it is a named set other than the
@@ -610,14 +736,14 @@ fn foreign_labels(train: &str, data: &str) -> Option<String> {
 fn describe(t: &Trust) -> String {
     format!(
         "{} on {}{}{}",
-        t.model.model,
-        t.model.features,
-        if t.model.transform.name == "log" {
+        t.model.trust.model,
+        t.model.trust.features,
+        if t.model.trust.transform.name == "log" {
             " (log features)"
         } else {
             ""
         },
-        if t.model.known_unknowns {
+        if t.model.trust.known_unknowns {
             " with known unknowns"
         } else {
             ""
@@ -747,6 +873,10 @@ mod tests {
                 flag: false,
                 label_name: "copepod".into(),
                 pred_name: "copepod".into(),
+                p_calibrated: 0.98,
+                p_known: Some(0.9),
+                p_correct: Some(0.85),
+                suspect: Suspect::None,
             },
             Row {
                 index: 1,
@@ -758,6 +888,10 @@ mod tests {
                 flag: true,
                 label_name: String::new(),
                 pred_name: "diatom, \"b\"".into(),
+                p_calibrated: 0.5,
+                p_known: Some(0.01),
+                p_correct: Some(0.5),
+                suspect: Suspect::NewKind,
             },
             Row {
                 index: 2,
@@ -769,6 +903,10 @@ mod tests {
                 flag: true,
                 label_name: String::new(),
                 pred_name: "diatom, \"b\"".into(),
+                p_calibrated: 0.9,
+                p_known: None,
+                p_correct: None,
+                suspect: Suspect::Misclassified,
             },
         ];
         assert_eq!(ranks(&rows), vec![3, 1, 2]);
@@ -776,13 +914,39 @@ mod tests {
         let p = d.path().join("scores.csv");
         std::fs::write(&p, scores_csv(&rows).unwrap()).unwrap();
         assert_eq!(read_scores_csv(&p).unwrap(), rows);
+        // which question each fails: p_known below its threshold first, then p_correct
+        let at = |pk: Option<f64>, pc: Option<f64>, flag: bool| Row {
+            p_known: pk,
+            p_correct: pc,
+            flag,
+            ..rows[0].clone()
+        };
+        let (tk, tc) = (Some(0.2), Some(0.6));
+        assert_eq!(
+            suspect(&at(Some(0.1), Some(0.1), true), tk, tc),
+            Suspect::NewKind
+        );
+        assert_eq!(
+            suspect(&at(Some(0.3), Some(0.5), false), tk, tc),
+            Suspect::Misclassified
+        );
+        assert_eq!(
+            suspect(&at(Some(0.3), Some(0.7), true), tk, tc),
+            Suspect::None
+        );
+        // a trust model without the heads: trust's flag decides
+        assert_eq!(
+            suspect(&at(None, None, true), None, None),
+            Suspect::Misclassified
+        );
+        assert_eq!(suspect(&at(None, None, false), None, None), Suspect::None);
         let text = std::fs::read_to_string(&p).unwrap();
         assert!(
-            text.starts_with("index,path,label,pred,msp,trust,flag,rank,label_name,pred_name\n")
+            text.starts_with("index,path,label,pred,msp,trust,flag,rank,label_name,pred_name,p_calibrated,p_known,p_correct_if_known,suspect\n")
         );
-        assert!(
-            text.contains("0,\"a, \"\"quoted\"\"/ü.png\",3,3,0.99,0.8,keep,3,copepod,copepod\n")
-        );
+        assert!(text.contains(
+            "0,\"a, \"\"quoted\"\"/ü.png\",3,3,0.99,0.8,keep,3,copepod,copepod,0.98,0.9,0.85,\n"
+        ));
         let s = summarise(
             &rows,
             &Summary {

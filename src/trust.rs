@@ -22,13 +22,22 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// The `format` value of trust_model.json.
-pub const FORMAT: &str = "metaclf-trust-model/1";
+pub const FORMAT: &str = "metaclf-trust-model/2";
+/// The format before the `known` and `correct` heads (one head, its fields at the top level):
+/// still read.
+pub const FORMAT_V1: &str = "metaclf-trust-model/1";
 /// File names in the run folder.
 pub const JSON_FILE: &str = "trust_model.json";
 pub const NN_FILE: &str = "trust_model.safetensors";
+/// The NN weight files of the `known` and `correct` heads.
+pub const NN_FILE_KNOWN: &str = "trust_model_known.safetensors";
+pub const NN_FILE_CORRECT: &str = "trust_model_correct.safetensors";
 
 /// One operating point: flag a prediction when trust < `value`. The rates are measured on the
-/// out-of-fold scores of the run's in-distribution test rows.
+/// out-of-fold scores of the run's in-distribution test rows. For the `known` head the
+/// positives are in-distribution images and the negatives OOD ones: `kept_accuracy` is then
+/// the share of in-distribution images among the kept, `errors_flagged` the share of OOD
+/// images flagged, `correct_kept` the share of in-distribution images kept.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Threshold {
@@ -77,21 +86,23 @@ pub struct NetInfo {
 pub struct FittedOn {
     pub id_rows: usize,
     pub id_errors: usize,
+    /// OOD rows (the run's OOD sets), negatives of the `known` head only.
+    #[serde(default)]
+    pub ood_rows: usize,
     pub known_unknown_rows: usize,
     pub folds: usize,
 }
 
-/// trust_model.json.
+/// One fitted scorer of the trust model: the meta classifier, its columns, transform,
+/// standardisation, weights and operating points.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct TrustModel {
-    pub format: String,
-    pub metaclf_version: String,
+pub struct Head {
     pub model: String,
     pub features: String,
     pub known_unknowns: bool,
     /// The feature transform applied before standardising (its rule and parameters per
-    /// column, fitted on the trust model's training rows); identity when absent.
+    /// column, fitted on the head's training rows); identity when absent.
     #[serde(default)]
     pub transform: crate::meta::transform::Fitted,
     /// Why this model, feature group and setting.
@@ -109,6 +120,29 @@ pub struct TrustModel {
     pub boost: Option<crate::meta::boost::Booster>,
     pub thresholds: Vec<Threshold>,
     pub fitted_on: FittedOn,
+}
+
+/// trust_model.json: three heads answering three questions, and the CNN they belong to.
+/// - `trust`: is the prediction right *and* the image of a known kind (correct
+///   in-distribution = 1; wrong predictions and known unknowns = 0);
+/// - `known` (p_known): is the image in-distribution at all (the run's in-distribution test
+///   rows = 1; its OOD sets and known unknowns = 0); absent when the run has neither;
+/// - `correct` (p_correct_if_known): is the prediction right, given a known kind of image
+///   (error detection on in-distribution rows only).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrustModel {
+    pub format: String,
+    pub metaclf_version: String,
+    pub trust: Head,
+    #[serde(default)]
+    pub known: Option<Head>,
+    #[serde(default)]
+    pub correct: Option<Head>,
+    /// The CNN's temperature (temperature scaling on the validation split), for calibrated
+    /// probabilities (`p_calibrated` in scores.csv); absent for runs without calibration.
+    #[serde(default)]
+    pub temperature: Option<f64>,
     pub net: NetInfo,
 }
 
@@ -122,6 +156,8 @@ enum Scorer {
 pub struct Trust {
     pub model: TrustModel,
     scorer: Scorer,
+    known: Option<Scorer>,
+    correct: Option<Scorer>,
 }
 
 impl std::fmt::Debug for Trust {
@@ -414,34 +450,42 @@ pub fn thresholds(s: &[f64], ok: &[bool], sc: &ScoreSection) -> Vec<Threshold> {
     out
 }
 
-/// Fits the trust model on all meta data of `table` (`convs`: the CNN's conv layer names, for
-/// a `[score]` feature group outside the grid): the id-test rows (target: correct) and,
-/// when the chosen setting has them, the known unknowns (target 0). Thresholds come from
-/// `sc.folds`-fold out-of-fold scores of the id rows (stratified by correctness, seeded).
-pub fn fit(
+/// What one head is fitted on.
+struct HeadSpec<'a> {
+    model: String,
+    group: FeatureGroup,
+    ku: bool,
+    transform: String,
+    selection: String,
+    /// Rows scored out of fold (the thresholds are measured on them) and their targets.
+    rows: Vec<usize>,
+    target: Vec<bool>,
+    /// Rows always in training, with target 0 (the trust head's known unknowns).
+    extra: &'a [usize],
+    /// All of [`THRESHOLDS`], or `keep95` only.
+    all_thresholds: bool,
+    nn_file: &'static str,
+    /// The name of its fold draws and the seed of its fits.
+    stream: &'static str,
+    seed: u64,
+    fitted_on: FittedOn,
+}
+
+/// Fits one head: `folds`-fold out-of-fold scores of `rows` (stratified by target, seeded) for
+/// its thresholds, then the scorer on every row.
+fn fit_head(
     table: &FeatureTable,
     mp: &MetaParams,
-    records: &[Record],
     sc: &ScoreSection,
-    convs: &[String],
-    net: NetInfo,
-) -> Result<Trust> {
-    let ku_set = mp
-        .known_unknowns
-        .as_ref()
-        .map(|k| format!("known-unknown-{k}"));
-    let ku_rows: Vec<usize> = match &ku_set {
-        Some(k) => (0..table.len()).filter(|&r| &table.set[r] == k).collect(),
-        None => vec![],
-    };
-    let (model, group, ku, tr_name, selection) =
-        select(records, mp, sc, convs, !ku_rows.is_empty())?;
+    h: HeadSpec,
+) -> Result<(Head, Scorer)> {
     // the transform is fitted on the rows each scorer is fitted on
     let fit_tr = |x: &[f64]| {
-        crate::meta::transform::Fitted::fit(&tr_name, &group.columns, x)
+        crate::meta::transform::Fitted::fit(&h.transform, &h.group.columns, x)
             .map_err(|e| err(format!("trust model: {e}")))
     };
-    let cols: Vec<usize> = group
+    let cols: Vec<usize> = h
+        .group
         .columns
         .iter()
         .map(|c| {
@@ -450,48 +494,34 @@ pub fn fit(
                 .ok_or_else(|| err(format!("trust model: the feature table has no column {c}")))
         })
         .collect::<Result<_>>()?;
-    let id: Vec<usize> = (0..table.len())
-        .filter(|&r| table.set[r] == "id-test" && table.label[r].is_some())
-        .collect();
-    let ok: Vec<bool> = id.iter().map(|&r| table.correct(r) == Some(true)).collect();
-    let n_err = ok.iter().filter(|&&o| !o).count();
-    if id.len() < 2 * sc.folds || n_err < 2 {
-        return Err(Error::NoTrustModel(format!(
-            "{} in-distribution test rows with {n_err} wrong predictions are too few for {}-fold thresholds",
-            id.len(),
-            sc.folds
-        )));
-    }
-    let ku_fit: &[usize] = if ku { &ku_rows } else { &[] };
-    let seed = mp.seed ^ 0x7275_7374;
-    // out-of-fold scores of the id rows
-    let mut fold = vec![0usize; id.len()];
-    let mut rng = stage_rng(mp.seed, "trust/folds");
+    let (rows, ok) = (&h.rows, &h.target);
+    let mut fold = vec![0usize; rows.len()];
+    let mut rng = stage_rng(mp.seed, h.stream);
     for want in [true, false] {
-        let mut idx: Vec<usize> = (0..id.len()).filter(|&i| ok[i] == want).collect();
+        let mut idx: Vec<usize> = (0..rows.len()).filter(|&i| ok[i] == want).collect();
         idx.shuffle(&mut rng);
         for (j, &i) in idx.iter().enumerate() {
             fold[i] = j % sc.folds;
         }
     }
-    let mut oof = vec![0f64; id.len()];
+    let mut oof = vec![0f64; rows.len()];
     for f in 0..sc.folds {
-        let tr: Vec<usize> = (0..id.len()).filter(|&i| fold[i] != f).collect();
-        let te: Vec<usize> = (0..id.len()).filter(|&i| fold[i] == f).collect();
-        let rows: Vec<usize> = tr
+        let tr: Vec<usize> = (0..rows.len()).filter(|&i| fold[i] != f).collect();
+        let te: Vec<usize> = (0..rows.len()).filter(|&i| fold[i] == f).collect();
+        let fit_rows: Vec<usize> = tr
             .iter()
-            .map(|&i| id[i])
-            .chain(ku_fit.iter().cloned())
+            .map(|&i| rows[i])
+            .chain(h.extra.iter().cloned())
             .collect();
         let y: Vec<f64> = tr
             .iter()
             .map(|&i| ok[i] as u8 as f64)
-            .chain(ku_fit.iter().map(|_| 0.0))
+            .chain(h.extra.iter().map(|_| 0.0))
             .collect();
-        let x = design(table, &rows, &cols);
+        let x = design(table, &fit_rows, &cols);
         let tf = fit_tr(&x)?;
-        let m = fit_scorer(&model, &tf.apply(&x), &y, mp, seed ^ (f as u64 + 1))?;
-        let te_rows: Vec<usize> = te.iter().map(|&i| id[i]).collect();
+        let m = fit_scorer(&h.model, &tf.apply(&x), &y, mp, h.seed ^ (f as u64 + 1))?;
+        let te_rows: Vec<usize> = te.iter().map(|&i| rows[i]).collect();
         for (k, v) in predict(&m, &tf.apply(&design(table, &te_rows, &cols)))?
             .into_iter()
             .enumerate()
@@ -499,18 +529,25 @@ pub fn fit(
             oof[te[k]] = v;
         }
     }
-    let thresholds = thresholds(&oof, &ok, sc);
+    let mut thresholds = thresholds(&oof, ok, sc);
+    if !h.all_thresholds {
+        thresholds.retain(|t| t.name == "keep95");
+    }
     // the model itself, on everything
-    let rows: Vec<usize> = id.iter().cloned().chain(ku_fit.iter().cloned()).collect();
+    let all: Vec<usize> = rows
+        .iter()
+        .cloned()
+        .chain(h.extra.iter().cloned())
+        .collect();
     let y: Vec<f64> = ok
         .iter()
         .map(|&o| o as u8 as f64)
-        .chain(ku_fit.iter().map(|_| 0.0))
+        .chain(h.extra.iter().map(|_| 0.0))
         .collect();
-    let x = design(table, &rows, &cols);
+    let x = design(table, &all, &cols);
     let transform = fit_tr(&x)?;
-    let scorer = fit_scorer(&model, &transform.apply(&x), &y, mp, seed)?;
-    let p = group.columns.len();
+    let scorer = fit_scorer(&h.model, &transform.apply(&x), &y, mp, h.seed)?;
+    let p = h.group.columns.len();
     let (mean, scale, logistic, nn_weights) = match &scorer {
         Scorer::Gb(_) => (vec![0.0; p], vec![1.0; p], None, None),
         Scorer::Logistic(m) => {
@@ -532,90 +569,528 @@ pub fn fit(
             m.mean.clone(),
             m.scale.clone(),
             None,
-            Some(NN_FILE.to_string()),
+            Some(h.nn_file.to_string()),
         ),
+    };
+    let head = Head {
+        model: h.model,
+        features: h.group.name.clone(),
+        known_unknowns: h.ku,
+        transform,
+        selection: h.selection,
+        columns: h.group.columns.clone(),
+        mean,
+        scale,
+        logistic,
+        nn_weights,
+        boost: match &scorer {
+            Scorer::Gb(b) => Some(b.clone()),
+            _ => None,
+        },
+        thresholds,
+        fitted_on: h.fitted_on,
+    };
+    Ok((head, scorer))
+}
+
+/// The `known` head's model, feature group, setting and transform: the grid's best mean
+/// AUROC over the OOD sets (ties as in [`select`]); None when the grid has no OOD records.
+fn select_known(
+    records: &[Record],
+    mp: &MetaParams,
+) -> Option<(String, FeatureGroup, bool, String, String)> {
+    // (model, features, ku, transform) → (sum, count)
+    type Detector = (String, String, bool, String);
+    let mut sums: Vec<(Detector, f64, usize)> = Vec::new();
+    for r in records {
+        if r.task != "ood" || r.metric != "auroc" || !r.mean.is_finite() {
+            continue;
+        }
+        if !MODELS.contains(&r.model.as_str()) || !mp.groups.iter().any(|g| g.name == r.features) {
+            continue;
+        }
+        let k = (
+            r.model.clone(),
+            r.features.clone(),
+            r.known_unknowns,
+            r.transform.clone(),
+        );
+        match sums.iter_mut().find(|s| s.0 == k) {
+            Some(s) => {
+                s.1 += r.mean;
+                s.2 += 1;
+            }
+            None => sums.push((k, r.mean, 1)),
+        }
+    }
+    let n_sets = sums.iter().map(|s| s.2).max()?;
+    let rank = |k: &Detector| {
+        (
+            MODELS.iter().position(|m| *m == k.0).unwrap_or(usize::MAX),
+            mp.groups
+                .iter()
+                .find(|g| g.name == k.1)
+                .map(|g| g.columns.len())
+                .unwrap_or(usize::MAX),
+            k.2,
+            crate::columns::TRANSFORMS.iter().position(|t| *t == k.3),
+        )
+    };
+    let best = sums
+        .iter()
+        .filter(|s| s.2 == n_sets)
+        .map(|s| (s.0.clone(), s.1 / s.2 as f64))
+        .reduce(|a, b| {
+            if (b.1 - a.1).abs() > 1e-12 {
+                if b.1 > a.1 {
+                    b
+                } else {
+                    a
+                }
+            } else if rank(&b.0) < rank(&a.0) {
+                b
+            } else {
+                a
+            }
+        })?;
+    let ((m, f, ku, tr), auroc) = best;
+    let g = mp.groups.iter().find(|g| g.name == f)?.clone();
+    let why = format!(
+        "the best mean OOD AUROC of the grid over {n_sets} OOD sets: {m} on {f}{}, {auroc:.4}; \
+         refitted on in-distribution vs every OOD and known-unknown image of the run",
+        if tr == "none" {
+            String::new()
+        } else {
+            format!(" ({tr} features)")
+        },
+    );
+    Some((m, g, ku, tr, why))
+}
+
+/// Fits the trust model on all meta data of `table` (`convs`: the CNN's conv layer names, for
+/// a `[score]` feature group outside the grid): the `trust` head on the id-test rows (target:
+/// correct) and, when the chosen setting has them, the known unknowns (target 0); the
+/// `correct` head on the id-test rows alone (the grid's best error detector without known
+/// unknowns); the `known` head on the id-test rows (target 1) against every OOD and
+/// known-unknown row (target 0). Thresholds come from `sc.folds`-fold out-of-fold scores
+/// (stratified by target, seeded).
+pub fn fit(
+    table: &FeatureTable,
+    mp: &MetaParams,
+    records: &[Record],
+    sc: &ScoreSection,
+    convs: &[String],
+    net: NetInfo,
+) -> Result<Trust> {
+    let ku_set = mp
+        .known_unknowns
+        .as_ref()
+        .map(|k| format!("known-unknown-{k}"));
+    let ku_rows: Vec<usize> = match &ku_set {
+        Some(k) => (0..table.len()).filter(|&r| &table.set[r] == k).collect(),
+        None => vec![],
+    };
+    let (model, group, ku, tr_name, selection) =
+        select(records, mp, sc, convs, !ku_rows.is_empty())?;
+    let id: Vec<usize> = (0..table.len())
+        .filter(|&r| table.set[r] == "id-test" && table.label[r].is_some())
+        .collect();
+    let ok: Vec<bool> = id.iter().map(|&r| table.correct(r) == Some(true)).collect();
+    let n_err = ok.iter().filter(|&&o| !o).count();
+    if id.len() < 2 * sc.folds || n_err < 2 {
+        return Err(Error::NoTrustModel(format!(
+            "{} in-distribution test rows with {n_err} wrong predictions are too few for {}-fold thresholds",
+            id.len(),
+            sc.folds
+        )));
+    }
+    let ku_fit: &[usize] = if ku { &ku_rows } else { &[] };
+    let fitted_on = |ku: usize, ood: usize| FittedOn {
+        id_rows: id.len(),
+        id_errors: n_err,
+        ood_rows: ood,
+        known_unknown_rows: ku,
+        folds: sc.folds,
+    };
+    let (trust, scorer) = fit_head(
+        table,
+        mp,
+        sc,
+        HeadSpec {
+            model,
+            group,
+            ku,
+            transform: tr_name,
+            selection,
+            rows: id.clone(),
+            target: ok.clone(),
+            extra: ku_fit,
+            all_thresholds: true,
+            nn_file: NN_FILE,
+            stream: "trust/folds",
+            seed: mp.seed ^ 0x7275_7374,
+            fitted_on: fitted_on(ku_fit.len(), 0),
+        },
+    )?;
+    // p_correct_if_known: the grid's best error detector without known unknowns (the user's
+    // [score] model and features apply to `trust` only)
+    let sc_correct = ScoreSection {
+        model: String::new(),
+        features: String::new(),
+        transform: String::new(),
+        known_unknowns: "without".into(),
+        ..sc.clone()
+    };
+    let correct = match select(records, mp, &sc_correct, convs, false) {
+        Ok((model, group, _, transform, selection)) => Some(fit_head(
+            table,
+            mp,
+            sc,
+            HeadSpec {
+                model,
+                group,
+                ku: false,
+                transform,
+                selection,
+                rows: id.clone(),
+                target: ok.clone(),
+                extra: &[],
+                all_thresholds: true,
+                nn_file: NN_FILE_CORRECT,
+                stream: "trust/folds/correct",
+                seed: mp.seed ^ 0x636f_7272,
+                fitted_on: fitted_on(0, 0),
+            },
+        )?),
+        Err(Error::NoTrustModel(_)) => None,
+        Err(e) => return Err(e),
+    };
+    // p_known: in-distribution vs every OOD and known-unknown image the run has
+    let ood_rows: Vec<usize> = (0..table.len())
+        .filter(|&r| table.set[r].starts_with("ood-"))
+        .collect();
+    let neg: Vec<usize> = ood_rows.iter().chain(&ku_rows).cloned().collect();
+    let known = if neg.len() >= sc.folds {
+        let choice = select_known(records, mp).or_else(|| {
+            // no OOD records in the grid (known unknowns only): the trust head's choice
+            Some((
+                trust.model.clone(),
+                mp.groups.iter().find(|g| g.name == trust.features)?.clone(),
+                true,
+                trust.transform.name.clone(),
+                "the trust head's model and features (the grid has no OOD sets to choose by); \
+                 refitted on in-distribution vs the known unknowns"
+                    .to_string(),
+            ))
+        });
+        match choice {
+            Some((model, group, ku, transform, selection)) => {
+                let rows: Vec<usize> = id.iter().chain(&neg).cloned().collect();
+                let target: Vec<bool> = rows.iter().map(|&r| table.set[r] == "id-test").collect();
+                Some(fit_head(
+                    table,
+                    mp,
+                    sc,
+                    HeadSpec {
+                        model,
+                        group,
+                        ku,
+                        transform,
+                        selection,
+                        rows,
+                        target,
+                        extra: &[],
+                        all_thresholds: false,
+                        nn_file: NN_FILE_KNOWN,
+                        stream: "trust/folds/known",
+                        seed: mp.seed ^ 0x6b6e_6f77,
+                        fitted_on: fitted_on(ku_rows.len(), ood_rows.len()),
+                    },
+                )?)
+            }
+            None => None,
+        }
+    } else {
+        None
+    };
+    let (known, known_s) = match known {
+        Some((h, s)) => (Some(h), Some(s)),
+        None => (None, None),
+    };
+    let (correct, correct_s) = match correct {
+        Some((h, s)) => (Some(h), Some(s)),
+        None => (None, None),
     };
     Ok(Trust {
         model: TrustModel {
             format: FORMAT.into(),
             metaclf_version: env!("CARGO_PKG_VERSION").into(),
-            model,
-            features: group.name.clone(),
-            known_unknowns: ku,
-            transform,
-            selection,
-            columns: group.columns.clone(),
-            mean,
-            scale,
-            logistic,
-            nn_weights,
-            boost: match &scorer {
-                Scorer::Gb(b) => Some(b.clone()),
-                _ => None,
-            },
-            thresholds,
-            fitted_on: FittedOn {
-                id_rows: id.len(),
-                id_errors: n_err,
-                known_unknown_rows: ku_fit.len(),
-                folds: sc.folds,
-            },
+            trust,
+            known,
+            correct,
+            temperature: None,
             net,
         },
         scorer,
+        known: known_s,
+        correct: correct_s,
     })
 }
 
+/// Checks one head (columns, shapes, finite numbers, its thresholds `required`) and builds
+/// its scorer (reading an NN's weights from `run_dir`).
+fn load_head(
+    m: &Head,
+    net: &NetInfo,
+    run_dir: &Path,
+    path: &Path,
+    required: &[&str],
+) -> Result<Scorer> {
+    let p = m.columns.len();
+    if p == 0 || m.mean.len() != p || m.scale.len() != p {
+        return Err(fmt_err(
+            path,
+            format!(
+                "{p} columns but {} means and {} scales",
+                m.mean.len(),
+                m.scale.len()
+            ),
+        ));
+    }
+    for c in &m.columns {
+        if !net.feature_columns.contains(c) {
+            return Err(fmt_err(
+                path,
+                format!("column {c} is not a feature of its net"),
+            ));
+        }
+    }
+    let finite = |v: &[f64]| v.iter().all(|x| x.is_finite());
+    if !finite(&m.mean) || !finite(&m.scale) || m.thresholds.iter().any(|t| !t.value.is_finite()) {
+        return Err(fmt_err(path, "holds a non-finite number"));
+    }
+    for name in required {
+        if !m.thresholds.iter().any(|t| t.name == *name) {
+            return Err(fmt_err(path, format!("threshold {name} is missing")));
+        }
+    }
+    Ok(match (&m.logistic, &m.nn_weights) {
+        (None, None) if m.model == "gb" => {
+            let Some(b) = &m.boost else {
+                return Err(fmt_err(path, "model \"gb\" needs its trees (boost)"));
+            };
+            let ok = b.features == p
+                && b.baseline.is_finite()
+                && b.trees.iter().all(|t| {
+                    !t.is_empty()
+                        && t.iter().enumerate().all(|(i, n)| {
+                            if n.leaf {
+                                n.value.is_finite()
+                            } else {
+                                // children after their parent: no cycle, no index outside
+                                n.feature < p
+                                    && !n.threshold.is_nan()
+                                    && n.left > i
+                                    && n.right > i
+                                    && n.left < t.len()
+                                    && n.right < t.len()
+                            }
+                        })
+                });
+            if !ok {
+                return Err(fmt_err(
+                    path,
+                    format!("its boosted trees do not fit its {p} columns (a node points outside its tree, or a value is not finite)"),
+                ));
+            }
+            Scorer::Gb(b.clone())
+        }
+        (Some(l), None) if m.model != "nn" && m.model != "gb" => {
+            if l.coef.len() != p || !finite(&l.coef) || !l.intercept.is_finite() {
+                return Err(fmt_err(
+                    path,
+                    format!(
+                        "{} coefficients for {p} columns, or non-finite",
+                        l.coef.len()
+                    ),
+                ));
+            }
+            Scorer::Logistic(Logistic {
+                intercept: l.intercept,
+                coef: l.coef.clone(),
+                mean: m.mean.clone(),
+                scale: m.scale.clone(),
+                lambda: l.lambda,
+                warnings: vec![],
+            })
+        }
+        (None, Some(f)) if m.model == "nn" => {
+            if f.contains(['/', '\\']) || f == ".." {
+                return Err(fmt_err(
+                    path,
+                    format!("nn_weights {f:?} is not a file name"),
+                ));
+            }
+            let wp = run_dir.join(f);
+            let bytes = std::fs::read(&wp).at(&wp)?;
+            let map = candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu)
+                .map_err(|e| fmt_err(&wp, format!("not a readable safetensors file: {e}")))?;
+            Scorer::Nn(
+                Nn::from_tensors(m.mean.clone(), m.scale.clone(), &map)
+                    .map_err(|e| fmt_err(&wp, e))?,
+            )
+        }
+        _ => {
+            return Err(fmt_err(
+                path,
+                format!(
+                    "model {:?} needs {}",
+                    m.model,
+                    if m.model == "nn" {
+                        "nn_weights and no logistic"
+                    } else {
+                        "logistic coefficients and no nn_weights"
+                    }
+                ),
+            ))
+        }
+    })
+}
+
+/// A design over a head's columns from a feature table.
+fn head_design(h: &Head, t: &FeatureTable, rows: &[usize]) -> Result<Vec<f64>> {
+    let cols: Vec<usize> = h
+        .columns
+        .iter()
+        .map(|c| {
+            t.col(c)
+                .ok_or_else(|| err(format!("the feature table has no column {c}")))
+        })
+        .collect::<Result<_>>()?;
+    Ok(design(t, rows, &cols))
+}
+
+/// The named operating point of a head.
+fn head_threshold<'a>(h: &'a Head, name: &str) -> Result<&'a Threshold> {
+    h.thresholds.iter().find(|t| t.name == name).ok_or_else(|| {
+        err(format!(
+            "unknown threshold {name:?} (the trust model has {})",
+            h.thresholds
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })
+}
+
+/// The three scores of rows of a feature table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scores {
+    pub trust: Vec<f64>,
+    /// `None` when the trust model has no `known` head.
+    pub p_known: Option<Vec<f64>>,
+    pub p_correct: Option<Vec<f64>>,
+}
+
 impl Trust {
-    /// Trust of each row of a row-major design over [`TrustModel::columns`].
+    /// Trust of each row of a row-major design over the trust head's columns.
     pub fn predict(&self, x: &[f64]) -> Result<Vec<f64>> {
-        predict(&self.scorer, &self.model.transform.apply(x))
+        predict(&self.scorer, &self.model.trust.transform.apply(x))
     }
 
     /// Trust of rows of a feature table (which must have the model's columns).
     pub fn predict_table(&self, t: &FeatureTable, rows: &[usize]) -> Result<Vec<f64>> {
-        let cols: Vec<usize> = self
-            .model
-            .columns
-            .iter()
-            .map(|c| {
-                t.col(c)
-                    .ok_or_else(|| err(format!("the feature table has no column {c}")))
-            })
-            .collect::<Result<_>>()?;
-        self.predict(&design(t, rows, &cols))
+        self.predict(&head_design(&self.model.trust, t, rows)?)
     }
 
-    /// The named operating point.
+    /// Trust, p_known and p_correct_if_known of rows of a feature table.
+    pub fn scores_table(&self, t: &FeatureTable, rows: &[usize]) -> Result<Scores> {
+        let side = |h: &Option<Head>, s: &Option<Scorer>| -> Result<Option<Vec<f64>>> {
+            match (h, s) {
+                (Some(h), Some(s)) => Ok(Some(predict(
+                    s,
+                    &h.transform.apply(&head_design(h, t, rows)?),
+                )?)),
+                _ => Ok(None),
+            }
+        };
+        Ok(Scores {
+            trust: self.predict_table(t, rows)?,
+            p_known: side(&self.model.known, &self.known)?,
+            p_correct: side(&self.model.correct, &self.correct)?,
+        })
+    }
+
+    /// Every feature column the heads read.
+    pub fn columns(&self) -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        for h in self.heads() {
+            for c in &h.columns {
+                if !v.contains(c) {
+                    v.push(c.clone());
+                }
+            }
+        }
+        v
+    }
+
+    /// The heads present: trust, then known and correct.
+    pub fn heads(&self) -> Vec<&Head> {
+        std::iter::once(&self.model.trust)
+            .chain(self.model.known.as_ref())
+            .chain(self.model.correct.as_ref())
+            .collect()
+    }
+
+    /// The named operating point of the trust head.
     pub fn threshold(&self, name: &str) -> Result<&Threshold> {
-        self.model
-            .thresholds
-            .iter()
-            .find(|t| t.name == name)
-            .ok_or_else(|| {
-                err(format!(
-                    "unknown threshold {name:?} (the trust model has {})",
-                    THRESHOLDS.join(", ")
-                ))
-            })
+        head_threshold(&self.model.trust, name)
     }
 
-    /// Writes trust_model.json (and the NN's weights) into the run folder.
+    /// The `known` head's operating point (keep95: 95% of in-distribution images count as
+    /// known), if it has one.
+    pub fn known_threshold(&self) -> Option<&Threshold> {
+        self.model
+            .known
+            .as_ref()
+            .and_then(|h| head_threshold(h, "keep95").ok())
+    }
+
+    /// The `correct` head's operating point of that name, if it has one.
+    pub fn correct_threshold(&self, name: &str) -> Option<&Threshold> {
+        self.model
+            .correct
+            .as_ref()
+            .and_then(|h| head_threshold(h, name).ok())
+    }
+
+    /// Writes trust_model.json (and the NNs' weights) into the run folder.
     pub fn save(&self, folder: &RunFolder) -> Result<()> {
-        if let Scorer::Nn(m) = &self.scorer {
-            let map: std::collections::HashMap<String, candle_core::Tensor> =
-                m.tensors().into_iter().collect();
-            let path = folder.file(NN_FILE);
-            let tmp = folder.file(&format!("{NN_FILE}.tmp"));
-            candle_core::safetensors::save(&map, &tmp)?;
-            std::fs::rename(&tmp, &path).at(&path)?;
+        for (s, file) in [
+            (Some(&self.scorer), NN_FILE),
+            (self.known.as_ref(), NN_FILE_KNOWN),
+            (self.correct.as_ref(), NN_FILE_CORRECT),
+        ] {
+            let path = folder.file(file);
+            if let Some(Scorer::Nn(m)) = s {
+                let map: std::collections::HashMap<String, candle_core::Tensor> =
+                    m.tensors().into_iter().collect();
+                let tmp = folder.file(&format!("{file}.tmp"));
+                candle_core::safetensors::save(&map, &tmp)?;
+                std::fs::rename(&tmp, &path).at(&path)?;
+            } else if path.exists() {
+                // a stale file of an earlier fit
+                std::fs::remove_file(&path).at(&path)?;
+            }
         }
         let text = serde_json::to_string_pretty(&self.model).map_err(|e| err(e.to_string()))?;
         folder.write(JSON_FILE, text + "\n")
     }
 
     /// Loads a run's trust model and checks it: format, columns, shapes, finite numbers, and
-    /// that it belongs to the run's model.safetensors (by sha256).
+    /// that it belongs to the run's model.safetensors (by sha256). Reads the one-head format
+    /// of earlier versions too (it then has no p_known / p_correct_if_known).
     pub fn load(run_dir: &Path) -> Result<Trust> {
         let path = run_dir.join(JSON_FILE);
         if !path.exists() {
@@ -634,127 +1109,54 @@ impl Trust {
             ));
         }
         let text = std::fs::read_to_string(&path).at(&path)?;
-        let m: TrustModel = serde_json::from_str(&text)
-            .map_err(|e| fmt_err(&path, format!("not a trust model: {e}")))?;
-        if m.format != FORMAT {
+        let bad = |e: serde_json::Error| fmt_err(&path, format!("not a trust model: {e}"));
+        let mut v: serde_json::Value = serde_json::from_str(&text).map_err(bad)?;
+        let format = v["format"].as_str().unwrap_or("").to_string();
+        let m: TrustModel = if format == FORMAT_V1 {
+            let o = v
+                .as_object_mut()
+                .ok_or_else(|| fmt_err(&path, "not a JSON object"))?;
+            let take = |o: &mut serde_json::Map<String, serde_json::Value>, k: &str| {
+                o.remove(k).unwrap_or(serde_json::Value::Null)
+            };
+            let version = take(o, "metaclf_version");
+            let net = take(o, "net");
+            o.remove("format");
+            TrustModel {
+                format: FORMAT.into(),
+                metaclf_version: serde_json::from_value(version).map_err(bad)?,
+                net: serde_json::from_value(net).map_err(bad)?,
+                trust: serde_json::from_value(v).map_err(bad)?,
+                known: None,
+                correct: None,
+                temperature: None,
+            }
+        } else if format == FORMAT {
+            serde_json::from_value(v).map_err(bad)?
+        } else {
             return Err(fmt_err(
                 &path,
-                format!("format {:?}; this metaclf reads {FORMAT:?}", m.format),
+                format!("format {format:?}; this metaclf reads {FORMAT:?} and {FORMAT_V1:?}"),
             ));
-        }
-        let p = m.columns.len();
-        if p == 0 || m.mean.len() != p || m.scale.len() != p {
-            return Err(fmt_err(
-                &path,
-                format!(
-                    "{p} columns but {} means and {} scales",
-                    m.mean.len(),
-                    m.scale.len()
-                ),
-            ));
-        }
-        for c in &m.columns {
-            if !m.net.feature_columns.contains(c) {
-                return Err(fmt_err(
-                    &path,
-                    format!("column {c} is not a feature of its net"),
-                ));
-            }
-        }
-        let finite = |v: &[f64]| v.iter().all(|x| x.is_finite());
-        if !finite(&m.mean)
-            || !finite(&m.scale)
-            || m.thresholds.iter().any(|t| !t.value.is_finite())
-        {
-            return Err(fmt_err(&path, "holds a non-finite number"));
-        }
-        for name in THRESHOLDS {
-            if !m.thresholds.iter().any(|t| t.name == name) {
-                return Err(fmt_err(&path, format!("threshold {name} is missing")));
-            }
-        }
-        let scorer = match (&m.logistic, &m.nn_weights) {
-            (None, None) if m.model == "gb" => {
-                let Some(b) = &m.boost else {
-                    return Err(fmt_err(&path, "model \"gb\" needs its trees (boost)"));
-                };
-                let ok = b.features == p
-                    && b.baseline.is_finite()
-                    && b.trees.iter().all(|t| {
-                        !t.is_empty()
-                            && t.iter().enumerate().all(|(i, n)| {
-                                if n.leaf {
-                                    n.value.is_finite()
-                                } else {
-                                    // children after their parent: no cycle, no index outside
-                                    n.feature < p
-                                        && !n.threshold.is_nan()
-                                        && n.left > i
-                                        && n.right > i
-                                        && n.left < t.len()
-                                        && n.right < t.len()
-                                }
-                            })
-                    });
-                if !ok {
-                    return Err(fmt_err(
-                        &path,
-                        format!("its boosted trees do not fit its {p} columns (a node points outside its tree, or a value is not finite)"),
-                    ));
-                }
-                Scorer::Gb(b.clone())
-            }
-            (Some(l), None) if m.model != "nn" && m.model != "gb" => {
-                if l.coef.len() != p || !finite(&l.coef) || !l.intercept.is_finite() {
-                    return Err(fmt_err(
-                        &path,
-                        format!(
-                            "{} coefficients for {p} columns, or non-finite",
-                            l.coef.len()
-                        ),
-                    ));
-                }
-                Scorer::Logistic(Logistic {
-                    intercept: l.intercept,
-                    coef: l.coef.clone(),
-                    mean: m.mean.clone(),
-                    scale: m.scale.clone(),
-                    lambda: l.lambda,
-                    warnings: vec![],
-                })
-            }
-            (None, Some(f)) if m.model == "nn" => {
-                if f.contains(['/', '\\']) || f == ".." {
-                    return Err(fmt_err(
-                        &path,
-                        format!("nn_weights {f:?} is not a file name"),
-                    ));
-                }
-                let wp = run_dir.join(f);
-                let bytes = std::fs::read(&wp).at(&wp)?;
-                let map = candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu)
-                    .map_err(|e| fmt_err(&wp, format!("not a readable safetensors file: {e}")))?;
-                Scorer::Nn(
-                    Nn::from_tensors(m.mean.clone(), m.scale.clone(), &map)
-                        .map_err(|e| fmt_err(&wp, e))?,
-                )
-            }
-            _ => {
-                return Err(fmt_err(
-                    &path,
-                    format!(
-                        "model {:?} needs {}",
-                        m.model,
-                        if m.model == "nn" {
-                            "nn_weights and no logistic"
-                        } else {
-                            "logistic coefficients and no nn_weights"
-                        }
-                    ),
-                ))
-            }
         };
-        Ok(Trust { model: m, scorer })
+        if m.temperature.is_some_and(|t| !(t.is_finite() && t > 0.0)) {
+            return Err(fmt_err(&path, "temperature must be a positive number"));
+        }
+        let scorer = load_head(&m.trust, &m.net, run_dir, &path, &THRESHOLDS)?;
+        let known = match &m.known {
+            Some(h) => Some(load_head(h, &m.net, run_dir, &path, &["keep95"])?),
+            None => None,
+        };
+        let correct = match &m.correct {
+            Some(h) => Some(load_head(h, &m.net, run_dir, &path, &THRESHOLDS)?),
+            None => None,
+        };
+        Ok(Trust {
+            model: m,
+            scorer,
+            known,
+            correct,
+        })
     }
 
     /// Refuses a trust model that does not belong to this CNN: other classes, input shape,
@@ -782,9 +1184,8 @@ impl Trust {
         }
         // the columns the trust model reads must be there (a run made before newer feature
         // columns existed keeps working); any other difference in the columns is harmless
-        let missing: Vec<&String> = self
-            .model
-            .columns
+        let cols = self.columns();
+        let missing: Vec<&String> = cols
             .iter()
             .filter(|c| !now.feature_columns.contains(c))
             .collect();
@@ -909,12 +1310,12 @@ mod tests {
                 values: vec![0.9],
             };
             let tr = fit(&t, &params(&[model]), &[rec], &sc, &[], info(&t)).unwrap();
-            assert_eq!(tr.model.model, model);
-            assert_eq!(tr.model.transform.name, trn);
+            assert_eq!(tr.model.trust.model, model);
+            assert_eq!(tr.model.trust.transform.name, trn);
             if trn == "log" {
                 // msp → log(1 − msp), entropy → log(entropy): parameters kept in the model
                 assert!(matches!(
-                    tr.model.transform.rules[..],
+                    tr.model.trust.transform.rules[..],
                     [
                         crate::meta::transform::Rule::LogOneMinus { .. },
                         crate::meta::transform::Rule::Log { .. }
@@ -941,11 +1342,25 @@ mod tests {
             assert_eq!(d.path().join(NN_FILE).exists(), model == "nn");
             let back = Trust::load(d.path()).unwrap();
             assert_eq!(back.model, tr.model);
+            // the one-head format of earlier versions still loads (without the two heads)
+            let mut v1 = serde_json::to_value(&tr.model.trust).unwrap();
+            v1["format"] = FORMAT_V1.into();
+            v1["metaclf_version"] = "0.1.0".into();
+            v1["net"] = serde_json::to_value(&tr.model.net).unwrap();
+            let e = tempfile::tempdir().unwrap();
+            std::fs::write(e.path().join(JSON_FILE), v1.to_string()).unwrap();
+            if model == "nn" {
+                std::fs::copy(d.path().join(NN_FILE), e.path().join(NN_FILE)).unwrap();
+            }
+            let old = Trust::load(e.path()).unwrap();
+            assert_eq!(old.model.trust, tr.model.trust);
+            assert!(old.model.known.is_none() && old.model.correct.is_none());
+            assert_eq!(old.predict_table(&t, &rows).unwrap(), a);
             assert_eq!(back.predict_table(&t, &rows).unwrap(), a);
             if model == "gb" {
                 // a tree whose node points back at itself is refused, not followed forever
                 let mut bad = back.model.clone();
-                let tree = &mut bad.boost.as_mut().unwrap().trees[0];
+                let tree = &mut bad.trust.boost.as_mut().unwrap().trees[0];
                 let k = tree.iter().position(|n| !n.leaf).unwrap();
                 tree[k].left = k;
                 let text = serde_json::to_string(&bad).unwrap();
@@ -975,8 +1390,8 @@ mod tests {
             ..Default::default()
         };
         let tr = fit(&t, &params(&["lasso"]), &[], &sc, &[], info(&t)).unwrap();
-        assert_eq!(tr.model.model, "ridge");
-        assert_eq!(tr.model.selection, "set in [score] (not in the grid)");
+        assert_eq!(tr.model.trust.model, "ridge");
+        assert_eq!(tr.model.trust.selection, "set in [score] (not in the grid)");
         // too few errors: no trust model (not an error of the run)
         let mut t1 = table(50);
         t1.pred = vec![1; 50];
@@ -985,6 +1400,87 @@ mod tests {
             matches!(&e, Error::NoTrustModel(m) if m.contains("0 wrong predictions")),
             "{e}"
         );
+    }
+
+    #[test]
+    fn two_questions_two_heads() {
+        use rand::{Rng, SeedableRng};
+        // id rows: msp tells right from wrong, entropy is noise in [0, 0.5]; OOD rows: entropy
+        // in [0.4, 1] tells them apart, msp like the id rows'
+        let mut t = table(300);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        for r in 0..t.len() {
+            t.values[2 * r + 1] *= 0.5;
+        }
+        for i in 0..120 {
+            t.set.push("ood-blobs".into());
+            t.index.push(i);
+            t.label.push(None);
+            t.pred.push(1);
+            t.source_label.push(None);
+            t.values
+                .extend([0.3 + 0.7 * rng.gen::<f32>(), 0.4 + 0.6 * rng.gen::<f32>()]);
+        }
+        let rec = |task: &str, ood: Option<&str>, model: &str, mean: f64| Record {
+            task: task.into(),
+            ood_set: ood.map(String::from),
+            model: model.into(),
+            features: "softmax".into(),
+            known_unknowns: false,
+            transform: "none".into(),
+            metric: "auroc".into(),
+            mean,
+            std: 0.0,
+            values: vec![mean],
+        };
+        let recs = vec![
+            rec("error", None, "lasso", 0.9),
+            rec("error", None, "ridge", 0.8),
+            rec("ood", Some("blobs"), "lasso", 0.7),
+            rec("ood", Some("blobs"), "ridge", 0.95),
+        ];
+        let tr = fit(
+            &t,
+            &params(&["lasso", "ridge"]),
+            &recs,
+            &ScoreSection::default(),
+            &[],
+            info(&t),
+        )
+        .unwrap();
+        let known = tr.model.known.as_ref().expect("a known head");
+        let correct = tr.model.correct.as_ref().expect("a correct head");
+        assert_eq!(
+            (known.model.as_str(), correct.model.as_str()),
+            ("ridge", "lasso")
+        );
+        assert_eq!(known.fitted_on.ood_rows, 120);
+        assert_eq!(known.thresholds.len(), 1);
+        assert_eq!(correct.thresholds.len(), THRESHOLDS.len());
+        let rows: Vec<usize> = (0..t.len()).collect();
+        let s = tr.scores_table(&t, &rows).unwrap();
+        let (pk, pc) = (s.p_known.clone().unwrap(), s.p_correct.clone().unwrap());
+        let mean = |v: &[f64], sel: &dyn Fn(usize) -> bool| {
+            let x: Vec<f64> = rows.iter().filter(|&&r| sel(r)).map(|&r| v[r]).collect();
+            x.iter().sum::<f64>() / x.len() as f64
+        };
+        let id = |r: usize| t.set[r] == "id-test";
+        assert!(mean(&pk, &|r| id(r)) > mean(&pk, &|r| !id(r)) + 0.3);
+        assert!(
+            mean(&pc, &|r| id(r) && t.correct(r) == Some(true))
+                > mean(&pc, &|r| id(r) && t.correct(r) == Some(false)) + 0.1
+        );
+        // keep95 of the known head keeps ~95% of the in-distribution rows, flags most OOD ones
+        let th = tr.known_threshold().unwrap();
+        assert!((th.correct_kept - 0.95).abs() < 0.02, "{th:?}");
+        assert!(th.errors_flagged > 0.8, "{th:?}");
+        let d = tempfile::tempdir().unwrap();
+        tr.save(&RunFolder {
+            path: d.path().into(),
+        })
+        .unwrap();
+        let back = Trust::load(d.path()).unwrap();
+        assert_eq!(back.scores_table(&t, &rows).unwrap(), s);
     }
 
     #[test]

@@ -77,6 +77,7 @@ struct Inputs<'a> {
     table: &'a FeatureTable,
     scores: &'a Scores,
     feature_groups: &'a [String],
+    verdicts: &'a crate::verdicts::Verdicts,
 }
 
 pub fn build(dir: &Path) -> Result<()> {
@@ -105,6 +106,7 @@ pub fn build(dir: &Path) -> Result<()> {
         table: &table,
         scores: &scores,
         feature_groups: &feature_groups,
+        verdicts: &verdicts,
     };
     if let Some(s) = training_section(dir)? {
         plots.push(s);
@@ -273,10 +275,29 @@ fn training_section(dir: &Path) -> Result<Option<(String, Vec<Plot>)>> {
     Ok(None)
 }
 
-/// Violin plots of every score column and the layers' gradient L2 norms, by group (ID correct, ID wrong, each OOD set).
+/// How a violin panel shows a column: magnitudes (gradient l1, l2, max; −min; entropy-like
+/// scores spanning decades) on a log10 axis, signed statistics (mean, skew, kurt) on asinh, the
+/// rest as they are.
+fn violin_scale(col: &str) -> (&'static str, fn(f64) -> f64) {
+    let stat = col.rsplit('_').next().unwrap_or("");
+    if col.starts_with("grad_") {
+        match stat {
+            "l1" | "l2" | "max" => ("log10", |v: f64| v.max(1e-30).log10()),
+            "min" => ("log10 −", |v: f64| (-v).max(1e-30).log10()),
+            _ => ("asinh", f64::asinh),
+        }
+    } else if matches!(col, "gradnorm" | "exgrad_fc") {
+        ("log10", |v: f64| v.max(1e-30).log10())
+    } else {
+        ("", |v: f64| v)
+    }
+}
+
+/// Violin plots by group (ID correct, ID wrong, each OOD set), one figure per feature family
+/// (softmax, MC dropout, logits, gradient norms: one panel per column) and one per gradient
+/// statistic (one panel per layer and the whole net), so every column is shown in few figures.
 fn violin_section(i: &Inputs) -> Result<(String, Vec<Plot>)> {
     let Inputs { dir, table, .. } = *i;
-    // violin plots by group: ID correct, ID wrong, each OOD set
     let mut groups: Vec<(String, Vec<usize>)> =
         vec![("ID correct".into(), vec![]), ("ID wrong".into(), vec![])];
     for r in 0..table.len() {
@@ -292,56 +313,84 @@ fn violin_section(i: &Inputs) -> Result<(String, Vec<Plot>)> {
             }
         }
     }
-    let mut keys: Vec<String> = crate::features::SCORE_COLUMNS.map(String::from).to_vec();
-    keys.extend(
-        crate::features::GRAD_STATS
-            .iter()
-            .map(|s| format!("grad_all_{s}")),
-    );
-    keys.extend(
-        table
-            .columns
-            .iter()
-            .filter(|c| c.starts_with("grad_") && c.ends_with("_l2") && !c.starts_with("grad_all"))
-            .cloned(),
-    );
+    let sc = crate::features::SCORE_COLUMNS;
+    let mut figures: Vec<(String, String, Vec<String>)> = [
+        ("softmax", "Softmax scores", &sc[..2]),
+        ("mc", "MC-dropout statistics", &sc[2..6]),
+        ("logits", "Logit scores", &sc[6..8]),
+        ("gradnorm", "Gradient-norm scores", &sc[8..10]),
+    ]
+    .iter()
+    .map(|(n, t, c)| {
+        (
+            n.to_string(),
+            t.to_string(),
+            c.iter().map(|s| s.to_string()).collect(),
+        )
+    })
+    .collect();
+    let layers: Vec<String> = table
+        .columns
+        .iter()
+        .filter_map(|c| {
+            c.strip_prefix("grad_")?
+                .strip_suffix("_l1")
+                .map(String::from)
+        })
+        .collect();
+    for s in crate::features::GRAD_STATS {
+        figures.push((
+            format!("grad_{s}"),
+            format!("Gradient {s} per layer"),
+            layers.iter().map(|l| format!("grad_{l}_{s}")).collect(),
+        ));
+    }
+    let counts = groups
+        .iter()
+        .map(|(g, r)| format!("{g} {}", r.len()))
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut vplots = Vec::new();
-    for key in keys {
-        let Some(c) = table.col(&key) else { continue };
-        let log = key.starts_with("grad_") && (key.ends_with("_l1") || key.ends_with("_l2"));
-        let gv: Vec<(String, Vec<f64>)> = groups
+    for (slug, title, cols) in figures {
+        let panels: Vec<ViolinPanel> = cols
             .iter()
-            .map(|(name, rows)| {
-                (
-                    name.clone(),
-                    rows.iter()
-                        .map(|&r| {
-                            let v = table.row(r)[c] as f64;
-                            if log {
-                                v.max(1e-12).log10()
-                            } else {
-                                v
-                            }
-                        })
-                        .collect(),
-                )
+            .filter_map(|key| {
+                let c = table.col(key)?;
+                let (axis, f) = violin_scale(key);
+                let gv = groups
+                    .iter()
+                    .map(|(name, rows)| {
+                        let v = rows.iter().map(|&r| f(table.row(r)[c] as f64)).collect();
+                        (name.clone(), v)
+                    })
+                    .collect();
+                let yl = if axis.is_empty() {
+                    key.clone()
+                } else {
+                    let short = match key.strip_prefix("grad_") {
+                        Some(r) => r.rsplit('_').next().unwrap_or(r),
+                        None => key,
+                    };
+                    format!("{axis} {short}")
+                };
+                Some((key.clone(), yl, gv))
             })
             .collect();
-        let yl = if log {
-            format!("log10 {key}")
-        } else {
-            key.clone()
-        };
-        let name = format!("violin_{key}");
-        let svg = both!(dir, &name, |root| {
-            violin(&root, &format!("{key} by group"), &yl, &gv)
-        });
-        let counts = groups
-            .iter()
-            .map(|(g, r)| format!("{g} {}", r.len()))
-            .collect::<Vec<_>>()
-            .join(", ");
-        vplots.push(Plot { name, title: key.clone(), how: format!("Kernel densities (Silverman bandwidth), thick line = median, thin lines = quartiles; widths are scaled per group. A feature separates well when the ID-correct violin sits apart from ID-wrong and OOD. Images per group: {counts}."), svg });
+        if panels.is_empty() {
+            continue;
+        }
+        let name = format!("violin_{slug}");
+        let ncol = panels.len().min(3);
+        let nrow = panels.len().div_ceil(ncol);
+        let size = (1050, 34 + 300 * nrow as u32);
+        let svg = render_sized(
+            dir,
+            &name,
+            size,
+            &|root| violin_grid(&root, &panels, ncol),
+            &|root| violin_grid(&root, &panels, ncol),
+        )?;
+        vplots.push(Plot { name, title, how: format!("Kernel densities (Silverman bandwidth), thick line = median, thin lines = quartiles; widths are scaled per group; each violin is cut at its group's own range. Gradient magnitudes (l1, l2, max, −min, gradnorm) on log10 axes, signed statistics (mean, skew, kurt) on asinh axes. A feature separates well when the ID-correct violin sits apart from ID-wrong and OOD. Images per group: {counts}."), svg });
     }
     Ok(("Feature distributions".into(), vplots))
 }
@@ -364,22 +413,56 @@ fn curve_section(i: &Inputs) -> Result<(String, Vec<Plot>)> {
             .clone()
             .map(|o| format!("OOD: {o}"))
             .unwrap_or_else(|| "error detection".into());
-        let mut scorers: Vec<(String, String, String, String)> = vec![
+        // (model, features, known unknowns, transform, legend name)
+        let mut scorers: Vec<(String, String, bool, String, String)> = vec![
             (
                 "msp".into(),
                 "msp".into(),
+                false,
                 "none".into(),
                 "msp baseline".into(),
             ),
             (
                 "entropy".into(),
                 "entropy".into(),
+                false,
                 "none".into(),
                 "entropy baseline".into(),
             ),
         ];
-        // the four best feature groups (each with its best meta classifier and transform), to
-        // stay readable
+        // the task's best detector and its best gradient detector (as the verdicts name them,
+        // known unknowns included), then the best feature groups (each with its best meta
+        // classifier and transform) up to six curves, to stay readable
+        let vtask = ood
+            .as_ref()
+            .map(|o| format!("ood-{o}"))
+            .unwrap_or_else(|| "error".into());
+        for role in ["best", "best gradient", "best combination"] {
+            let Some(v) = i.verdicts.comparisons.iter().find(|x| {
+                x.task == vtask && x.metric == "auroc" && x.role.split(", ").any(|r| r == role)
+            }) else {
+                continue;
+            };
+            let p: Vec<&str> = v.detector.split('/').collect();
+            if p.len() < 3 {
+                continue;
+            }
+            let (m, f, ku) = (p[0].to_string(), p[1].to_string(), p[2] == "with");
+            let tr = p.get(3).unwrap_or(&"none").to_string();
+            if scorers
+                .iter()
+                .any(|s| s.0 == m && s.1 == f && s.2 == ku && s.3 == tr)
+            {
+                continue;
+            }
+            let kn = if ku { ", known unknowns" } else { "" };
+            let name = if m == f {
+                format!("{m} ({role})")
+            } else {
+                format!("{m} on {f}{}{kn} ({role})", tr_note(&tr))
+            };
+            scorers.push((m, f, ku, tr, name));
+        }
         let mut best: Vec<(String, String, String, f64)> = feature_groups
             .iter()
             .filter_map(|g| {
@@ -387,14 +470,20 @@ fn curve_section(i: &Inputs) -> Result<(String, Vec<Plot>)> {
             })
             .collect();
         best.sort_by(|a, b| b.3.total_cmp(&a.3));
-        for (m, g, tr, _) in best.into_iter().take(4) {
+        for (m, g, tr, _) in best {
+            if scorers.len() >= 6 {
+                break;
+            }
+            if scorers.iter().any(|s| s.1 == g) {
+                continue;
+            }
             let name = format!("{m} on {g}{}", tr_note(&tr));
-            scorers.push((m, g, tr, name));
+            scorers.push((m, g, false, tr, name));
         }
         let mut roc = Vec::new();
         let mut pr = Vec::new();
-        for (model, feats, tr, name) in &scorers {
-            let Some(rows) = scores.get(&(model.clone(), feats.clone(), false, tr.clone())) else {
+        for (model, feats, ku, tr, name) in &scorers {
+            let Some(rows) = scores.get(&(model.clone(), feats.clone(), *ku, tr.clone())) else {
                 continue;
             };
             let sel: Vec<&(String, u8, f64)> = rows
@@ -416,21 +505,12 @@ fn curve_section(i: &Inputs) -> Result<(String, Vec<Plot>)> {
                     )
                 })
                 .unzip();
-            let auroc = find(recs, model, feats, false, tr, task, ood.as_deref(), "auroc")
+            let auroc = find(recs, model, feats, *ku, tr, task, ood.as_deref(), "auroc")
                 .map(|r| r.mean)
                 .unwrap_or(f64::NAN);
-            let ap = find(
-                recs,
-                model,
-                feats,
-                false,
-                tr,
-                task,
-                ood.as_deref(),
-                "aupr_in",
-            )
-            .map(|r| r.mean)
-            .unwrap_or(f64::NAN);
+            let ap = find(recs, model, feats, *ku, tr, task, ood.as_deref(), "aupr_in")
+                .map(|r| r.mean)
+                .unwrap_or(f64::NAN);
             roc.push((
                 format!("{name} (AUROC {auroc:.3})"),
                 roc_points(&pos, &s),
@@ -456,7 +536,7 @@ fn curve_section(i: &Inputs) -> Result<(String, Vec<Plot>)> {
                 SeriesLabelPosition::LowerRight,
             )
         });
-        curve_plots.push(Plot { name: n1, title: format!("ROC — {label}"), how: "Positive = trustworthy (correct / in-distribution). Higher and further left is better. Shown: the msp and entropy baselines and the four best feature groups, each with its best meta classifier (by mean AUROC, without known unknowns); legend values are means over repetitions, curves are repetition 0.".into(), svg });
+        curve_plots.push(Plot { name: n1, title: format!("ROC — {label}"), how: "Positive = trustworthy (correct / in-distribution). Higher and further left is better. Shown: the msp and entropy baselines, the task's best detector and its best gradient and combination detectors (as in the verdicts, known unknowns included), then the best other feature groups (each with its best meta classifier, without known unknowns) up to six curves; legend values are means over repetitions, curves are repetition 0.".into(), svg });
         let n2 = format!("pr_{slug}");
         let ymin = pr
             .iter()
@@ -493,6 +573,7 @@ fn calibration_section(i: &Inputs) -> Result<(String, Vec<Plot>)> {
         table,
         scores,
         feature_groups,
+        ..
     } = *i;
     let best_for = |t: &str, o: Option<&str>, f: &str| best_model(recs, t, o, f);
     // reliability diagram: softmax and MC-dropout confidence on the ID test set

@@ -167,12 +167,51 @@ where
     Ok(())
 }
 
+/// Violin panels (title, y label, groups) laid out `ncol` to a row.
+pub(crate) type ViolinPanel = (String, String, Vec<(String, Vec<f64>)>);
+
+/// Several violin plots in one figure, `ncol` to a row.
+pub(crate) fn violin_grid<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    panels: &[ViolinPanel],
+    ncol: usize,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let ncol = ncol.max(1);
+    let nrow = panels.len().div_ceil(ncol);
+    // one colour key for all panels (group names would not fit under each violin)
+    let (key, body) = root.split_vertically(34);
+    let mut x = 70i32;
+    if let Some((_, groups)) = panels.first().map(|p| (&p.0, &p.2)) {
+        for (gi, (name, _)) in groups.iter().enumerate() {
+            let c = PALETTE[gi % PALETTE.len()];
+            key.draw(&Rectangle::new(
+                [(x, 10), (x + 16, 24)],
+                c.mix(0.6).filled(),
+            ))
+            .map_err(perr)?;
+            key.draw(&Text::new(name.clone(), (x + 21, 10), style(14)))
+                .map_err(perr)?;
+            x += 21 + 8 * name.chars().count() as i32 + 22;
+        }
+    }
+    let areas = body.split_evenly((nrow.max(1), ncol));
+    for (area, (title, yl, groups)) in areas.iter().zip(panels) {
+        violin(area, title, yl, groups, 15, false)?;
+    }
+    Ok(())
+}
+
 /// Violin plot: one KDE outline per group, with the quartiles marked.
 pub(crate) fn violin<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     title: &str,
     yl: &str,
     groups: &[(String, Vec<f64>)],
+    caption: u32,
+    xlabels: bool,
 ) -> Result<()>
 where
     DB::ErrorType: 'static,
@@ -196,10 +235,10 @@ where
     let pad = 0.0;
     let k = groups.len().max(1);
     let mut chart = ChartBuilder::on(root)
-        .caption(title, style(20))
-        .margin(12)
-        .x_label_area_size(60)
-        .y_label_area_size(70)
+        .caption(title, style(caption))
+        .margin(8)
+        .x_label_area_size(if xlabels { 40 } else { 8 })
+        .y_label_area_size(60)
         .build_cartesian_2d(-0.5f64..(k as f64 - 0.5), (lo - pad)..(hi + pad))
         .map_err(perr)?;
     let names: Vec<String> = groups.iter().map(|g| g.0.clone()).collect();
@@ -209,7 +248,7 @@ where
         .x_labels(k)
         .x_label_formatter(&|x| {
             let i = x.round();
-            if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < names.len() {
+            if xlabels && (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < names.len() {
                 names[i as usize].clone()
             } else {
                 String::new()
