@@ -12,6 +12,7 @@
 #![allow(clippy::needless_range_loop)]
 
 pub mod bench;
+pub mod cluster;
 pub mod columns;
 pub mod config;
 pub mod data;

@@ -554,6 +554,83 @@ fn summarise(rows: &[Row], base: &Summary) -> Summary {
     }
 }
 
+/// The rows review.html shows (row numbers): the `top` least known of the new-kind suspects,
+/// then the `top` least likely right of the misclassified ones (lowest trust without a
+/// `correct` head).
+fn review_rows(rows: &[Row], top: usize) -> (Vec<usize>, Vec<usize>) {
+    let pick = |kind: Suspect, key: &dyn Fn(&Row) -> f64| {
+        let mut v: Vec<usize> = (0..rows.len())
+            .filter(|&i| rows[i].suspect == kind)
+            .collect();
+        v.sort_by(|&a, &b| {
+            key(&rows[a])
+                .total_cmp(&key(&rows[b]))
+                .then(rows[a].index.cmp(&rows[b].index))
+        });
+        v.truncate(top);
+        v
+    };
+    (
+        pick(Suspect::NewKind, &|r| r.p_known.unwrap_or(r.trust)),
+        pick(Suspect::Misclassified, &|r| r.p_correct.unwrap_or(r.trust)),
+    )
+}
+
+/// The new-kind cards grouped by similarity: k-means on the CNN's penultimate activations
+/// (dropout off) of their images, k in 2..=8 by silhouette (see [`crate::cluster`]).
+fn similarity_groups(
+    cards: Vec<crate::review::Card>,
+    scorer: &Scorer,
+) -> Result<(Vec<crate::review::Group>, String)> {
+    use crate::review::Group;
+    let (with, without): (Vec<_>, Vec<_>) = cards.into_iter().partition(|c| c.pixels.is_some());
+    let mut groups = Vec::new();
+    let mut how = String::from("One group: too few images to split.");
+    if !with.is_empty() {
+        let px: Vec<f32> = with
+            .iter()
+            .flat_map(|c| c.pixels.clone().unwrap_or_default())
+            .collect();
+        let mut ds = crate::data::Dataset::unhashed("review", scorer.cfg.shape(), px, None);
+        if scorer.transpose {
+            ds.transpose();
+        }
+        let net = &scorer.net;
+        let emb = net.forward_prefix(&ds.images, with.len(), net.steps.len() - 1);
+        let d = emb.len() / with.len();
+        let x: Vec<f64> = emb.iter().map(|&v| v as f64).collect();
+        let (labels, k, sil) = crate::cluster::groups(&x, d, 8, scorer.cfg.raw.run.seed);
+        if k > 1 {
+            how = format!(
+                "Grouped by visual similarity: k-means on the CNN's {d} penultimate activations, k = {k} of 2–8 by the best mean silhouette ({sil:.2}); label a whole group with its \"select all\"."
+            );
+        } else if with.len() >= 6 {
+            how = "One group: no split into 2–8 groups reaches a mean silhouette of 0.25 (k-means on the CNN's penultimate activations).".into();
+        }
+        let mut by: Vec<Vec<crate::review::Card>> = vec![Vec::new(); k];
+        for (c, l) in with.into_iter().zip(labels) {
+            by[l].push(c);
+        }
+        for (i, cards) in by.into_iter().enumerate() {
+            groups.push(Group {
+                title: if k > 1 {
+                    format!("Group {} of {k}", i + 1)
+                } else {
+                    "All".into()
+                },
+                cards,
+            });
+        }
+    }
+    if !without.is_empty() {
+        groups.push(Group {
+            title: "Images that could not be read again".into(),
+            cards: without,
+        });
+    }
+    Ok((groups, how))
+}
+
 /// Writes scores.csv, summary.json and review.html for `rows` into `dir`.
 fn write_outputs(
     dir: &Path,
@@ -566,23 +643,117 @@ fn write_outputs(
     write_atomic(&dir.join("scores.csv"), &scores_csv(rows)?)?;
     let text = serde_json::to_string_pretty(summary).map_err(|e| other(e.to_string()))?;
     write_atomic(&dir.join("summary.json"), (text + "\n").as_bytes())?;
-    let html = crate::review::page(
-        rows,
-        summary,
-        &scorer.trust,
-        images,
-        top,
-        scorer.cfg.shape(),
-    );
+    let html = crate::review::page(&page_input(rows, summary, scorer, images, top)?);
     write_atomic(&dir.join("review.html"), html.as_bytes())
+}
+
+/// What review.html shows.
+fn page_input(
+    rows: &[Row],
+    s: &Summary,
+    scorer: &Scorer,
+    images: &HashMap<usize, Vec<f32>>,
+    top: usize,
+) -> Result<crate::review::PageInput> {
+    use sha2::{Digest, Sha256};
+    let rank = ranks(rows);
+    let card = |i: usize| {
+        let r = &rows[i];
+        crate::review::Card {
+            index: r.index,
+            path: r.path.clone(),
+            rank: rank[i],
+            pred_name: if r.pred_name.is_empty() {
+                r.pred.to_string()
+            } else {
+                r.pred_name.clone()
+            },
+            label: r.label.map(|l| {
+                (
+                    if r.label_name.is_empty() {
+                        l.to_string()
+                    } else {
+                        r.label_name.clone()
+                    },
+                    l == r.pred,
+                )
+            }),
+            msp: r.msp,
+            trust: r.trust,
+            p_known: r.p_known,
+            p_correct: r.p_correct,
+            flag: r.flag,
+            pixels: images.get(&r.index).cloned(),
+        }
+    };
+    let (nk, mc) = review_rows(rows, top);
+    let (new_kind, grouping) = similarity_groups(nk.iter().map(|&i| card(i)).collect(), scorer)?;
+    let th = scorer.trust.threshold(&s.threshold).ok();
+    let labelled = s.labelled;
+    let curve = labelled.then(|| {
+        let correct: Vec<bool> = rows.iter().map(|r| r.label == Some(r.pred)).collect();
+        let trust: Vec<f64> = rows.iter().map(|r| r.trust).collect();
+        crate::report::rejection_curve(&correct, &trust, 200)
+    });
+    let classes = crate::pipeline::class_names(&scorer.cfg, scorer.net.arch.classes);
+    Ok(crate::review::PageInput {
+        run: s.run.clone(),
+        data: s.data.clone(),
+        key: hex::encode(&Sha256::digest(format!("{}\n{}", s.run, s.data).as_bytes())[..8]),
+        images: s.images,
+        flagged: s.flagged,
+        flagged_fraction: s.flagged_fraction,
+        threshold: s.threshold.clone(),
+        threshold_value: s.threshold_value,
+        threshold_note: th
+            .map(|t| {
+                format!(
+                    " On the run's held-out test images this threshold {}: it kept {:.1}% of them at {:.2}% accuracy and flagged {:.1}% of the wrong predictions.",
+                    t.rule,
+                    100.0 * t.kept_fraction,
+                    100.0 * t.kept_accuracy,
+                    100.0 * t.errors_flagged
+                )
+            })
+            .unwrap_or_default(),
+        trust_model: s.trust_model.clone(),
+        selection: scorer.trust.model.trust.selection.clone(),
+        accuracy: s.accuracy,
+        kept_accuracy: s.kept_accuracy,
+        flagged_accuracy: s.flagged_accuracy,
+        errors: s.errors,
+        errors_flagged: s.errors_flagged,
+        confident_flagged: s.confident_flagged,
+        labels_ignored: s.labels_ignored.clone(),
+        skipped: s.skipped.clone(),
+        class_names: classes,
+        new_kind,
+        new_kind_total: s.new_kind,
+        p_known_threshold: s.p_known_threshold,
+        grouping,
+        misclassified: mc.iter().map(|&i| card(i)).collect(),
+        misclassified_total: s.misclassified,
+        p_correct_threshold: s.p_correct_threshold,
+        by_class: s
+            .flagged_by_pred
+            .iter()
+            .map(|(c, pc)| {
+                (
+                    s.class_names.get(c).cloned().unwrap_or(c.to_string()),
+                    pc.images,
+                    pc.flagged,
+                )
+            })
+            .collect(),
+        curve,
+        shape: Some(scorer.cfg.shape()),
+    })
 }
 
 /// The rows review.html shows (their indices).
 fn review_indices(rows: &[Row], top: usize) -> HashSet<usize> {
-    crate::review::shown(rows, top)
-        .into_iter()
-        .map(|i| rows[i].index)
-        .collect()
+    let (a, b) = review_rows(rows, top);
+    a.into_iter().chain(b).map(|i| rows[i].index).collect()
 }
 
 /// Reads the images of `want` (source indices) from positions [start, end) of a stream.

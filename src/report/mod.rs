@@ -189,6 +189,7 @@ pub fn build(dir: &Path) -> Result<()> {
     let single: Vec<Record> =
         serde_json::from_value(metrics["single_metrics"].clone()).unwrap_or_default();
     html.push_str(&single_table(&single));
+    html.push_str(&selective_table(recs));
     for (section, ps) in &plots {
         html.push_str(&format!("<h2>{}</h2>", esc(section)));
         for p in ps {

@@ -222,6 +222,69 @@ pub fn ablation_by_task(recs: &[crate::eval::Record]) -> String {
     h
 }
 
+/// Selective classification per task (error detection, failure detection, each shift): the
+/// msp and entropy baselines, the lowest-AURC detector and the lowest-AURC gradient detector,
+/// with AURC, e-AURC and AUGRC (shown ×1000, as FD-Shifts does; the files keep 0–1).
+pub fn selective_table(recs: &[crate::eval::Record]) -> String {
+    use crate::verdicts::{detector_of, family, task_label, task_of};
+    let mut tasks: Vec<String> = Vec::new();
+    for r in recs.iter().filter(|r| r.metric == "aurc") {
+        let t = task_of(r);
+        if !tasks.contains(&t) {
+            tasks.push(t);
+        }
+    }
+    if tasks.is_empty() {
+        return String::new();
+    }
+    let mut h = String::from("<h3>Selective classification: AURC, e-AURC, AUGRC (×1000, lower is better)</h3><p class=\"how\">Risk = share of wrong predictions among the kept (failure: wrong or OOD), images kept from the most trusted down, ties in the score grouped. Per task: the msp and entropy baselines, the detector with the lowest mean AURC and the lowest-AURC gradient detector (without known unknowns or with). Values ×1000 here; metrics.json keeps the 0–1 scale. e-AURC subtracts the perfect ranking's r + (1 − r)·ln(1 − r); a scorer with large ties (boosted trees) can fall below it, since the trapezoid across a tied group is a straight line under the perfect ranking's curved risk (e.g. two tied groups that separate perfectly give r²/2).</p><div class=\"scroll\"><table><tr><th>task</th><th>detector</th><th>AURC</th><th>e-AURC</th><th>AUGRC</th></tr>");
+    for t in &tasks {
+        let of = |det: &str, m: &str| {
+            recs.iter()
+                .find(|r| &task_of(r) == t && r.metric == m && detector_of(r) == det)
+                .map(|r| r.mean)
+        };
+        let mut rows: Vec<(String, String)> = vec![
+            ("msp".into(), "msp/msp/without".into()),
+            ("entropy".into(), "entropy/entropy/without".into()),
+        ];
+        let best = |fam: Option<&str>| {
+            recs.iter()
+                .filter(|r| &task_of(r) == t && r.metric == "aurc" && r.mean.is_finite())
+                .filter(|r| fam.is_none_or(|f| family(&r.model, &r.features) == f))
+                .min_by(|a, b| a.mean.total_cmp(&b.mean))
+                .map(detector_of)
+        };
+        for (role, fam) in [
+            ("lowest AURC", None),
+            ("lowest-AURC gradient", Some("gradient")),
+        ] {
+            if let Some(d) = best(fam) {
+                if !rows.iter().any(|r| r.1 == d) {
+                    rows.push((role.into(), d));
+                }
+            }
+        }
+        for (i, (role, det)) in rows.iter().enumerate() {
+            let Some(aurc) = of(det, "aurc") else {
+                continue;
+            };
+            let f = |v: Option<f64>| v.map(|x| format!("{:.2}", 1000.0 * x)).unwrap_or_default();
+            h.push_str(&format!(
+                "<tr><td>{}</td><td><code>{}</code> ({})</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                if i == 0 { esc(&task_label(t)) } else { String::new() },
+                esc(det),
+                esc(role),
+                f(Some(aurc)),
+                f(of(det, "eaurc")),
+                f(of(det, "augrc"))
+            ));
+        }
+    }
+    h.push_str("</table></div>");
+    h
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
