@@ -916,6 +916,7 @@ fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary
     )?;
 
     let classes = num_classes(cfg, &splits);
+    let train_stats = train_stats(cfg, &splits);
     times.push(("data".into(), t.elapsed().as_secs_f64()));
     tracing::info!(
         "data: {} train, {} validation, {} test images, {classes} classes",
@@ -1021,6 +1022,7 @@ fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary
         "ece_after": calibration["after"]["ece"],
         "test_loss": test_loss,
         "extra_cnn_test_accuracy": extra_acc,
+        "train_stats": serde_json::to_value(&train_stats).unwrap_or_default(),
         "stage_seconds": times.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
         "total_seconds": t_all.elapsed().as_secs_f64(),
     });
@@ -1044,6 +1046,33 @@ fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary
         epochs: trained.history.len(),
         stage_seconds: times,
     })
+}
+
+/// The training data's [`TrainStats`]: mean intensities of every training image, own shapes
+/// of up to 500 images sampled evenly from the training source (for `score`'s mismatch
+/// warnings).
+fn train_stats(cfg: &Config, splits: &Splits) -> crate::data::stream::TrainStats {
+    use crate::data::stream::{open, OnError};
+    let mut native = Vec::new();
+    if let Ok(mut s) = open(
+        &cfg.data.train,
+        &load_ctx(cfg, 0, "train-stats"),
+        OnError::Skip,
+    ) {
+        let n = s.len();
+        let k = n.min(500);
+        let step = n.checked_div(k).unwrap_or(1);
+        for _ in 0..k {
+            match s.next_chunk(1) {
+                Ok(Some(c)) => native.extend(c.native),
+                _ => break,
+            }
+            if s.skip(step.saturating_sub(1)).is_err() {
+                break;
+            }
+        }
+    }
+    crate::data::stream::TrainStats::of(&splits.train.images, splits.train.shape.len(), &native)
 }
 
 /// A run folder's run.json.

@@ -172,6 +172,13 @@ pub struct Summary {
     pub labels_ignored: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub shard: Option<ShardInfo>,
+    /// The batch's own image shapes and intensities (counts that add up over shards).
+    #[serde(default)]
+    pub batch: crate::data::stream::BatchStats,
+    /// How the batch differs grossly from the run's training data (empty: it does not, or
+    /// the run keeps no training statistics).
+    #[serde(default)]
+    pub mismatch: Vec<String>,
 }
 
 impl Summary {
@@ -208,6 +215,9 @@ impl Summary {
                 "; {} unreadable files skipped",
                 self.skipped.len()
             ));
+        }
+        for m in &self.mismatch {
+            s.push_str(&format!("\nwarning: {m}"));
         }
         s
     }
@@ -824,8 +834,15 @@ pub fn score(opts: &ScoreOptions) -> Result<Summary> {
     // a named set of another concept (e.g. Fashion-MNIST for an MNIST run) has labels, but not
     // of the run's classes: its images are all "unknown", so its labels are not used
     let foreign = foreign_labels(&sc.cfg.data.train, &opts.data);
+    let train = train_stats(&opts.run);
+    let range = train
+        .as_ref()
+        .map(|t| (t.image_mean_quantiles[0], t.image_mean_quantiles[2]));
+    let len = sc.cfg.shape().len();
+    let mut batch = crate::data::stream::BatchStats::default();
     let mut rows: Vec<Row> = Vec::new();
     stream::for_each_chunk(&mut *s, start, end, chunk, |c, _, pos| {
+        batch.add(&c.images, len, &c.native, range);
         let mut scored = sc.score_chunk(&c)?;
         if foreign.is_some() {
             scored.iter_mut().for_each(|r| r.label = None);
@@ -850,18 +867,44 @@ pub fn score(opts: &ScoreOptions) -> Result<Summary> {
         threshold_value: th.value,
         p_known_threshold: tk,
         p_correct_threshold: tc,
+        batch,
         skipped: s.skipped(),
         labels_ignored: foreign,
         shard,
         ..Default::default()
     };
-    let summary = summarise(&rows, &base);
+    let mut summary = summarise(&rows, &base);
+    summary.mismatch = mismatch_of(&summary, train.as_ref(), sc.cfg.shape());
+    for m in &summary.mismatch {
+        tracing::warn!("{m}");
+    }
     let want = review_indices(&rows, top);
     let mut s2 = stream::open(&opts.data, &ctx, OnError::Skip)?;
     let images = fetch_images(&mut *s2, start, end, &want, chunk)?;
     write_outputs(&staged.folder.path, &rows, &summary, &sc, &images, top)?;
     staged.commit()?;
     Ok(summary)
+}
+
+/// The run's training statistics (run.json `train_stats`), if it keeps them.
+fn train_stats(run: &Path) -> Option<crate::data::stream::TrainStats> {
+    let v = crate::pipeline::read_run_json(run).ok()?;
+    serde_json::from_value(v.get("train_stats")?.clone()).ok()
+}
+
+/// The batch's gross differences from the training data (see [`stream::mismatch`]).
+fn mismatch_of(
+    s: &Summary,
+    train: Option<&crate::data::stream::TrainStats>,
+    shape: crate::data::Shape,
+) -> Vec<String> {
+    let Some(train) = train else {
+        return Vec::new();
+    };
+    let share = s
+        .p_known_threshold
+        .map(|_| s.new_kind as f64 / s.images.max(1) as f64);
+    stream::mismatch(train, &s.batch, shape, share)
 }
 
 /// Which question an image fails: unknown kind when p_known < `tk`; else misclassified when
@@ -993,12 +1036,22 @@ pub fn merge(dirs: &[PathBuf], out: &Path, force: bool, top: Option<usize>) -> R
         rows.extend(read_scores_csv(&d.join("scores.csv"))?);
         skipped.extend(s.skipped.iter().cloned());
     }
+    let mut batch = crate::data::stream::BatchStats::default();
+    for (s, _) in &parts {
+        batch.merge(&s.batch);
+    }
     let base = Summary {
         skipped,
         shard: None,
+        batch,
         ..first.clone()
     };
-    let summary = summarise(&rows, &base);
+    let mut summary = summarise(&rows, &base);
+    summary.mismatch = mismatch_of(
+        &summary,
+        train_stats(Path::new(&first.run)).as_ref(),
+        sc.cfg.shape(),
+    );
     let want = review_indices(&rows, top);
     let bs = sc.cfg.features.batch_size;
     let chunk = sc.cfg.score.chunk.div_ceil(bs) * bs;

@@ -642,8 +642,14 @@ fn score_applies_the_trust_model_streams_shards_and_refuses_mismatches() {
     let tm: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(rd.join("trust_model.json")).unwrap())
             .unwrap();
-    assert_eq!(tm["format"], "metaclf-trust-model/1");
-    assert_eq!(tm["thresholds"].as_array().unwrap().len(), 3);
+    assert_eq!(tm["format"], "metaclf-trust-model/2");
+    assert_eq!(tm["trust"]["thresholds"].as_array().unwrap().len(), 3);
+    // the two questions: p_known (id vs the run's 2×60 OOD and 30 known-unknown images) and
+    // p_correct_if_known; the CNN's temperature for calibrated probabilities
+    assert_eq!(tm["known"]["fitted_on"]["ood_rows"], 120);
+    assert_eq!(tm["known"]["thresholds"].as_array().unwrap().len(), 1);
+    assert_eq!(tm["correct"]["known_unknowns"], false);
+    assert!(tm["temperature"].as_f64().unwrap() > 0.0);
 
     // the run's own test images: trust equals the trust model on features.csv's id-test rows
     let test = format!(
@@ -672,7 +678,26 @@ fn score_applies_the_trust_model_streams_shards_and_refuses_mismatches() {
     );
     let rows = metaclf::score::read_scores_csv(&s1.join("scores.csv")).unwrap();
     assert_eq!(rows.len(), 200);
+    assert!(rows
+        .iter()
+        .all(|r| r.p_known.is_some() && r.p_correct.is_some() && r.p_calibrated > 0.0));
     let trust = metaclf::trust::Trust::load(&rd).unwrap();
+    // suspect: new kind when p_known is below its threshold, else misclassified when
+    // p_correct_if_known is below its own
+    let (tk, tc) = (
+        trust.known_threshold().unwrap().value,
+        trust.correct_threshold("keep95").unwrap().value,
+    );
+    for r in &rows {
+        let want = if r.p_known.unwrap() < tk {
+            metaclf::score::Suspect::NewKind
+        } else if r.p_correct.unwrap() < tc {
+            metaclf::score::Suspect::Misclassified
+        } else {
+            metaclf::score::Suspect::None
+        };
+        assert_eq!(r.suspect, want);
+    }
     let table = metaclf::features::FeatureTable::read_csv(&rd.join("features.csv")).unwrap();
     let id: Vec<usize> = (0..table.len())
         .filter(|&r| table.set[r] == "id-test")
@@ -714,6 +739,45 @@ fn score_applies_the_trust_model_streams_shards_and_refuses_mismatches() {
     let html = std::fs::read_to_string(s1.join("review.html")).unwrap();
     assert!(html.contains("data:image/png;base64,") && !html.contains("src=\"http"));
     assert!(html.contains("Accuracy vs rejection"));
+    assert!(html.contains("<h2>New kind?") && html.contains("<h2>Misclassified?"));
+    assert!(
+        summary["mismatch"].as_array().unwrap().is_empty(),
+        "the run's own test images match its training data: {}",
+        summary["mismatch"]
+    );
+
+    // a batch of 40×40 crops of another look: scored, but said so, with the numbers
+    let crops = dp.join("crops");
+    std::fs::create_dir_all(&crops).unwrap();
+    for i in 0..24u32 {
+        let img = image::GrayImage::from_fn(40, 40, |x, y| {
+            image::Luma([(((x * 7 + y * 13 + i * 31) % 97) as u8).saturating_add(60)])
+        });
+        img.save(crops.join(format!("c{i:02}.png"))).unwrap();
+    }
+    let sc = dp.join("s-crops");
+    let o = run(
+        &[
+            "score",
+            "--run",
+            rd.to_str().unwrap(),
+            "--data",
+            &format!("folder-flat:{}", crops.display()),
+            "--out",
+            sc.to_str().unwrap(),
+        ],
+        dp,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("warning: 100% of the batch's images are 40×40×1 (H×W×C) and were resized to the run's 28×28×1"),
+        "{out}"
+    );
+    let cs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(sc.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(cs["batch"]["native_shapes"]["40×40×1"], 24);
+    assert!(!cs["mismatch"].as_array().unwrap().is_empty());
 
     // 4 shards merged (given in any order) equal the unsharded run byte for byte
     let mut shards = Vec::new();

@@ -55,3 +55,15 @@ fn columns_is_a_leaf_and_data_does_not_read_the_config() {
         assert!(!refs(&d, m), "data/ refers to crate::{m}");
     }
 }
+
+#[test]
+fn the_review_page_reads_only_its_own_input_and_cluster_is_a_leaf() {
+    let r = source("review.rs");
+    for m in ["score", "trust", "pipeline", "model", "features"] {
+        assert!(!refs(&r, m), "review.rs refers to crate::{m}");
+    }
+    assert!(
+        !source("cluster.rs").contains("crate::"),
+        "cluster.rs imports from the crate"
+    );
+}

@@ -364,6 +364,11 @@ fn is_tiff(b: &[u8]) -> bool {
 /// With `want_c` = 1 a colour image is converted to luminance; otherwise its channels (gray 1,
 /// gray+alpha 2, RGB 3, RGBA 4, or the pages of a TIFF stack) must number `want_c`.
 pub fn decode(bytes: &[u8], p: &Path, want_c: usize) -> Result<Native> {
+    decode_source(bytes, p, want_c).map(|(img, _)| img)
+}
+
+/// [`decode`], and the channels the file itself has (e.g. 3 for an RGB file decoded to gray).
+pub fn decode_source(bytes: &[u8], p: &Path, want_c: usize) -> Result<(Native, usize)> {
     let err = |msg: String| Error::Format {
         path: p.to_path_buf(),
         msg,
@@ -377,7 +382,7 @@ pub fn decode(bytes: &[u8], p: &Path, want_c: usize) -> Result<Native> {
                     "TIFF stack has {pages} pages (channels); the run needs {want_c} (data.channels)"
                 )));
             }
-            return Ok(img);
+            return Ok((img, pages));
         }
     }
     let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
@@ -413,10 +418,13 @@ pub fn decode(bytes: &[u8], p: &Path, want_c: usize) -> Result<Native> {
     };
     let shape = Shape::new(want_c, h, w);
     let clamped = interleaved.into_iter().map(|v| v.clamp(0.0, 1.0)).collect();
-    Ok(Native {
-        shape,
-        px: planar(clamped, shape),
-    })
+    Ok((
+        Native {
+            shape,
+            px: planar(clamped, shape),
+        },
+        have,
+    ))
 }
 
 fn tiff_limits() -> tiff::decoder::Limits {

@@ -148,8 +148,20 @@ fn is_image(p: &Path) -> bool {
 
 /// Converts one image file to the run's shape (see [`convert_bytes`]).
 pub fn convert_file(p: &Path, prep: &Prep) -> Result<Vec<f32>> {
+    convert_file_native(p, prep).map(|(px, _)| px)
+}
+
+/// [`convert_file`], and the file's own shape (its channels, height and width as stored).
+pub fn convert_file_native(p: &Path, prep: &Prep) -> Result<(Vec<f32>, Shape)> {
     let bytes = std::fs::read(p).at(p)?;
-    convert_bytes(&bytes, p, prep)
+    let (img, source_c) = prep::decode_source(&bytes, p, prep.shape.c)?;
+    let px = prep
+        .resize_native(&img, true)
+        .ok_or_else(|| Error::Format {
+            path: p.to_path_buf(),
+            msg: "image is blank".into(),
+        })?;
+    Ok((px, Shape::new(source_c, img.shape.h, img.shape.w)))
 }
 
 /// Decodes an image file's bytes ([`prep::decode`]: format from the bytes, decoder limits) and

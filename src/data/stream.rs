@@ -21,6 +21,8 @@ pub struct Chunk {
     pub index: Vec<usize>,
     pub pos: Vec<usize>,
     pub paths: Vec<String>,
+    /// Each image's own shape before preprocessing (empty when the source does not say).
+    pub native: Vec<super::Shape>,
 }
 
 impl Chunk {
@@ -110,6 +112,7 @@ impl ImageStream for IdxStream {
             index: (self.pos..self.pos + k).collect(),
             pos: (self.pos..self.pos + k).collect(),
             paths: vec![String::new(); k],
+            native: vec![self.shape; k],
         };
         self.pos += k;
         if self.pos == self.n {
@@ -158,9 +161,10 @@ impl ImageStream for FolderStream {
             let i = self.pos;
             self.pos += 1;
             let p = &self.files[i];
-            match render::convert_file(p, &self.prep) {
-                Ok(px) => {
+            match render::convert_file_native(p, &self.prep) {
+                Ok((px, native)) => {
                     c.images.extend_from_slice(&px);
+                    c.native.push(native);
                     if let (Some(l), Some(all)) = (c.labels.as_mut(), &self.labels) {
                         l.push(all[i]);
                     }
@@ -227,6 +231,7 @@ impl ImageStream for NoiseStream {
             index: (self.pos..self.pos + k).collect(),
             pos: (self.pos..self.pos + k).collect(),
             paths: vec![String::new(); k],
+            native: vec![self.shape; k],
         };
         self.pos += k;
         Ok(Some(c))
@@ -269,6 +274,7 @@ impl ImageStream for MemStream {
             index: self.ds.index[r.clone()].to_vec(),
             pos: r.collect(),
             paths: vec![String::new(); k],
+            native: vec![self.ds.shape; k],
         }))
     }
     fn skip(&mut self, k: usize) -> Result<()> {
@@ -481,6 +487,142 @@ pub fn export_png(spec: &str, ctx: &LoadCtx, out: &std::path::Path, limit: usize
         done += c.len();
     }
     Ok(done)
+}
+
+/// What the training data looks like: its images' own shapes before preprocessing (sampled)
+/// and the 1%, 50% and 99% quantiles of the per-image mean intensity after it. `metaclf run`
+/// keeps it in run.json (`train_stats`); `metaclf score` compares each batch with it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainStats {
+    pub images: usize,
+    /// Images per own shape ("H×W×C") among the sampled ones.
+    pub native_shapes: std::collections::BTreeMap<String, usize>,
+    pub image_mean_quantiles: [f64; 3],
+}
+
+impl TrainStats {
+    /// From preprocessed images (`len` values each) and sampled own shapes.
+    pub fn of(images: &[f32], len: usize, native: &[super::Shape]) -> TrainStats {
+        let mut m: Vec<f64> = images
+            .chunks_exact(len.max(1))
+            .map(|img| img.iter().map(|&v| v as f64).sum::<f64>() / img.len().max(1) as f64)
+            .collect();
+        m.sort_by(f64::total_cmp);
+        let mut shapes = std::collections::BTreeMap::new();
+        for s in native {
+            *shapes.entry(s.to_string()).or_default() += 1;
+        }
+        let q = |p: f64| crate::stats::quantile(&m, p);
+        TrainStats {
+            images: m.len(),
+            native_shapes: shapes,
+            image_mean_quantiles: if m.is_empty() {
+                [0.0; 3]
+            } else {
+                [q(0.01), q(0.5), q(0.99)]
+            },
+        }
+    }
+}
+
+/// What a scored batch looks like, in counts that add up over shards exactly: own shapes,
+/// the sum of per-image mean intensities (in millionths) and how many images lie outside the
+/// training images' 1–99% range.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BatchStats {
+    pub images: usize,
+    pub native_shapes: std::collections::BTreeMap<String, usize>,
+    pub mean_micro_sum: u64,
+    pub outside_train_range: usize,
+}
+
+impl BatchStats {
+    /// Adds images (`len` values each) and their own shapes; `range` = the training images'
+    /// 1–99% range of mean intensity, when known.
+    pub fn add(
+        &mut self,
+        images: &[f32],
+        len: usize,
+        native: &[super::Shape],
+        range: Option<(f64, f64)>,
+    ) {
+        for img in images.chunks_exact(len.max(1)) {
+            let m = img.iter().map(|&v| v as f64).sum::<f64>() / img.len().max(1) as f64;
+            self.mean_micro_sum += (m.clamp(0.0, 1e6) * 1e6).round() as u64;
+            self.images += 1;
+            if let Some((lo, hi)) = range {
+                self.outside_train_range += (m < lo || m > hi) as usize;
+            }
+        }
+        for s in native {
+            *self.native_shapes.entry(s.to_string()).or_default() += 1;
+        }
+    }
+
+    /// Adds another part's counts.
+    pub fn merge(&mut self, o: &BatchStats) {
+        self.images += o.images;
+        self.mean_micro_sum += o.mean_micro_sum;
+        self.outside_train_range += o.outside_train_range;
+        for (k, v) in &o.native_shapes {
+            *self.native_shapes.entry(k.clone()).or_default() += v;
+        }
+    }
+
+    /// The mean of the per-image mean intensities.
+    pub fn mean_intensity(&self) -> f64 {
+        self.mean_micro_sum as f64 / 1e6 / self.images.max(1) as f64
+    }
+}
+
+/// The gross differences between a scored batch and the run's training data, in words with
+/// the numbers: another own size or channel count (the images were resized), mean intensities
+/// mostly outside the training images' 1–99% range, or most images flagged as a new kind
+/// (`new_kind_share`; about 5% of in-distribution images are, at keep95).
+pub fn mismatch(
+    train: &TrainStats,
+    batch: &BatchStats,
+    run_shape: super::Shape,
+    new_kind_share: Option<f64>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let main = batch.native_shapes.iter().max_by_key(|(_, n)| **n);
+    if let (Some((bs, bn)), false) = (main, train.native_shapes.is_empty()) {
+        if !train.native_shapes.contains_key(bs) {
+            let total: usize = batch.native_shapes.values().sum();
+            out.push(format!(
+                "{:.0}% of the batch's images are {bs} (H×W×C) and were resized to the run's {run_shape}; the run's training images were {}",
+                100.0 * *bn as f64 / total.max(1) as f64,
+                train
+                    .native_shapes
+                    .keys()
+                    .take(3)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    let [lo, med, hi] = train.image_mean_quantiles;
+    if train.images > 0 && batch.images > 0 {
+        let share = batch.outside_train_range as f64 / batch.images as f64;
+        if share > 0.25 {
+            out.push(format!(
+                "{:.0}% of the batch's images have a mean intensity outside the training images' 1–99% range [{lo:.3}, {hi:.3}] (batch mean {:.3}, training median {med:.3}; about 2% expected)",
+                100.0 * share,
+                batch.mean_intensity(),
+            ));
+        }
+    }
+    if let Some(s) = new_kind_share {
+        if s > 0.5 {
+            out.push(format!(
+                "{:.0}% of the batch's images look like a new kind (p_known below its threshold; about 5% of in-distribution images are): the batch may not be of the data the run was trained on",
+                100.0 * s
+            ));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

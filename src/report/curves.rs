@@ -32,16 +32,7 @@ pub fn silverman(data: &[f64]) -> f64 {
     let a = if iqr > 0.0 { sd.min(iqr / 1.34) } else { sd };
     (0.9 * a * n.powf(-0.2)).max(1e-9 * (1.0 + mean.abs()))
 }
-
-/// Linear-interpolated quantile of sorted data (numpy's default).
-pub fn quantile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let pos = q * (sorted.len() - 1) as f64;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
-}
+pub use crate::stats::quantile;
 
 /// ROC points (fpr, tpr) from positives and scores, thresholds from high to low.
 pub fn roc_points(pos: &[bool], s: &[f64]) -> Vec<(f64, f64)> {
