@@ -97,6 +97,10 @@ enum Cmd {
         /// unlabelled). Without it, every subfolder must be one of the run's classes.
         #[arg(long)]
         unlabeled: bool,
+        /// Also write `ecotaxa.tsv`, an EcoTaxa import table (predicted categories, metaclf's
+        /// scores as object_metaclf_* columns; image paths relative to the output folder).
+        #[arg(long, conflicts_with = "merge")]
+        ecotaxa: bool,
     },
     /// Refits the meta classifiers of a finished run from its features.csv (optionally with the
     /// [meta] section of another config) and rebuilds metrics, ablation and report.
@@ -327,6 +331,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             on_error,
             count,
             unlabeled,
+            ecotaxa,
         } => {
             let s = if merge.is_empty() {
                 let (Some(run), Some(data)) = (run, data) else {
@@ -346,6 +351,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                     },
                     count,
                     unlabeled,
+                    ecotaxa,
                 })?
             } else {
                 metaclf::score::merge(&merge, &out, force, top)?

@@ -89,6 +89,8 @@ pub struct ScoreOptions {
     pub count: usize,
     /// A folder's subfolders are not taken as labels.
     pub unlabeled: bool,
+    /// Also write ecotaxa.tsv (see [`ecotaxa_tsv`]).
+    pub ecotaxa: bool,
 }
 
 /// One scored image.
@@ -179,6 +181,9 @@ pub struct Summary {
     /// the run keeps no training statistics).
     #[serde(default)]
     pub mismatch: Vec<String>,
+    /// ecotaxa.tsv was written (a merge writes it too), its paths relative to this folder.
+    #[serde(default)]
+    pub ecotaxa: Option<PathBuf>,
 }
 
 impl Summary {
@@ -651,6 +656,9 @@ fn write_outputs(
     top: usize,
 ) -> Result<()> {
     write_atomic(&dir.join("scores.csv"), &scores_csv(rows)?)?;
+    if let Some(out) = &summary.ecotaxa {
+        write_atomic(&dir.join("ecotaxa.tsv"), ecotaxa_tsv(rows, out)?.as_bytes())?;
+    }
     let text = serde_json::to_string_pretty(summary).map_err(|e| other(e.to_string()))?;
     write_atomic(&dir.join("summary.json"), (text + "\n").as_bytes())?;
     let html = crate::review::page(&page_input(rows, summary, scorer, images, top)?);
@@ -801,6 +809,17 @@ pub fn score(opts: &ScoreOptions) -> Result<Summary> {
         .unwrap_or_else(|| sc.cfg.score.threshold.clone());
     let th = sc.trust.threshold(&th_name)?.clone();
     let top = opts.top.unwrap_or(sc.cfg.score.top);
+    if opts.ecotaxa
+        && !matches!(
+            crate::data::Source::parse(&opts.data),
+            Ok(crate::data::Source::Folder(_) | crate::data::Source::FolderFlat(_))
+        )
+    {
+        return Err(other(format!(
+            "--ecotaxa needs image files (folder:PATH or folder-flat:PATH); {} has none to point at",
+            opts.data
+        )));
+    }
     let staged = output_folder(&opts.out, opts.force)?;
     let ctx = sc.ctx(opts.count, opts.unlabeled);
     let mut s = stream::open(&opts.data, &ctx, opts.on_error)?;
@@ -868,6 +887,11 @@ pub fn score(opts: &ScoreOptions) -> Result<Summary> {
         p_known_threshold: tk,
         p_correct_threshold: tc,
         batch,
+        ecotaxa: if opts.ecotaxa {
+            Some(std::path::absolute(&opts.out).at(&opts.out)?)
+        } else {
+            None
+        },
         skipped: s.skipped(),
         labels_ignored: foreign,
         shard,
@@ -884,6 +908,91 @@ pub fn score(opts: &ScoreOptions) -> Result<Summary> {
     write_outputs(&staged.folder.path, &rows, &summary, &sc, &images, top)?;
     staged.commit()?;
     Ok(summary)
+}
+
+/// Columns of ecotaxa.tsv, with their EcoTaxa types (`[t]` text, `[f]` float).
+pub const ECOTAXA_COLUMNS: [(&str, &str); 12] = [
+    ("img_file_name", "[t]"),
+    ("object_id", "[t]"),
+    ("object_annotation_category", "[t]"),
+    ("object_annotation_status", "[t]"),
+    ("object_metaclf_trust", "[f]"),
+    ("object_metaclf_msp", "[f]"),
+    ("object_metaclf_p_calibrated", "[f]"),
+    ("object_metaclf_p_known", "[f]"),
+    ("object_metaclf_p_correct_if_known", "[f]"),
+    ("object_metaclf_rank", "[f]"),
+    ("object_metaclf_flag", "[f]"),
+    ("object_metaclf_suspect", "[t]"),
+];
+
+/// `path` relative to the folder `base` (both made absolute; `..` where they part).
+fn relative_to(path: &Path, base: &Path) -> String {
+    let (Ok(p), Ok(b)) = (std::path::absolute(path), std::path::absolute(base)) else {
+        return path.display().to_string();
+    };
+    let (pc, bc): (Vec<_>, Vec<_>) = (p.components().collect(), b.components().collect());
+    let common = pc.iter().zip(&bc).take_while(|(a, b)| a == b).count();
+    let mut out = PathBuf::new();
+    for _ in common..bc.len() {
+        out.push("..");
+    }
+    for c in &pc[common..] {
+        out.push(c);
+    }
+    out.to_string_lossy().replace('\\', "/")
+}
+
+/// An EcoTaxa import table of scored image files (layout in the README): one row per image,
+/// the type row second, `object_annotation_category` = the predicted class's name,
+/// `object_annotation_status` = `predicted`, metaclf's scores as `object_metaclf_*`
+/// (`flag` 1 = review), image paths relative to the folder the table is written to (`out`).
+pub fn ecotaxa_tsv(rows: &[Row], out: &Path) -> Result<String> {
+    let clean = |s: &str| s.replace(['\t', '\n', '\r'], " ");
+    let rank = ranks(rows);
+    let mut t = String::new();
+    t.push_str(&ECOTAXA_COLUMNS.map(|c| c.0).join("\t"));
+    t.push('\n');
+    t.push_str(&ECOTAXA_COLUMNS.map(|c| c.1).join("\t"));
+    t.push('\n');
+    let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
+    for (i, r) in rows.iter().enumerate() {
+        if r.path.is_empty() {
+            return Err(other(format!(
+                "ecotaxa.tsv: image {} has no file to point at",
+                r.index
+            )));
+        }
+        let p = Path::new(&r.path);
+        let category = if r.pred_name.is_empty() {
+            r.pred.to_string()
+        } else {
+            r.pred_name.clone()
+        };
+        let stem = p
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
+        t.push_str(
+            &[
+                clean(&relative_to(p, out)),
+                clean(&format!("{stem}_{}", r.index)),
+                clean(&category),
+                "predicted".into(),
+                r.trust.to_string(),
+                r.msp.to_string(),
+                r.p_calibrated.to_string(),
+                opt(r.p_known),
+                opt(r.p_correct),
+                rank[i].to_string(),
+                (r.flag as u8).to_string(),
+                r.suspect.as_str().to_string(),
+            ]
+            .join("\t"),
+        );
+        t.push('\n');
+    }
+    Ok(t)
 }
 
 /// The run's training statistics (run.json `train_stats`), if it keeps them.
@@ -1044,6 +1153,10 @@ pub fn merge(dirs: &[PathBuf], out: &Path, force: bool, top: Option<usize>) -> R
         skipped,
         shard: None,
         batch,
+        ecotaxa: match &first.ecotaxa {
+            Some(_) => Some(std::path::absolute(out).at(out)?),
+            None => None,
+        },
         ..first.clone()
     };
     let mut summary = summarise(&rows, &base);
@@ -1138,6 +1251,30 @@ mod tests {
         let p = d.path().join("scores.csv");
         std::fs::write(&p, scores_csv(&rows).unwrap()).unwrap();
         assert_eq!(read_scores_csv(&p).unwrap(), rows);
+        // EcoTaxa: header, type row, one row per image; paths relative to the output folder
+        let named: Vec<Row> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Row {
+                path: format!("/data/batch/{}", ["a\tb.png", "sub/c.png", "d.png"][i]),
+                ..r.clone()
+            })
+            .collect();
+        let tsv = ecotaxa_tsv(&named, Path::new("/data/scored")).unwrap();
+        let lines: Vec<&str> = tsv.lines().collect();
+        assert_eq!(lines.len(), 5);
+        assert!(lines[0].starts_with("img_file_name\tobject_id\tobject_annotation_category\tobject_annotation_status\tobject_metaclf_trust"));
+        assert!(lines[1].starts_with("[t]\t[t]\t[t]\t[t]\t[f]"));
+        assert_eq!(
+            lines[2].split('\t').take(5).collect::<Vec<_>>(),
+            ["../batch/a b.png", "a b_0", "copepod", "predicted", "0.8"]
+        );
+        assert!(lines[3].starts_with("../batch/sub/c.png\tc_1\tdiatom, \"b\"\tpredicted\t0.1"));
+        assert!(lines[3].ends_with("\t1\t1\tnew-kind"), "{}", lines[3]);
+        assert!(
+            ecotaxa_tsv(&rows[2..], Path::new("/x")).is_err(),
+            "no file, no row"
+        );
         // which question each fails: p_known below its threshold first, then p_correct
         let at = |pk: Option<f64>, pc: Option<f64>, flag: bool| Row {
             p_known: pk,

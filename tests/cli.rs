@@ -765,6 +765,7 @@ fn score_applies_the_trust_model_streams_shards_and_refuses_mismatches() {
             &format!("folder-flat:{}", crops.display()),
             "--out",
             sc.to_str().unwrap(),
+            "--ecotaxa",
         ],
         dp,
     );
@@ -777,6 +778,14 @@ fn score_applies_the_trust_model_streams_shards_and_refuses_mismatches() {
     let cs: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(sc.join("summary.json")).unwrap()).unwrap();
     assert_eq!(cs["batch"]["native_shapes"]["40×40×1"], 24);
+    // the EcoTaxa import table: header, type row, 24 objects, paths relative to its folder
+    let tsv = std::fs::read_to_string(sc.join("ecotaxa.tsv")).unwrap();
+    let lines: Vec<&str> = tsv.lines().collect();
+    assert_eq!(lines.len(), 26);
+    assert!(lines[1].starts_with("[t]\t[t]\t[t]\t[t]\t[f]"));
+    assert!(lines[2..]
+        .iter()
+        .any(|l| l.starts_with("../crops/c00.png\tc00_") && l.contains("\tpredicted\t")));
     assert!(!cs["mismatch"].as_array().unwrap().is_empty());
 
     // 4 shards merged (given in any order) equal the unsharded run byte for byte
