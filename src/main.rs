@@ -102,6 +102,32 @@ enum Cmd {
         #[arg(long, conflicts_with = "merge")]
         ecotaxa: bool,
     },
+    /// Adds the classes a user labelled to a finished run: the CNN warm-started from RUN's
+    /// weights with its output layer grown, fine-tuned on RUN's training images plus the
+    /// labelled ones, then features, meta classifiers, trust model and a report comparing
+    /// with RUN (extend.json).
+    Extend {
+        /// The run to extend.
+        run: PathBuf,
+        /// review.html's labels.csv, or an EcoTaxa export TSV (its validated rows).
+        #[arg(long)]
+        labels: PathBuf,
+        /// The images the labels name (the data that was scored).
+        #[arg(long)]
+        data: String,
+        /// The new run folder (refused if it exists, unless --force).
+        #[arg(long)]
+        out: PathBuf,
+        /// Fine-tuning epochs.
+        #[arg(long, default_value_t = 3)]
+        epochs: usize,
+        /// Share of a new class's labelled images kept for testing (when RUN's test set has
+        /// no held-out images of that class).
+        #[arg(long, default_value_t = 0.3)]
+        test_fraction: f64,
+        #[arg(long)]
+        force: bool,
+    },
     /// Refits the meta classifiers of a finished run from its features.csv (optionally with the
     /// [meta] section of another config) and rebuilds metrics, ablation and report.
     Meta {
@@ -358,6 +384,43 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             };
             println!("{}", s.line());
             println!("{}", out.join("review.html").display());
+        }
+        Cmd::Extend {
+            run,
+            labels,
+            data,
+            out,
+            epochs,
+            test_fraction,
+            force,
+        } => {
+            if !(0.0..1.0).contains(&test_fraction) {
+                anyhow::bail!("--test-fraction {test_fraction}: must be in [0, 1)");
+            }
+            let s = metaclf::extend::extend(&metaclf::extend::ExtendOptions {
+                run,
+                labels,
+                data,
+                out,
+                epochs,
+                test_fraction,
+                force,
+            })?;
+            println!(
+                "{} labels, new classes {}: accuracy on the old classes {:.2}% → {:.2}%{}",
+                s.labels,
+                if s.new_classes.is_empty() {
+                    "none".to_string()
+                } else {
+                    s.new_classes.join(", ")
+                },
+                100.0 * s.old_before,
+                100.0 * s.old_after,
+                s.new_after
+                    .map(|a| format!(", on the new classes {:.2}%", 100.0 * a))
+                    .unwrap_or_default()
+            );
+            println!("{}", s.folder.join("report.html").display());
         }
         Cmd::Meta { run_dir, config } => {
             let cfg = Config::load(&config.unwrap_or_else(|| run_dir.join("config.toml")))?;

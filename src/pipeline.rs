@@ -905,7 +905,7 @@ fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary
         cfg
     };
     folder.write("config.toml", cfg.to_toml())?;
-    let mut run_json = json!({
+    let run_json = json!({
         "metaclf_version": env!("CARGO_PKG_VERSION"),
         "seed": cfg.run.seed,
         "status": "running",
@@ -938,15 +938,61 @@ fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary
         net.steps
     );
     let trained = TrainParams::from_config(cfg).fit(net, &splits.train, &splits.val)?;
+    times.push(("train".into(), t.elapsed().as_secs_f64()));
+    finish_run(
+        cfg,
+        folder,
+        &splits,
+        trained,
+        Finish {
+            classes,
+            times,
+            t_all,
+            train_stats,
+            extra_seeds: true,
+            extra_json: serde_json::Map::new(),
+        },
+    )
+}
+
+/// What [`finish_run`] needs beside the data and the trained CNN.
+pub struct Finish {
+    pub classes: usize,
+    /// Stage times so far (data, train).
+    pub times: Vec<(String, f64)>,
+    pub t_all: Instant,
+    pub train_stats: crate::data::stream::TrainStats,
+    /// Train `meta.cnn_seeds − 1` more CNNs from scratch and pool their repetitions.
+    pub extra_seeds: bool,
+    /// More keys for run.json (e.g. `extended_from`).
+    pub extra_json: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Everything of a run after training: model.safetensors, history, calibration, features,
+/// meta classifiers, trust model, run.json and the report.
+pub fn finish_run(
+    cfg: &Config,
+    folder: &RunFolder,
+    splits: &Splits,
+    trained: Trained,
+    f: Finish,
+) -> Result<RunSummary> {
+    let Finish {
+        classes,
+        mut times,
+        t_all,
+        train_stats,
+        extra_seeds,
+        extra_json,
+    } = f;
     trained.net.save(&folder.file("model.safetensors"))?;
     folder.write("history.csv", history_csv(&trained))?;
-    times.push(("train".into(), t.elapsed().as_secs_f64()));
     let (test_loss, test_acc) = evaluate(&trained.net, &splits.test, 512)?;
     tracing::info!(
         "test accuracy {test_acc:.4} (loss {test_loss:.4}), best epoch {}",
         trained.best_epoch
     );
-    let calibration = calibrate(&trained.net, &splits)?;
+    let calibration = calibrate(&trained.net, splits)?;
     folder.write(
         "calibration.json",
         serde_json::to_string_pretty(&calibration).unwrap_or_default() + "\n",
@@ -958,7 +1004,7 @@ fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary
         json!({"role": "validation", "spec": cfg.data.train, "images": splits.val.len(), "sha256": splits.val.sha256, "prep": prep_note(cfg, &cfg.data.train)}),
         json!({"role": "id-test", "spec": cfg.data.test, "images": splits.test.len(), "sha256": splits.test.sha256, "prep": prep_note(cfg, &cfg.data.test)}),
     ];
-    let table = score_all(cfg, &trained.net, &splits, &mut sets)?;
+    let table = score_all(cfg, &trained.net, splits, &mut sets)?;
     folder.write("features.csv", table.to_csv())?;
     times.push(("features".into(), t.elapsed().as_secs_f64()));
 
@@ -968,7 +1014,7 @@ fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary
         eval::run_meta(&table, &mp).map_err(|e| Error::Other(format!("meta classifiers: {e}")))?;
     // more CNNs: retrain with the next seeds, score, fit, and pool the repetitions
     let mut extra_acc = Vec::new();
-    for k in 1..cfg.meta.cnn_seeds {
+    for k in 1..if extra_seeds { cfg.meta.cnn_seeds } else { 1 } {
         let mut raw = cfg.raw.clone();
         raw.run.seed = cfg.run.seed.wrapping_add(k as u64);
         let c2 = Config::validate(raw)?;
@@ -1002,7 +1048,7 @@ fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary
         let (lo, hi) = crate::stats::wilson(k, splits.test.len());
         vec![lo, hi]
     };
-    run_json = json!({
+    let mut run_json = json!({
         "metaclf_version": env!("CARGO_PKG_VERSION"),
         "status": "done",
         "seed": cfg.run.seed,
@@ -1026,6 +1072,9 @@ fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary
         "stage_seconds": times.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
         "total_seconds": t_all.elapsed().as_secs_f64(),
     });
+    for (k, v) in extra_json {
+        run_json[k] = v;
+    }
     folder.write(
         "run.json",
         serde_json::to_string_pretty(&run_json).unwrap_or_default(),

@@ -76,7 +76,8 @@ impl Dataset {
         }
     }
 
-    fn rehash(&mut self) {
+    /// Recomputes the sha256 of the images and labels (after changing them).
+    pub fn rehash(&mut self) {
         let mut h = Sha256::new();
         for v in &self.images {
             h.update(v.to_le_bytes());

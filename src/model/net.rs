@@ -233,6 +233,29 @@ impl Net {
         }
     }
 
+    /// The net with `extra` more outputs: every conv layer and the old outputs' fc rows and
+    /// biases as they are (so the old logits do not change), the new rows He-uniform from
+    /// `rng`, their biases zero. How `metaclf extend` adds classes without renumbering any.
+    pub fn grow(&self, extra: usize, rng: &mut ChaCha8Rng) -> Net {
+        let arch = Arch {
+            classes: self.arch.classes + extra,
+            ..self.arch.clone()
+        };
+        let mut g = Net::new(arch, rng);
+        let k = self.arch.classes;
+        let last = g.layers.len() - 1;
+        for (i, l) in self.layers.iter().enumerate() {
+            if i < last {
+                g.layers[i] = l.clone();
+            } else {
+                let fc = &mut g.layers[last];
+                fc.w[..k * self.fc_in].copy_from_slice(&l.w);
+                fc.b[..k].copy_from_slice(&l.b);
+            }
+        }
+        g
+    }
+
     /// Names of the parameterised layers (`conv1`, ..., `fc`).
     pub fn layer_names(&self) -> Vec<String> {
         self.layers.iter().map(|l| l.name.clone()).collect()
@@ -611,6 +634,24 @@ mod tests {
         crate::data::Shape::new(2, 64, 64),
         crate::data::Shape::new(3, 33, 17),
     ];
+
+    #[test]
+    fn a_grown_net_keeps_the_old_logits() {
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let net = Net::new(Arch::paper(), &mut rng);
+        let big = net.grow(3, &mut rng);
+        assert_eq!(big.arch.classes, 13);
+        let x = inputs(5, 1);
+        let (a, b) = (
+            net.forward(&x, 5, None, false).logits,
+            big.forward(&x, 5, None, false).logits,
+        );
+        for i in 0..5 {
+            // the first 10 outputs are the old net's, bit for bit
+            assert_eq!(&b[i * 13..i * 13 + 10], &a[i * 10..i * 10 + 10]);
+        }
+        assert!(b.iter().all(|v| v.is_finite()));
+    }
 
     #[test]
     fn training_gradients_match_candle_autograd() {

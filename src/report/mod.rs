@@ -128,6 +128,12 @@ pub fn build(dir: &Path) -> Result<()> {
         &dir.join("verdicts.csv"),
         crate::verdicts::to_csv(&verdicts).as_bytes(),
     )?;
+    if let Some(ext) = std::fs::read_to_string(dir.join("extend.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+    {
+        html.push_str(&extend_section(&ext));
+    }
     html.push_str(&headline::block(&verdicts));
     html.push_str(&headline::heatmap(recs));
     let g = |k: &str| {

@@ -285,6 +285,83 @@ pub fn selective_table(recs: &[crate::eval::Record]) -> String {
     h
 }
 
+/// The "extended from" section of a run made by `metaclf extend` (its extend.json): accuracy
+/// per class before and after with Wilson intervals, how many labels it took, and the OOD
+/// detection of the sets both runs have.
+pub fn extend_section(v: &serde_json::Value) -> String {
+    let pct = |x: &serde_json::Value| {
+        x.as_f64()
+            .map(|a| format!("{:.2}%", 100.0 * a))
+            .unwrap_or_else(|| "–".into())
+    };
+    let ci = |x: &serde_json::Value| match x.as_array() {
+        Some(a) if a.len() == 2 => format!(
+            " [{:.2}%, {:.2}%]",
+            100.0 * a[0].as_f64().unwrap_or(0.0),
+            100.0 * a[1].as_f64().unwrap_or(0.0)
+        ),
+        _ => String::new(),
+    };
+    let o = &v["old_classes"];
+    let mut h = format!(
+        "<h2>Extended from <code>{}</code></h2><p class=\"lead\">{} labels added the classes <b>{}</b>. Accuracy on the old classes {}{} → <b>{}</b>{} ({} test images){}.</p><p class=\"how\">{} Fine-tuned {} epochs at lr {:.2e}, labelled images repeated {}×.</p>",
+        esc(v["run"].as_str().unwrap_or("")),
+        v["labels"],
+        esc(&v["new_classes"].as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", ")).unwrap_or_default()),
+        pct(&o["before"]),
+        ci(&o["before_ci"]),
+        pct(&o["after"]),
+        ci(&o["after_ci"]),
+        o["images"],
+        match v["new_classes_accuracy"].as_object() {
+            Some(n) => format!(
+                "; on the new classes <b>{}</b>{} ({} test images)",
+                pct(&n["after"]),
+                ci(&n["after_ci"]),
+                n["images"]
+            ),
+            None => String::new(),
+        },
+        esc(v["how"].as_str().unwrap_or("")),
+        v["epochs"],
+        v["lr"].as_f64().unwrap_or(0.0),
+        v["repeat"]
+    );
+    h.push_str("<table><tr><th>class</th><th>status</th><th>labels</th><th>test images</th><th>accuracy before</th><th>accuracy after</th></tr>");
+    for c in v["classes"].as_array().cloned().unwrap_or_default() {
+        h.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}{}</td><td>{}{}</td></tr>",
+            esc(c["name"].as_str().unwrap_or("")),
+            esc(c["status"].as_str().unwrap_or("")),
+            c["labels"],
+            c["test_images"],
+            pct(&c["accuracy_before"]),
+            ci(&c["accuracy_before_ci"]),
+            pct(&c["accuracy_after"]),
+            ci(&c["accuracy_after_ci"])
+        ));
+    }
+    h.push_str("</table>");
+    if let Some(ood) = v["ood"].as_array().filter(|a| !a.is_empty()) {
+        h.push_str("<h3>OOD detection before and after (msp baseline AUROC)</h3><table><tr><th>set</th><th>before</th><th>after</th></tr>");
+        for r in ood {
+            let f = |x: &serde_json::Value| {
+                x.as_f64()
+                    .map(|a| format!("{a:.4}"))
+                    .unwrap_or_else(|| "– (not evaluated: its classes are known now)".into())
+            };
+            h.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(r["set"].as_str().unwrap_or("")),
+                f(&r["msp_auroc_before"]),
+                f(&r["msp_auroc_after"])
+            ));
+        }
+        h.push_str("</table>");
+    }
+    h
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
