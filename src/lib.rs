@@ -14,6 +14,7 @@
 pub mod bench;
 pub mod cluster;
 pub mod columns;
+pub mod commands;
 pub mod config;
 pub mod data;
 pub mod error;

@@ -256,60 +256,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs a command and prints its lines.
 fn dispatch(cmd: Cmd) -> Result<()> {
-    match cmd {
-        Cmd::Run { config, out, force } => {
-            let cfg = Config::load(&config)?;
-            let s = pipeline::run(&cfg, &pipeline::RunOptions { out, force })
-                .with_context(|| format!("metaclf run {} failed", config.display()))?;
-            println!("run folder: {}", s.folder.display());
-            println!(
-                "test accuracy: {:.4} after {} epochs",
-                s.test_accuracy, s.epochs
-            );
-            for (stage, secs) in &s.stage_seconds {
-                println!("  {stage:<9} {secs:>8.1} s");
-            }
-        }
-        Cmd::Check { config } => {
-            let cfg = Config::load(&config)?;
-            let mut specs = vec![cfg.data.train.clone(), cfg.data.test.clone()];
-            specs.extend(cfg.ood.sets.iter().cloned());
-            if !cfg.known_unknowns.source.is_empty() {
-                specs.push(cfg.known_unknowns.source.clone());
-            }
-            for spec in specs {
-                println!("{spec}: {}", data_status(&cfg.data.data_dir, &spec)?);
-            }
-            for line in metaclf::pipeline::check_lines(&cfg)? {
-                println!("{line}");
-            }
-            println!("{}: ok", config.display());
-        }
-        Cmd::DumpConfig => print!("{}", config::default_toml()),
+    use metaclf::commands as c;
+    let lines = match cmd {
+        Cmd::Run { config, out, force } => c::run(&config, out, force)
+            .with_context(|| format!("metaclf run {} failed", config.display()))?,
+        Cmd::Check { config } => c::check(&config)?,
+        Cmd::DumpConfig => vec![config::default_toml().trim_end().to_string()],
         Cmd::Data { cmd, data_dir } => match cmd {
-            DataCmd::List => {
-                for name in data::NAMED {
-                    println!("{name:<14} {}", data_status(&data_dir, name)?);
-                }
-                println!("\nspecs: {}", data::SPEC_HELP);
-            }
-            DataCmd::Fetch { names } => {
-                let names: Vec<String> = if names.is_empty() {
-                    data::NAMED.iter().map(|s| s.to_string()).collect()
-                } else {
-                    names
-                };
-                for n in &names {
-                    if !data::NAMED.contains(&n.as_str()) {
-                        anyhow::bail!("unknown data set {n:?} (known: {})", data::NAMED.join(", "));
-                    }
-                }
-                for n in names {
-                    data::fetch::fetch(&data_dir, &n)?;
-                    println!("{n}: {}", data_status(&data_dir, &n)?);
-                }
-            }
+            DataCmd::List => c::data_list(&data_dir)?,
+            DataCmd::Fetch { names } => c::data_fetch(&data_dir, names)?,
             DataCmd::Export {
                 spec,
                 out,
@@ -318,23 +275,16 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 seed,
                 shape,
                 resize,
-            } => {
-                let resize = resize.unwrap_or_else(|| data::Resize::default_for(shape));
-                anyhow::ensure!(
-                    resize != data::Resize::Mnist || shape.c == 1,
-                    "--resize mnist needs one channel (--shape 1,H,W)"
-                );
-                let ctx = data::LoadCtx {
-                    data_dir,
-                    seed,
-                    count,
-                    stage: "export".into(),
-                    prep: data::Prep { shape, resize },
-                    folder_labels: Default::default(),
-                };
-                let n = data::stream::export_png(&spec, &ctx, &out, limit)?;
-                println!("{n} images written to {}", out.display());
-            }
+            } => c::data_export(c::ExportArgs {
+                spec,
+                out,
+                data_dir,
+                count,
+                limit,
+                seed,
+                shape,
+                resize,
+            })?,
         },
         Cmd::Features {
             run,
@@ -343,7 +293,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             count,
         } => {
             let n = pipeline::features_for(&run, &data, &out, count)?;
-            println!("{n} rows written to {}", out.display());
+            vec![format!("{n} rows written to {}", out.display())]
         }
         Cmd::Score {
             run,
@@ -382,8 +332,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             } else {
                 metaclf::score::merge(&merge, &out, force, top)?
             };
-            println!("{}", s.line());
-            println!("{}", out.join("review.html").display());
+            vec![s.line(), out.join("review.html").display().to_string()]
         }
         Cmd::Extend {
             run,
@@ -393,51 +342,34 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             epochs,
             test_fraction,
             force,
-        } => {
-            if !(0.0..1.0).contains(&test_fraction) {
-                anyhow::bail!("--test-fraction {test_fraction}: must be in [0, 1)");
-            }
-            let s = metaclf::extend::extend(&metaclf::extend::ExtendOptions {
-                run,
-                labels,
-                data,
-                out,
-                epochs,
-                test_fraction,
-                force,
-            })?;
-            println!(
-                "{} labels, new classes {}: accuracy on the old classes {:.2}% → {:.2}%{}",
-                s.labels,
-                if s.new_classes.is_empty() {
-                    "none".to_string()
-                } else {
-                    s.new_classes.join(", ")
-                },
-                100.0 * s.old_before,
-                100.0 * s.old_after,
-                s.new_after
-                    .map(|a| format!(", on the new classes {:.2}%", 100.0 * a))
-                    .unwrap_or_default()
-            );
-            println!("{}", s.folder.join("report.html").display());
-        }
+        } => c::extend(&metaclf::extend::ExtendOptions {
+            run,
+            labels,
+            data,
+            out,
+            epochs,
+            test_fraction,
+            force,
+        })?,
         Cmd::Meta { run_dir, config } => {
             let cfg = Config::load(&config.unwrap_or_else(|| run_dir.join("config.toml")))?;
             let secs = pipeline::refit_meta(&run_dir, &cfg)?;
-            println!(
+            vec![format!(
                 "meta classifiers refitted in {secs:.1} s; {}",
                 run_dir.join("report.html").display()
-            );
+            )]
         }
         Cmd::Compare { runs, out } => {
             let (h, m) = metaclf::report::compare::build(&runs, &out)?;
-            print!("{}", std::fs::read_to_string(&m)?);
-            println!("{}\n{}", h.display(), m.display());
+            vec![
+                std::fs::read_to_string(&m)?.trim_end().to_string(),
+                h.display().to_string(),
+                m.display().to_string(),
+            ]
         }
         Cmd::Report { run_dir } => {
             metaclf::report::build(&run_dir)?;
-            println!("{}", run_dir.join("report.html").display());
+            vec![run_dir.join("report.html").display().to_string()]
         }
         Cmd::Bench {
             json,
@@ -445,114 +377,22 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             shape,
             python,
             only,
-        } => {
-            for o in &only {
-                anyhow::ensure!(
-                    metaclf::bench::NAMES.contains(&o.as_str()),
-                    "--only {o:?}: not one of {}",
-                    metaclf::bench::NAMES.join(", ")
-                );
-            }
-            let only: Vec<&str> = if only.is_empty() {
-                metaclf::bench::NAMES.to_vec()
-            } else {
-                only.iter().map(String::as_str).collect()
-            };
-            let r = metaclf::bench::run_only(42, shape, &only)?;
-            let refs = reference
-                .iter()
-                .map(|p| metaclf::bench::reference(&python, p, shape))
-                .collect::<Result<Vec<_>, String>>()
-                .map_err(anyhow::Error::msg)?;
-            if json {
-                let mut v = serde_json::to_value(&r)?;
-                v["reference"] = serde_json::Value::Array(refs.clone());
-                println!("{}", serde_json::to_string(&v)?);
-            } else {
-                println!(
-                    "images/s on {} threads (default net, random weights, {shape} input):",
-                    r.threads
-                );
-                for (k, v) in [
-                    ("forward (batch 256)", r.forward),
-                    ("MC dropout (T=50)", r.mc_dropout),
-                    ("grad metrics, batched", r.grad_batched),
-                    ("grad metrics, naive batch-1 candle", r.grad_naive),
-                    ("training step (batch 128)", r.train_step),
-                ] {
-                    println!("  {k:<36} {v:>10.0}");
-                }
-                if r.grad_batched > 0.0 && r.grad_naive > 0.0 {
-                    println!(
-                        "  batched / naive gradient metrics: {:.1}×",
-                        r.grad_batched / r.grad_naive
-                    );
-                }
-                for (rv, p) in refs.iter().zip(&reference) {
-                    let g = rv["grad"].as_f64().unwrap_or(f64::NAN);
-                    let t = rv["train"].as_f64().unwrap_or(f64::NAN);
-                    let name = rv["name"].as_str().unwrap_or("reference");
-                    println!("reference {name} ({}):", p.display());
-                    println!(
-                        "  grad metrics, per-sample vmap(grad)  {g:>10.0}   metaclf/{name} {:.2}×",
-                        r.grad_batched / g
-                    );
-                    println!(
-                        "  training step (batch 128)            {t:>10.0}   metaclf/{name} {:.2}×",
-                        r.train_step / t
-                    );
-                }
-            }
-        }
+        } => c::bench(&c::BenchArgs {
+            json,
+            reference,
+            shape,
+            python,
+            only,
+        })?,
+    };
+    for l in lines {
+        println!("{l}");
     }
     Ok(())
 }
 
 fn parse_shape(s: &str) -> Result<data::Shape, String> {
     data::Shape::parse(s)
-}
-
-/// "cached", "generated", "missing (fetched on first use)" or what is wrong, for a spec.
-fn data_status(data_dir: &std::path::Path, spec: &str) -> Result<String> {
-    let src = data::Source::parse(spec).map_err(anyhow::Error::msg)?;
-    let named = match &src {
-        data::Source::Mnist(_) => "mnist",
-        data::Source::FashionMnist(_) => "fashion-mnist",
-        data::Source::Letters => "letters",
-        data::Source::GrayNatural => "gray-natural",
-        data::Source::UniformNoise | data::Source::NormalNoise => {
-            return Ok("generated from the seed".into())
-        }
-        data::Source::Emnist(variant, split) => {
-            let (img, lab) = data::emnist_files(data_dir, spec, variant, *split)?;
-            return Ok(format!(
-                "user files {} and {}",
-                img.display(),
-                lab.display()
-            ));
-        }
-        data::Source::Idx { images, labels } | data::Source::Npy { images, labels } => {
-            for p in std::iter::once(images).chain(labels.iter()) {
-                anyhow::ensure!(p.exists(), "{spec}: {} does not exist", p.display());
-            }
-            return Ok("user files (checked in full when loaded)".into());
-        }
-        data::Source::Folder(p) | data::Source::FolderFlat(p) => {
-            anyhow::ensure!(p.is_dir(), "{spec}: {} is not a folder", p.display());
-            return Ok("user image folder".into());
-        }
-    };
-    Ok(match data::fetch::state(data_dir, named)? {
-        data::fetch::CacheState::Cached => format!(
-            "cached in {}",
-            data::fetch::dir_of(data_dir, named).display()
-        ),
-        data::fetch::CacheState::Missing => "not cached (fetched on first use)".into(),
-        data::fetch::CacheState::Corrupt(why) => {
-            format!("damaged cache, will be re-fetched: {why}")
-        }
-        data::fetch::CacheState::Generated => "generated".into(),
-    })
 }
 
 // The per-batch buffers are large (tens of MB); glibc's malloc hands them back to the kernel
