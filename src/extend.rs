@@ -173,7 +173,13 @@ fn match_images(
     images: &Dataset,
     paths: &[String],
 ) -> Result<Vec<(usize, String)>> {
-    let abs = |p: &str| std::path::absolute(p).unwrap_or_else(|_| PathBuf::from(p));
+    // the file itself where it exists (`..` and links resolved: an EcoTaxa path is relative
+    // to its table), else the path made absolute
+    let abs = |p: &str| {
+        std::fs::canonicalize(p)
+            .or_else(|_| std::path::absolute(p))
+            .unwrap_or_else(|_| PathBuf::from(p))
+    };
     let by_path: BTreeMap<PathBuf, usize> = paths
         .iter()
         .enumerate()

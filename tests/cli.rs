@@ -1252,6 +1252,98 @@ sets = []
         dp,
     );
     assert!(o.status.success(), "{}", stderr(&o));
+    // the loop through EcoTaxa: export the flat batch, validate some objects as a species the
+    // run never had, and extend the run with that export
+    let o = run(
+        &[
+            "score",
+            "--run",
+            rd.to_str().unwrap(),
+            "--data",
+            &flat,
+            "--out",
+            "s5",
+            "--ecotaxa",
+        ],
+        dp,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let tsv = std::fs::read_to_string(dp.join("s5/ecotaxa.tsv")).unwrap();
+    let mut export = String::new();
+    for (i, line) in tsv.lines().enumerate() {
+        let mut f: Vec<String> = line.split('\t').map(String::from).collect();
+        if (2..14).contains(&i) {
+            f[2] = "jellyfish".into();
+            f[3] = "validated".into();
+        }
+        export.push_str(&f.join("\t"));
+        export.push('\n');
+    }
+    std::fs::write(dp.join("s5/export.tsv"), export).unwrap();
+    let o = run(
+        &[
+            "extend",
+            rd.to_str().unwrap(),
+            "--labels",
+            "s5/export.tsv",
+            "--data",
+            &flat,
+            "--out",
+            "ext",
+            "--epochs",
+            "1",
+        ],
+        dp,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("12 labels, new classes jellyfish"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let e: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dp.join("ext/extend.json")).unwrap())
+            .unwrap();
+    let names: Vec<&str> = e["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    // appended after the run's classes; salp stays an unknown class
+    assert_eq!(names, ["copepod", "diatom", "pteropod", "jellyfish"]);
+    assert_eq!(e["classes"][3]["test_images"], 4, "30% of 12 held out");
+    let cfg = metaclf::config::Config::load(&dp.join("ext/config.toml")).unwrap();
+    assert_eq!(cfg.data.class_names.last().unwrap(), "jellyfish");
+    let rj: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dp.join("ext/run.json")).unwrap()).unwrap();
+    assert!(rj["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["role"] == "ood-unknown-classes"));
+    // a label matching no image is named
+    std::fs::write(
+        dp.join("bad-labels.csv"),
+        "path,index,label,source\nnowhere/x.png,,jellyfish,user\n",
+    )
+    .unwrap();
+    let o = run(
+        &[
+            "extend",
+            rd.to_str().unwrap(),
+            "--labels",
+            "bad-labels.csv",
+            "--data",
+            &flat,
+            "--out",
+            "ext2",
+        ],
+        dp,
+    );
+    fails_with(&o, &["bad-labels.csv", "line 2", "nowhere/x.png"]);
+    assert!(!dp.join("ext2").exists());
+
     // --run that is not a run folder says so
     let o = run(
         &[
