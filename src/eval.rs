@@ -255,19 +255,33 @@ pub fn confidences(z: &[f32], labels: &[u32], k: usize, t: f64) -> (Vec<f64>, Ve
     z.chunks_exact(k)
         .zip(labels)
         .map(|(row, &y)| {
-            let (arg, top) = row
-                .iter()
-                .enumerate()
-                .fold(
-                    (0, f32::NEG_INFINITY),
-                    |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc },
-                );
-            (
-                (top as f64 / t - log_sum_exp(row, t)).exp(),
-                arg as u32 == y,
-            )
+            let (arg, conf) = top(row, t);
+            (conf, arg as u32 == y)
         })
         .unzip()
+}
+
+/// The argmax of a row of logits and its probability under softmax(z / t).
+fn top(row: &[f32], t: f64) -> (usize, f64) {
+    let (arg, v) =
+        row.iter().enumerate().fold(
+            (0, f32::NEG_INFINITY),
+            |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc },
+        );
+    (arg, (v as f64 / t - log_sum_exp(row, t)).exp())
+}
+
+/// The top-class probability of softmax(z / t) for each row of softmax *probabilities*
+/// `probs` (rows × `k`): softmax is shift-invariant, so ln p serves as the logits
+/// (temperature scaling without the logits, e.g. from [`crate::features::score_with_probs`]).
+pub fn tempered_top(probs: &[f32], k: usize, t: f64) -> Vec<f64> {
+    probs
+        .chunks_exact(k)
+        .map(|row| {
+            let lnp: Vec<f32> = row.iter().map(|p| p.ln()).collect();
+            top(&lnp, t).1
+        })
+        .collect()
 }
 
 /// One result: a metric over repetitions.
@@ -1078,6 +1092,24 @@ mod tests {
 
     /// scipy.optimize.minimize_scalar on the same logits
     /// (tests/fixtures/make_temperature_values.py).
+    #[test]
+    fn tempered_probabilities_equal_softmax_of_tempered_logits() {
+        // rows of logits, one very confident (its small probabilities underflow f32's normal
+        // range but not its meaning)
+        let z: Vec<f32> = vec![2.0, -1.0, 0.5, 30.0, -60.0, 1.0, 0.0, 0.0, 0.0];
+        let probs = crate::model::softmax(&z, 3);
+        for t in [0.5, 1.0, 1.7] {
+            let want = confidences(&z, &[0, 0, 0], 3, t).0;
+            let got = tempered_top(&probs, 3, t);
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-6, "T {t}: {g} vs {w}");
+            }
+        }
+        // by hand: T = 1 gives the msp back; equal logits give 1/3 at any T
+        assert!((tempered_top(&probs, 3, 1.0)[0] - probs[0] as f64).abs() < 1e-7);
+        assert!((tempered_top(&probs, 3, 2.0)[2] - 1.0 / 3.0).abs() < 1e-7);
+    }
+
     #[test]
     fn temperature_equals_scipy() {
         let z: Vec<f32> = vec![

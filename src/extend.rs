@@ -275,20 +275,12 @@ fn ood_msp(dir: &Path) -> BTreeMap<String, f64> {
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
-    v["results"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|r| {
-                    r["task"] == "ood"
-                        && r["model"] == "msp"
-                        && r["metric"] == "auroc"
-                        && r["known_unknowns"] == false
-                })
-                .filter_map(|r| Some((r["ood_set"].as_str()?.to_string(), r["mean"].as_f64()?)))
-                .collect()
-        })
-        .unwrap_or_default()
+    let recs: Vec<crate::eval::Record> =
+        serde_json::from_value(v["results"].clone()).unwrap_or_default();
+    recs.into_iter()
+        .filter(|r| r.task == "ood" && r.model == "msp" && r.metric == "auroc" && !r.known_unknowns)
+        .filter_map(|r| Some((r.ood_set?, r.mean)))
+        .collect()
 }
 
 /// What `extend` did, for the caller to print.
@@ -511,10 +503,10 @@ pub fn extend(opts: &ExtendOptions) -> Result<ExtendSummary> {
     }
     let new_cfg = Config::validate(raw)?;
 
+    let t_data = t_all.elapsed().as_secs_f64();
     let staged = crate::runfolder::Staged::new(&opts.out, opts.force)?;
-    crate::runfolder::attach_log(&staged.folder.file("run.log"))?;
-    let result = (|| -> Result<ExtendSummary> {
-        staged.folder.write(
+    let (mut summary, folder) = staged.run_logged(|folder| {
+        folder.write(
             "config.toml",
             format!(
                 "# Written by `metaclf extend` from {} with {} labels ({}): the classes, names and\n\
@@ -605,7 +597,7 @@ pub fn extend(opts: &ExtendOptions) -> Result<ExtendSummary> {
             "classes": classes,
         });
         let times = vec![
-            ("data".to_string(), 0.0),
+            ("data".to_string(), t_data),
             ("train".to_string(), t.elapsed().as_secs_f64()),
         ];
         let train_stats = TrainStats::of(&splits.train.images, splits.train.shape.len(), &[]);
@@ -616,7 +608,7 @@ pub fn extend(opts: &ExtendOptions) -> Result<ExtendSummary> {
         );
         pipeline::finish_run(
             &new_cfg,
-            &staged.folder,
+            folder,
             &splits,
             trained,
             Finish {
@@ -629,7 +621,7 @@ pub fn extend(opts: &ExtendOptions) -> Result<ExtendSummary> {
             },
         )?;
         // how the OOD detection changed (msp baseline, the sets both runs evaluate)
-        let (a, b) = (ood_msp(&opts.run), ood_msp(&staged.folder.path));
+        let (a, b) = (ood_msp(&opts.run), ood_msp(&folder.path));
         let ood: Vec<serde_json::Value> = a
             .iter()
             .map(|(set, before)| {
@@ -638,31 +630,22 @@ pub fn extend(opts: &ExtendOptions) -> Result<ExtendSummary> {
             .collect();
         let mut ej = extend_json;
         ej["ood"] = json!(ood);
-        staged.folder.write(
+        folder.write(
             "extend.json",
             serde_json::to_string_pretty(&ej).unwrap_or_default() + "\n",
         )?;
-        crate::report::build(&staged.folder.path)?;
+        crate::report::build(&folder.path)?;
         Ok(ExtendSummary {
-            folder: staged.folder.path.clone(),
+            folder: folder.path.clone(),
             labels: matched.len(),
             new_classes: new_names.clone(),
             old_before: frac(ob, on),
             old_after: frac(oa, on),
             new_after: (nn > 0).then(|| frac(na, nn)),
         })
-    })();
-    crate::runfolder::detach_log();
-    match result {
-        Ok(mut s) => {
-            s.folder = staged.commit()?;
-            Ok(s)
-        }
-        Err(e) => {
-            staged.abort();
-            Err(e)
-        }
-    }
+    })?;
+    summary.folder = folder;
+    Ok(summary)
 }
 
 #[cfg(test)]

@@ -847,6 +847,18 @@ pub fn check_shape(net: &Net, ds: &Dataset) -> Result<()> {
 /// Every row depends only on its image, the network and the seed: scoring a set whole, in
 /// chunks, in shards, in another order or at another batch size gives the same rows.
 pub fn score(net: &Net, ds: &Dataset, set: &str, p: &FeatureParams) -> Result<FeatureTable> {
+    score_with_probs(net, ds, set, p).map(|(t, _)| t)
+}
+
+/// [`score`], and the softmax probabilities it computed on the way (rows × classes, dropout
+/// off), for callers that need more of them than msp and entropy (e.g. calibrated
+/// probabilities) without a second forward pass.
+pub fn score_with_probs(
+    net: &Net,
+    ds: &Dataset,
+    set: &str,
+    p: &FeatureParams,
+) -> Result<(FeatureTable, Vec<f32>)> {
     check_shape(net, ds)?;
     let k = net.arch.classes;
     let cols = columns(net);
@@ -855,6 +867,7 @@ pub fn score(net: &Net, ds: &Dataset, set: &str, p: &FeatureParams) -> Result<Fe
     let len = ds.shape.len();
     let mut values = vec![0f32; n_total * nc];
     let mut preds = vec![0u32; n_total];
+    let mut all_probs = Vec::with_capacity(n_total * k);
     let pb = indicatif::ProgressBar::new(n_total as u64);
     pb.set_style(
         indicatif::ProgressStyle::with_template(
@@ -874,6 +887,7 @@ pub fn score(net: &Net, ds: &Dataset, set: &str, p: &FeatureParams) -> Result<Fe
         let n = end - start;
         let x = &ds.images[start * len..end * len];
         let (probs, gstats, lf) = grad_stats_batch(net, x, n);
+        all_probs.extend_from_slice(&probs);
         let t = p.mc_samples;
         let mc = if p.mc {
             mc_dropout_probs(net, x, n, t, &mc_keys(p.seed, x, n), &probs)
@@ -919,18 +933,21 @@ pub fn score(net: &Net, ds: &Dataset, set: &str, p: &FeatureParams) -> Result<Fe
         pb.inc(n as u64);
     }
     pb.finish_and_clear();
-    Ok(FeatureTable {
-        columns: cols,
-        set: vec![set.to_string(); n_total],
-        index: ds.index.clone(),
-        label: match &ds.labels {
-            Some(l) => l.iter().map(|&v| Some(v)).collect(),
-            None => vec![None; n_total],
+    Ok((
+        FeatureTable {
+            columns: cols,
+            set: vec![set.to_string(); n_total],
+            index: ds.index.clone(),
+            label: match &ds.labels {
+                Some(l) => l.iter().map(|&v| Some(v)).collect(),
+                None => vec![None; n_total],
+            },
+            pred: preds,
+            source_label: vec![None; n_total],
+            values,
         },
-        pred: preds,
-        source_label: vec![None; n_total],
-        values,
-    })
+        all_probs,
+    ))
 }
 
 #[cfg(test)]

@@ -867,20 +867,10 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunSummary> {
         .unwrap_or_else(|| cfg.run.out_dir.join(&cfg.run.name));
     // Written into a temporary sibling folder and swapped in only when finished: a failed run
     // leaves an existing run folder byte-identical and removes what it wrote.
-    let staged = Staged::new(&dir, opts.force)?;
-    crate::runfolder::attach_log(&staged.folder.file("run.log"))?;
-    let result = run_in(cfg, &staged.folder, t_all);
-    crate::runfolder::detach_log();
-    match result {
-        Ok(mut summary) => {
-            summary.folder = staged.commit()?;
-            Ok(summary)
-        }
-        Err(e) => {
-            staged.abort();
-            Err(e)
-        }
-    }
+    let (mut summary, folder) =
+        Staged::new(&dir, opts.force)?.run_logged(|f| run_in(cfg, f, t_all))?;
+    summary.folder = folder;
+    Ok(summary)
 }
 
 fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary> {

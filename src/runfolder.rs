@@ -242,6 +242,21 @@ impl Staged {
         Ok(self.target.clone())
     }
 
+    /// Runs `body` in the staged folder with `run.log` attached to it, then commits (the value
+    /// and the final folder) when it succeeds, or removes what it wrote when it fails.
+    pub fn run_logged<T>(self, body: impl FnOnce(&RunFolder) -> Result<T>) -> Result<(T, PathBuf)> {
+        attach_log(&self.folder.file("run.log"))?;
+        let result = body(&self.folder);
+        detach_log();
+        match result {
+            Ok(v) => Ok((v, self.commit()?)),
+            Err(e) => {
+                self.abort();
+                Err(e)
+            }
+        }
+    }
+
     /// Removes the temporary folder (what a failed run wrote).
     pub fn abort(mut self) {
         self.cleanup();

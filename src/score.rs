@@ -324,24 +324,18 @@ impl Scorer {
         if self.transpose {
             ds.transpose();
         }
-        let mut t = features::score(&self.net, &ds, "score", &fp)?;
+        let (mut t, probs) = features::score_with_probs(&self.net, &ds, "score", &fp)?;
         t.map_classes(&self.labels, false)?;
         let all: Vec<usize> = (0..t.len()).collect();
         let sc = self.trust.scores_table(&t, &all)?;
         let msp = t.col("msp").expect("msp column");
-        // calibrated top-class probabilities: softmax(z / T) of the CNN's logits
+        // calibrated top-class probabilities: softmax(z / T), from the probabilities the
+        // features were computed with (no second forward pass)
         let p_cal: Vec<f32> = match self.trust.model.temperature {
-            Some(temp) => {
-                let k = self.net.arch.classes;
-                let z = crate::model::logits(&self.net, &ds, self.cfg.features.batch_size)?;
-                z.chunks(k)
-                    .map(|row| {
-                        let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-                        let s: f64 = row.iter().map(|&v| ((v as f64 - m) / temp).exp()).sum();
-                        (1.0 / s) as f32
-                    })
-                    .collect()
-            }
+            Some(temp) => crate::eval::tempered_top(&probs, self.net.arch.classes, temp)
+                .into_iter()
+                .map(|v| v as f32)
+                .collect(),
             None => (0..t.len()).map(|r| t.row(r)[msp]).collect(),
         };
         Ok((0..t.len())
@@ -596,7 +590,7 @@ fn review_rows(rows: &[Row], top: usize) -> (Vec<usize>, Vec<usize>) {
 fn similarity_groups(
     cards: Vec<crate::review::Card>,
     scorer: &Scorer,
-) -> Result<(Vec<crate::review::Group>, String)> {
+) -> (Vec<crate::review::Group>, String) {
     use crate::review::Group;
     let (with, without): (Vec<_>, Vec<_>) = cards.into_iter().partition(|c| c.pixels.is_some());
     let mut groups = Vec::new();
@@ -643,7 +637,7 @@ fn similarity_groups(
             cards: without,
         });
     }
-    Ok((groups, how))
+    (groups, how)
 }
 
 /// Writes scores.csv, summary.json and review.html for `rows` into `dir`.
@@ -705,7 +699,7 @@ fn page_input(
         }
     };
     let (nk, mc) = review_rows(rows, top);
-    let (new_kind, grouping) = similarity_groups(nk.iter().map(|&i| card(i)).collect(), scorer)?;
+    let (new_kind, grouping) = similarity_groups(nk.iter().map(|&i| card(i)).collect(), scorer);
     let th = scorer.trust.threshold(&s.threshold).ok();
     let labelled = s.labelled;
     let curve = labelled.then(|| {

@@ -813,14 +813,8 @@ pub fn fit(
     } else {
         None
     };
-    let (known, known_s) = match known {
-        Some((h, s)) => (Some(h), Some(s)),
-        None => (None, None),
-    };
-    let (correct, correct_s) = match correct {
-        Some((h, s)) => (Some(h), Some(s)),
-        None => (None, None),
-    };
+    let (known, known_s) = known.unzip();
+    let (correct, correct_s) = correct.unzip();
     Ok(Trust {
         model: TrustModel {
             format: FORMAT.into(),
@@ -1273,6 +1267,22 @@ mod tests {
         }
     }
 
+    /// A grid record: `model` on softmax without known unknowns, one repetition's AUROC.
+    fn auroc(task: &str, ood: Option<&str>, model: &str, transform: &str, mean: f64) -> Record {
+        Record {
+            task: task.into(),
+            ood_set: ood.map(String::from),
+            model: model.into(),
+            features: "softmax".into(),
+            known_unknowns: false,
+            transform: transform.into(),
+            metric: "auroc".into(),
+            mean,
+            std: 0.0,
+            values: vec![mean],
+        }
+    }
+
     fn info(t: &FeatureTable) -> NetInfo {
         NetInfo {
             classes: 10,
@@ -1297,18 +1307,7 @@ mod tests {
                 transform: trn.into(),
                 ..Default::default()
             };
-            let rec = Record {
-                task: "error".into(),
-                ood_set: None,
-                model: model.into(),
-                features: "softmax".into(),
-                known_unknowns: false,
-                transform: trn.into(),
-                metric: "auroc".into(),
-                mean: 0.9,
-                std: 0.0,
-                values: vec![0.9],
-            };
+            let rec = auroc("error", None, model, trn, 0.9);
             let tr = fit(&t, &params(&[model]), &[rec], &sc, &[], info(&t)).unwrap();
             assert_eq!(tr.model.trust.model, model);
             assert_eq!(tr.model.trust.transform.name, trn);
@@ -1421,18 +1420,7 @@ mod tests {
             t.values
                 .extend([0.3 + 0.7 * rng.gen::<f32>(), 0.4 + 0.6 * rng.gen::<f32>()]);
         }
-        let rec = |task: &str, ood: Option<&str>, model: &str, mean: f64| Record {
-            task: task.into(),
-            ood_set: ood.map(String::from),
-            model: model.into(),
-            features: "softmax".into(),
-            known_unknowns: false,
-            transform: "none".into(),
-            metric: "auroc".into(),
-            mean,
-            std: 0.0,
-            values: vec![mean],
-        };
+        let rec = |task, ood, model, mean| auroc(task, ood, model, "none", mean);
         let recs = vec![
             rec("error", None, "lasso", 0.9),
             rec("error", None, "ridge", 0.8),

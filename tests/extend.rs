@@ -8,21 +8,10 @@
 //! --release --test extend -- --nocapture` runs the full-size experiment and prints its
 //! figures (default: configs/mnist-7to9-quick.toml, 600 images).
 
+mod common;
+
+use common::{run, succeeds};
 use std::path::Path;
-use std::process::Command;
-
-fn metaclf(args: &[&str], dir: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_metaclf"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("metaclf runs")
-}
-
-fn ok(o: &std::process::Output) -> String {
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).to_string()
-}
 
 #[test]
 fn label_the_doubted_images_and_extend_mnist_with_7_to_9() {
@@ -35,7 +24,7 @@ fn label_the_doubted_images_and_extend_mnist_with_7_to_9() {
         .unwrap_or(600);
     let d = tempfile::tempdir().unwrap();
     let base = d.path().join("base");
-    ok(&metaclf(
+    succeeds(&run(
         &["run", &config, "--out", base.to_str().unwrap()],
         root,
     ));
@@ -64,7 +53,7 @@ fn label_the_doubted_images_and_extend_mnist_with_7_to_9() {
     }
     let spec = format!("folder-flat:{}", batch.display());
     let scored = d.path().join("scored");
-    ok(&metaclf(
+    succeeds(&run(
         &[
             "score",
             "--run",
@@ -99,7 +88,7 @@ fn label_the_doubted_images_and_extend_mnist_with_7_to_9() {
     let lp = d.path().join("labels.csv");
     std::fs::write(&lp, &csv).unwrap();
     let ext = d.path().join("extended");
-    let out = ok(&metaclf(
+    let out = succeeds(&run(
         &[
             "extend",
             base.to_str().unwrap(),
@@ -154,7 +143,7 @@ fn label_the_doubted_images_and_extend_mnist_with_7_to_9() {
         serde_json::from_str(&std::fs::read_to_string(ext.join("run.json")).unwrap()).unwrap();
     assert_eq!(rj["classes"], 7 + new.len());
     let s2 = d.path().join("scored2");
-    ok(&metaclf(
+    succeeds(&run(
         &[
             "score",
             "--run",

@@ -4,6 +4,8 @@
 //! class typed in, a class by number key, the list's class by Enter, skip), reloads the page
 //! (labels come back from localStorage), downloads labels.csv and compares it byte for byte.
 
+mod common;
+
 use metaclf::review::{page, Card, Group, PageInput};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -24,33 +26,20 @@ struct Cdp {
 
 impl Cdp {
     fn start(profile: &Path) -> Cdp {
-        let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-        assert!(
-            Path::new(&chromium).exists(),
-            "{chromium} not found: install Debian's chromium (.ci/run does) or set CHROMIUM"
-        );
         let (their_in, to) = std::io::pipe().unwrap();
         let (from, their_out) = std::io::pipe().unwrap();
         let (a, b) = (their_in.as_raw_fd(), their_out.as_raw_fd());
-        let mut cmd = Command::new(&chromium);
-        cmd.args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--no-first-run",
-            "--disable-sync",
-            "--remote-debugging-pipe",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(
-            std::fs::File::create(profile.with_extension("log"))
-                .map(Stdio::from)
-                .unwrap_or_else(|_| Stdio::null()),
-        );
+        let mut cmd = Command::new(common::chromium());
+        cmd.args(common::HEADLESS)
+            .arg("--remote-debugging-pipe")
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::create(profile.with_extension("log"))
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            );
         // SAFETY: dup2 is async-signal-safe; it only renumbers the two pipe ends in the child
         unsafe {
             cmd.pre_exec(move || {

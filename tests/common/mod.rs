@@ -23,6 +23,33 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Asserts the command succeeded (showing its stderr if not) and returns its stdout.
+pub fn succeeds(o: &Output) -> String {
+    assert!(o.status.success(), "{}", stderr(o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The headless browser the page tests drive: $CHROMIUM or Debian's chromium.
+pub fn chromium() -> String {
+    let c = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&c).exists(),
+        "{c} not found: install Debian's chromium (.ci/run does) or set CHROMIUM"
+    );
+    c
+}
+
+/// Chromium's flags for a quiet headless run that reaches nothing outside.
+pub const HEADLESS: [&str; 7] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+];
+
 pub fn fails_with(o: &Output, needles: &[&str]) {
     let e = stderr(o);
     assert!(
