@@ -7,7 +7,7 @@ use crate::data::{stage_rng, Shape};
 use crate::features::{grad_stats_batch, mc_dropout_probs};
 use crate::model::net::{Arch, Net};
 use crate::model::oracle::per_sample_grads_naive;
-use crate::model::train::{train_step, Sgd};
+use crate::model::train::{train_step, Optimizer};
 use rand::Rng;
 use std::time::Instant;
 
@@ -39,16 +39,16 @@ fn rate(n: usize, f: &mut dyn FnMut()) -> f64 {
 pub const NAMES: [&str; 5] = ["forward", "mc", "grad", "naive", "train"];
 
 /// Runs every benchmark at input `shape`.
-pub fn run(seed: u64, shape: Shape) -> candle_core::Result<BenchResult> {
+pub fn run(seed: u64, shape: Shape) -> crate::Result<BenchResult> {
     run_only(seed, shape, &NAMES)
 }
 
 /// Runs the benchmarks named in `only` (the others report 0).
-pub fn run_only(seed: u64, shape: Shape, only: &[&str]) -> candle_core::Result<BenchResult> {
+pub fn run_only(seed: u64, shape: Shape, only: &[&str]) -> crate::Result<BenchResult> {
     let on = |name: &str| only.contains(&name);
     let rate = |name: &str, n: usize, f: &mut dyn FnMut()| if on(name) { rate(n, f) } else { 0.0 };
     let mut rng = stage_rng(seed, "bench");
-    let net = Net::new(Arch::paper_at(shape), &mut rng);
+    let net = Net::new(Arch::paper_at(shape), &mut rng)?;
     let n = 256;
     let len = shape.len();
     let x: Vec<f32> = (0..n * len).map(|_| rng.gen::<f32>()).collect();
@@ -70,7 +70,7 @@ pub fn run_only(seed: u64, shape: Shape, only: &[&str]) -> candle_core::Result<B
         }
     });
     let mut tnet = net.clone();
-    let mut opt = Sgd::new(&tnet, 0.9, 5e-4);
+    let mut opt = Optimizer::sgd(&tnet, 0.9, 5e-4);
     let y: Vec<u32> = (0..128).map(|i| (i % 10) as u32).collect();
     let train = rate("train", 128, &mut || {
         train_step(&mut tnet, &mut opt, &x[..128 * len], &y, 0.01, &mut rng);

@@ -35,11 +35,12 @@ pub struct FeatureGroup {
 
 impl FeatureGroup {
     /// Parses a group name: `softmax` (msp, entropy), `mc` (the MC-dropout statistics),
-    /// `logits` (energy, max_logit), `gradnorm` (gradnorm, exgrad_fc), `grad-<layer>` (a conv
-    /// layer, `fc` or `all`), `grad`, `all`, or several joined by `+` (e.g. `grad+softmax`).
-    pub fn parse(name: &str, conv_names: &[String]) -> Result<FeatureGroup, String> {
-        let mut layers: Vec<String> = conv_names.to_vec();
-        layers.push("fc".into());
+    /// `logits` (energy, max_logit), `gradnorm` (gradnorm, exgrad_fc), `grad-<layer>` (a
+    /// parameterised layer of `layer_names`, or `all`; or a prefix naming several: `grad-block2`
+    /// is every layer `block2.*`), `grad`, `all`, or several joined by `+` (e.g.
+    /// `grad+softmax`).
+    pub fn parse(name: &str, layer_names: &[String]) -> Result<FeatureGroup, String> {
+        let mut layers: Vec<String> = layer_names.to_vec();
         layers.push("all".into());
         let grad_cols = |layer: &str| -> Vec<String> {
             GRAD_STATS
@@ -61,10 +62,20 @@ impl FeatureGroup {
                     .chain(layers.iter().flat_map(|l| grad_cols(l)))
                     .collect(),
                 p if p.starts_with("grad-") && layers.iter().any(|l| l == &p[5..]) => grad_cols(&p[5..]),
+                p if p.starts_with("grad-")
+                    && layers.iter().any(|l| l.starts_with(&format!("{}.", &p[5..]))) =>
+                {
+                    let prefix = format!("{}.", &p[5..]);
+                    layers
+                        .iter()
+                        .filter(|l| l.starts_with(&prefix))
+                        .flat_map(|l| grad_cols(l))
+                        .collect()
+                }
                 p => {
                     return Err(format!(
                         "unknown feature group {p:?} in {name:?} (known: softmax, mc, logits, gradnorm, grad, all, grad-<layer> \
-                         with layer one of {}; join with '+')",
+                         with layer one of {} or a prefix of several (grad-block2 = block2.*); join with '+')",
                         layers.join(", ")
                     ))
                 }

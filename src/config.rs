@@ -181,6 +181,10 @@ pub struct ModelSection {
     pub pool_after: Vec<String>,
     /// Pooling window and stride.
     pub pool: usize,
+    /// The network as a list of layers (`[[model.layers]]`, see the README); when given, the
+    /// keys above stay at their defaults and mean nothing.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<crate::arch::RawLayer>,
 }
 
 impl Default for ModelSection {
@@ -193,6 +197,7 @@ impl Default for ModelSection {
             dropout_after: vec!["conv1".into(), "conv3".into()],
             pool_after: vec!["conv1".into(), "conv2".into()],
             pool: 2,
+            layers: Vec::new(),
         }
     }
 }
@@ -211,6 +216,36 @@ pub struct TrainSection {
     /// Factor the learning rate is multiplied by on a plateau.
     pub plateau_factor: f64,
     pub min_lr: f64,
+    /// "sgd" (with momentum), "adam" or "adamw" (decay decoupled).
+    pub optimizer: String,
+    /// Adam's β1, β2.
+    pub betas: [f64; 2],
+    /// Adam's ε.
+    pub eps: f64,
+    /// Learning-rate schedule: "plateau" (cut by plateau_factor after plateau_patience epochs
+    /// without a better validation loss), "cosine" (lr to min_lr over all steps) or "step"
+    /// (× step_gamma every step_every epochs).
+    pub schedule: String,
+    pub step_every: usize,
+    pub step_gamma: f64,
+    /// Augmentation of training images (off by default).
+    pub augment: AugmentSection,
+}
+
+/// Random changes to each training image every time it is drawn (never to validation, test
+/// or scored images).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentSection {
+    /// Zero padding on each side for a random crop back to the image size (a random shift of
+    /// up to this many pixels).
+    pub crop_padding: usize,
+    /// Flip left-right with probability ½.
+    pub flip_h: bool,
+    /// Flip upside down with probability ½.
+    pub flip_v: bool,
+    /// Rotate by a uniform angle in ±this many degrees.
+    pub rotate: f64,
 }
 
 impl Default for TrainSection {
@@ -224,6 +259,13 @@ impl Default for TrainSection {
             plateau_patience: 1,
             plateau_factor: 0.3,
             min_lr: 1e-4,
+            optimizer: "sgd".into(),
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            schedule: "plateau".into(),
+            step_every: 10,
+            step_gamma: 0.1,
+            augment: AugmentSection::default(),
         }
     }
 }
@@ -438,42 +480,107 @@ impl Config {
         Self::validate(raw)
     }
 
-    /// Checks every value; errors name the dotted key and the bad value.
+    /// Checks every value, each section its own keys; errors name the dotted key and the bad
+    /// value.
     pub fn validate(raw: RawConfig) -> Result<Config> {
-        let r = &raw;
-        if r.run.name.is_empty() || r.run.name.contains(['/', '\\']) || r.run.name == ".." {
+        raw.run.check()?;
+        let (shape, resize, transpose) = raw.data.check()?;
+        raw.verdicts.check()?;
+        let layers = raw.model.check(shape)?;
+        raw.train.check()?;
+        raw.features.check()?;
+        raw.ood.check()?;
+        raw.shift.check()?;
+        raw.known_unknowns.check()?;
+        raw.meta.check(&layers)?;
+        raw.score.check(&layers)?;
+        let mut raw = raw;
+        raw.data.resize = resize.name().to_string();
+        raw.data.transpose = transpose;
+        Ok(Config { raw })
+    }
+
+    /// The image shape (C, H, W) of the run.
+    pub fn shape(&self) -> crate::data::Shape {
+        let [h, w] = self.data.image_size;
+        crate::data::Shape::new(self.data.channels, h, w)
+    }
+
+    /// The preprocessing every image of the run goes through.
+    pub fn prep(&self) -> crate::data::Prep {
+        crate::data::Prep {
+            shape: self.shape(),
+            resize: crate::data::Resize::parse(&self.data.resize).expect("validated"),
+        }
+    }
+
+    /// The resolved config as TOML (every key, defaults filled in).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(&self.raw).expect("config serializes")
+    }
+
+    /// The layer list of the net (validated).
+    pub fn layer_specs(&self) -> Vec<crate::arch::Spec> {
+        self.model.specs()
+    }
+
+    /// The shape of the net's input: the images' (an input crop is the net's first layer).
+    pub fn net_input(&self) -> crate::data::Shape {
+        self.shape()
+    }
+
+    /// Names of the parameterised layers in graph order (`conv1`, …, `fc`): the layers of
+    /// the gradient columns `grad_<layer>_<stat>`.
+    pub fn layer_names(&self) -> Vec<String> {
+        plan_names(&self.layer_specs(), self.shape()).expect("validated")
+    }
+}
+
+impl RunSection {
+    /// Checks `[run]`.
+    pub fn check(&self) -> Result<()> {
+        let r = self;
+        if r.name.is_empty() || r.name.contains(['/', '\\']) || r.name == ".." {
             return Err(cfg(
                 "run.name",
-                format!("{:?} is not a plain folder name", r.run.name),
+                format!("{:?} is not a plain folder name", r.name),
             ));
         }
-        if !(0.0..1.0).contains(&r.data.val_fraction) {
+        Ok(())
+    }
+}
+
+impl DataSection {
+    /// Checks `[data]`; returns the image shape, the resize rule and the resolved transpose.
+    pub fn check(&self) -> Result<(crate::data::Shape, crate::data::Resize, bool)> {
+        let r = self;
+        if !(0.0..1.0).contains(&r.val_fraction) {
             return Err(cfg(
                 "data.val_fraction",
-                format!("{} is outside [0, 1)", r.data.val_fraction),
+                format!("{} is outside [0, 1)", r.val_fraction),
             ));
         }
-        for (key, spec) in [("data.train", &r.data.train), ("data.test", &r.data.test)] {
+        for (key, spec) in [("data.train", &r.train), ("data.test", &r.test)] {
             crate::data::Source::parse(spec).map_err(|m| cfg(key, m))?;
         }
         let mut seen = std::collections::HashSet::new();
-        for c in &r.data.classes {
+        for c in &r.classes {
             if !seen.insert(c) {
                 return Err(cfg("data.classes", format!("class {c} is listed twice")));
             }
         }
-        if r.data.classes.len() == 1 {
+        if r.classes.len() == 1 {
             return Err(cfg("data.classes", "a classifier needs at least 2 classes"));
         }
         let mut seen = std::collections::HashSet::new();
-        for c in &r.data.unknown_classes {
+        for c in &r.unknown_classes {
             if !seen.insert(c) {
                 return Err(cfg(
                     "data.unknown_classes",
                     format!("class {c} is listed twice"),
                 ));
             }
-            if r.data.classes.contains(c) {
+            if r.classes.contains(c) {
                 return Err(cfg(
                     "data.unknown_classes",
                     format!("class {c} is also in data.classes; a class is known or unknown"),
@@ -481,7 +588,7 @@ impl Config {
             }
         }
         let mut seen = std::collections::HashSet::new();
-        for n in &r.data.class_names {
+        for n in &r.class_names {
             if n.trim().is_empty() || n.chars().any(char::is_control) || n.len() > 200 {
                 return Err(cfg(
                     "data.class_names",
@@ -492,24 +599,24 @@ impl Config {
                 return Err(cfg("data.class_names", format!("{n:?} is listed twice")));
             }
         }
-        let [ih, iw] = r.data.image_size;
+        let [ih, iw] = r.image_size;
         if !(1..=MAX_SIDE).contains(&ih) || !(1..=MAX_SIDE).contains(&iw) {
             return Err(cfg(
                 "data.image_size",
                 format!("[{ih}, {iw}]: height and width must be 1..={MAX_SIDE}"),
             ));
         }
-        if !(1..=MAX_IMAGE_CHANNELS).contains(&r.data.channels) {
+        if !(1..=MAX_IMAGE_CHANNELS).contains(&r.channels) {
             return Err(cfg(
                 "data.channels",
-                format!("{} is outside 1..={MAX_IMAGE_CHANNELS}", r.data.channels),
+                format!("{} is outside 1..={MAX_IMAGE_CHANNELS}", r.channels),
             ));
         }
-        let shape = crate::data::Shape::new(r.data.channels, ih, iw);
-        let resize = if r.data.resize.is_empty() {
+        let shape = crate::data::Shape::new(r.channels, ih, iw);
+        let resize = if r.resize.is_empty() {
             crate::data::Resize::default_for(shape)
         } else {
-            crate::data::Resize::parse(&r.data.resize).map_err(|m| cfg("data.resize", m))?
+            crate::data::Resize::parse(&r.resize).map_err(|m| cfg("data.resize", m))?
         };
         if resize == crate::data::Resize::Mnist && shape.c != 1 {
             return Err(cfg(
@@ -521,19 +628,57 @@ impl Config {
             ));
         }
         let emnist = |s: &str| s.starts_with("emnist-");
-        let transpose = r.data.transpose && !(emnist(&r.data.train) && emnist(&r.data.test));
-        if r.data.transpose && !transpose {
+        let transpose = r.transpose && !(emnist(&r.train) && emnist(&r.test));
+        if r.transpose && !transpose {
             tracing::warn!(
                 "data.transpose: emnist-* sources are transposed when loaded; the key is resolved to false"
             );
         }
-        if !(r.verdicts.margin > 0.0 && r.verdicts.margin < 0.5) {
+        Ok((shape, resize, transpose))
+    }
+}
+
+impl VerdictsSection {
+    /// Checks `[verdicts]`.
+    pub fn check(&self) -> Result<()> {
+        if !(self.margin > 0.0 && self.margin < 0.5) {
             return Err(cfg(
                 "verdicts.margin",
-                format!("{} is outside (0, 0.5)", r.verdicts.margin),
+                format!("{} is outside (0, 0.5)", self.margin),
             ));
         }
-        let m = &r.model;
+        Ok(())
+    }
+}
+
+impl ModelSection {
+    /// Checks `[model]`: the layer list (every entry's keys, then the shapes through the net
+    /// on images of `shape`), or the legacy keys of the paper's net. Returns the names of the
+    /// parameterised layers (the gradient columns' layers).
+    pub fn check(&self, shape: crate::data::Shape) -> Result<Vec<String>> {
+        let m = self;
+        if !m.layers.is_empty() {
+            let d = ModelSection::default();
+            for (key, same) in [
+                ("model.channels", m.channels == d.channels),
+                ("model.kernel", m.kernel == d.kernel),
+                ("model.leaky_slope", m.leaky_slope == d.leaky_slope),
+                ("model.dropout", m.dropout == d.dropout),
+                ("model.dropout_after", m.dropout_after == d.dropout_after),
+                ("model.pool_after", m.pool_after == d.pool_after),
+                ("model.pool", m.pool == d.pool),
+            ] {
+                if !same {
+                    return Err(cfg(
+                        key,
+                        "is set beside model.layers: give the net either as a layer list or with the paper net's keys (channels, kernel, …), not both",
+                    ));
+                }
+            }
+            let specs = crate::arch::parse_layers(&m.layers)
+                .map_err(|(i, msg)| cfg(&format!("model.layers[{i}]"), msg))?;
+            return plan_names(&specs, shape);
+        }
         if m.channels.is_empty() || m.channels.contains(&0) {
             return Err(cfg(
                 "model.channels",
@@ -583,18 +728,77 @@ impl Config {
             .filter(|n| m.pool_after.contains(n))
             .count() as u32;
         let min_side = (m.pool as u64).saturating_pow(pools);
-        if (ih.min(iw) as u64) < min_side {
+        if (shape.h.min(shape.w) as u64) < min_side {
             return Err(cfg(
                 "data.image_size",
                 format!(
-                    "[{ih}, {iw}] is too small for the {pools} pooling layer{} of window {}: \
+                    "[{}, {}] is too small for the {pools} pooling layer{} of window {}: \
                      height and width must be at least {min_side}",
+                    shape.h,
+                    shape.w,
                     if pools == 1 { "" } else { "s" },
                     m.pool
                 ),
             ));
         }
-        let t = &r.train;
+        for (key, v, max) in [("model.channels", m.channels.len(), MAX_LAYERS)] {
+            if v > max {
+                return Err(cfg(key, format!("{v} is more than the limit of {max}")));
+            }
+        }
+        if let Some(c) = m.channels.iter().find(|&&c| c > MAX_CHANNELS) {
+            return Err(cfg(
+                "model.channels",
+                format!("{c} channels is more than the limit of {MAX_CHANNELS}"),
+            ));
+        }
+        plan_names(&m.specs(), shape)
+    }
+
+    /// The layer list: `layers` validated, or the paper's net from the legacy keys.
+    pub fn specs(&self) -> Vec<crate::arch::Spec> {
+        if self.layers.is_empty() {
+            let names: Vec<String> = (1..=self.channels.len())
+                .map(|i| format!("conv{i}"))
+                .collect();
+            crate::arch::legacy(
+                &self.channels,
+                self.kernel,
+                self.leaky_slope as f32,
+                self.dropout as f32,
+                &names
+                    .iter()
+                    .map(|n| self.pool_after.contains(n))
+                    .collect::<Vec<_>>(),
+                &names
+                    .iter()
+                    .map(|n| self.dropout_after.contains(n))
+                    .collect::<Vec<_>>(),
+                self.pool,
+            )
+        } else {
+            crate::arch::parse_layers(&self.layers).expect("validated")
+        }
+    }
+}
+
+/// Shape inference through `specs` on images of `shape` (the input crop, if any, included);
+/// the parameterised layers' names, or the error naming `model.layers[i]` and the shapes.
+fn plan_names(specs: &[crate::arch::Spec], shape: crate::data::Shape) -> Result<Vec<String>> {
+    // the number of classes is the data's: plan with what the last linear layer asks for
+    let classes = match specs.last() {
+        Some(crate::arch::Spec::Linear { out, .. }) if *out > 0 => *out,
+        _ => 2,
+    };
+    crate::arch::plan(specs, (shape.c, shape.h, shape.w), classes)
+        .map(|p| p.params)
+        .map_err(|(i, msg)| cfg(&format!("model.layers[{i}]"), msg))
+}
+
+impl TrainSection {
+    /// Checks `[train]`.
+    pub fn check(&self) -> Result<()> {
+        let t = self;
         if t.epochs == 0 {
             return Err(cfg("train.epochs", "0: must be ≥ 1"));
         }
@@ -621,20 +825,116 @@ impl Config {
                 format!("{} is outside (0, 1)", t.plateau_factor),
             ));
         }
-        if r.features.mc_samples < 2 {
+        if !["sgd", "adam", "adamw"].contains(&t.optimizer.as_str()) {
             return Err(cfg(
-                "features.mc_samples",
-                format!("{}: MC dropout needs ≥ 2 passes", r.features.mc_samples),
+                "train.optimizer",
+                format!("{:?} is not sgd, adam or adamw", t.optimizer),
             ));
         }
-        if r.features.batch_size == 0 {
+        for (i, b) in t.betas.iter().enumerate() {
+            if !(b.is_finite() && (0.0..1.0).contains(b)) {
+                return Err(cfg(
+                    "train.betas",
+                    format!("β{} = {b} is outside [0, 1)", i + 1),
+                ));
+            }
+        }
+        positive("train.eps", t.eps)?;
+        if !["plateau", "cosine", "step"].contains(&t.schedule.as_str()) {
+            return Err(cfg(
+                "train.schedule",
+                format!("{:?} is not plateau, cosine or step", t.schedule),
+            ));
+        }
+        if t.step_every == 0 {
+            return Err(cfg("train.step_every", "0: must be ≥ 1"));
+        }
+        if !(t.step_gamma > 0.0 && t.step_gamma <= 1.0) {
+            return Err(cfg(
+                "train.step_gamma",
+                format!("{} is outside (0, 1]", t.step_gamma),
+            ));
+        }
+        let a = &t.augment;
+        if !(a.rotate.is_finite() && (0.0..=180.0).contains(&a.rotate)) {
+            return Err(cfg(
+                "train.augment.rotate",
+                format!("{} is outside [0, 180] degrees", a.rotate),
+            ));
+        }
+        if a.crop_padding > 64 {
+            return Err(cfg(
+                "train.augment.crop_padding",
+                format!("{} is more than the limit of 64", a.crop_padding),
+            ));
+        }
+        for (key, v, max) in [
+            ("train.epochs", t.epochs, 100_000),
+            ("train.batch_size", t.batch_size, MAX_BATCH),
+        ] {
+            if v > max {
+                return Err(cfg(key, format!("{v} is more than the limit of {max}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FeaturesSection {
+    /// Checks `[features]`.
+    pub fn check(&self) -> Result<()> {
+        if self.mc_samples < 2 {
+            return Err(cfg(
+                "features.mc_samples",
+                format!("{}: MC dropout needs ≥ 2 passes", self.mc_samples),
+            ));
+        }
+        if self.batch_size == 0 {
             return Err(cfg("features.batch_size", "0: must be ≥ 1"));
         }
-        for s in &r.ood.sets {
+        for (key, v, max) in [
+            ("features.batch_size", self.batch_size, MAX_BATCH),
+            ("features.mc_samples", self.mc_samples, 100_000),
+        ] {
+            if v > max {
+                return Err(cfg(key, format!("{v} is more than the limit of {max}")));
+            }
+        }
+        let mc_rows = self.batch_size * self.mc_samples;
+        if mc_rows > MAX_MC_ROWS {
+            return Err(cfg(
+                "features.mc_samples",
+                format!(
+                    "{} passes × features.batch_size {} = {mc_rows} probability rows per batch, \
+                     more than the limit of {MAX_MC_ROWS}; lower one of them",
+                    self.mc_samples, self.batch_size
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl OodSection {
+    /// Checks `[ood]`.
+    pub fn check(&self) -> Result<()> {
+        for s in &self.sets {
             crate::data::Source::parse(s).map_err(|m| cfg("ood.sets", m))?;
         }
+        for (key, v, max) in [("ood.count", self.count, MAX_IMAGES)] {
+            if v > max {
+                return Err(cfg(key, format!("{v} is more than the limit of {max}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ShiftSection {
+    /// Checks `[shift]`.
+    pub fn check(&self) -> Result<()> {
         let mut names = std::collections::HashSet::new();
-        for s in &r.shift.sets {
+        for s in &self.sets {
             let sh =
                 crate::data::transform::ShiftSpec::parse(s).map_err(|m| cfg("shift.sets", m))?;
             if !names.insert(sh.name.clone()) {
@@ -644,17 +944,36 @@ impl Config {
                 ));
             }
         }
-        if !r.known_unknowns.source.is_empty() {
-            crate::data::Source::parse(&r.known_unknowns.source)
+        Ok(())
+    }
+}
+
+impl KnownUnknownsSection {
+    /// Checks `[known_unknowns]`.
+    pub fn check(&self) -> Result<()> {
+        if !self.source.is_empty() {
+            crate::data::Source::parse(&self.source)
                 .map_err(|m| cfg("known_unknowns.source", m))?;
-            if r.known_unknowns.count == 0 {
+            if self.count == 0 {
                 return Err(cfg(
                     "known_unknowns.count",
                     "0: must be ≥ 1 when a source is set",
                 ));
             }
         }
-        let me = &r.meta;
+        for (key, v, max) in [("known_unknowns.count", self.count, MAX_IMAGES)] {
+            if v > max {
+                return Err(cfg(key, format!("{v} is more than the limit of {max}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl MetaSection {
+    /// Checks `[meta]`; `layers` are the net's parameterised layers (for `grad-<layer>` groups).
+    pub fn check(&self, layers: &[String]) -> Result<()> {
+        let me = self;
         if me.repetitions == 0 {
             return Err(cfg("meta.repetitions", "0: must be ≥ 1"));
         }
@@ -676,8 +995,7 @@ impl Config {
             }
         }
         for g in &me.groups {
-            crate::columns::FeatureGroup::parse(g, &conv_names)
-                .map_err(|m| cfg("meta.groups", m))?;
+            crate::columns::FeatureGroup::parse(g, layers).map_err(|m| cfg("meta.groups", m))?;
         }
         if me.transforms.is_empty() {
             return Err(cfg(
@@ -727,7 +1045,26 @@ impl Config {
                 format!("{} must be ≥ 0", me.nn_weight_decay),
             ));
         }
-        let sc = &r.score;
+        for (key, v, max) in [
+            ("meta.repetitions", me.repetitions, 100_000),
+            ("meta.cv_folds", me.cv_folds, 100),
+            ("meta.n_lambda", me.n_lambda, 10_000),
+            ("meta.nn_hidden", me.nn_hidden, 65_536),
+            ("meta.nn_epochs", me.nn_epochs, 1_000_000),
+            ("meta.cnn_seeds", me.cnn_seeds, 1_000),
+        ] {
+            if v > max {
+                return Err(cfg(key, format!("{v} is more than the limit of {max}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ScoreSection {
+    /// Checks `[score]`; `layers` as for `[meta]`.
+    pub fn check(&self, layers: &[String]) -> Result<()> {
+        let sc = self;
         if !sc.model.is_empty() && !crate::columns::MODELS.contains(&sc.model.as_str()) {
             return Err(cfg(
                 "score.model",
@@ -739,7 +1076,7 @@ impl Config {
             ));
         }
         if !sc.features.is_empty() {
-            crate::columns::FeatureGroup::parse(&sc.features, &conv_names)
+            crate::columns::FeatureGroup::parse(&sc.features, layers)
                 .map_err(|m| cfg("score.features", m))?;
         }
         if !["auto", "with", "without"].contains(&sc.known_unknowns.as_str()) {
@@ -786,22 +1123,7 @@ impl Config {
         if sc.chunk == 0 {
             return Err(cfg("score.chunk", "0: must be ≥ 1"));
         }
-        // Upper limits: every count that sizes an allocation or a loop is bounded here, before
-        // anything runs, so no config can abort the process or exhaust memory.
         for (key, v, max) in [
-            ("model.channels", m.channels.len(), MAX_LAYERS),
-            ("train.epochs", t.epochs, 100_000),
-            ("train.batch_size", t.batch_size, MAX_BATCH),
-            ("features.batch_size", r.features.batch_size, MAX_BATCH),
-            ("features.mc_samples", r.features.mc_samples, 100_000),
-            ("ood.count", r.ood.count, MAX_IMAGES),
-            ("known_unknowns.count", r.known_unknowns.count, MAX_IMAGES),
-            ("meta.repetitions", me.repetitions, 100_000),
-            ("meta.cv_folds", me.cv_folds, 100),
-            ("meta.n_lambda", me.n_lambda, 10_000),
-            ("meta.nn_hidden", me.nn_hidden, 65_536),
-            ("meta.nn_epochs", me.nn_epochs, 1_000_000),
-            ("meta.cnn_seeds", me.cnn_seeds, 1_000),
             ("score.chunk", sc.chunk, 1 << 20),
             ("score.top", sc.top, 10_000),
         ] {
@@ -809,53 +1131,7 @@ impl Config {
                 return Err(cfg(key, format!("{v} is more than the limit of {max}")));
             }
         }
-        if let Some(c) = m.channels.iter().find(|&&c| c > MAX_CHANNELS) {
-            return Err(cfg(
-                "model.channels",
-                format!("{c} channels is more than the limit of {MAX_CHANNELS}"),
-            ));
-        }
-        let mc_rows = r.features.batch_size * r.features.mc_samples;
-        if mc_rows > MAX_MC_ROWS {
-            return Err(cfg(
-                "features.mc_samples",
-                format!(
-                    "{} passes × features.batch_size {} = {mc_rows} probability rows per batch, \
-                     more than the limit of {MAX_MC_ROWS}; lower one of them",
-                    r.features.mc_samples, r.features.batch_size
-                ),
-            ));
-        }
-        let mut raw = raw;
-        raw.data.resize = resize.name().to_string();
-        raw.data.transpose = transpose;
-        Ok(Config { raw })
-    }
-
-    /// The image shape (C, H, W) of the run.
-    pub fn shape(&self) -> crate::data::Shape {
-        let [h, w] = self.data.image_size;
-        crate::data::Shape::new(self.data.channels, h, w)
-    }
-
-    /// The preprocessing every image of the run goes through.
-    pub fn prep(&self) -> crate::data::Prep {
-        crate::data::Prep {
-            shape: self.shape(),
-            resize: crate::data::Resize::parse(&self.data.resize).expect("validated"),
-        }
-    }
-
-    /// The resolved config as TOML (every key, defaults filled in).
-    pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(&self.raw).expect("config serializes")
-    }
-
-    /// Names of the conv layers, `conv1`..`convN`.
-    pub fn conv_names(&self) -> Vec<String> {
-        (1..=self.model.channels.len())
-            .map(|i| format!("conv{i}"))
-            .collect()
+        Ok(())
     }
 }
 

@@ -521,7 +521,7 @@ pub fn extend(opts: &ExtendOptions) -> Result<ExtendSummary> {
         let t = Instant::now();
         let grown = sc
             .net
-            .grow(new_names.len(), &mut stage_rng(cfg.run.seed, "extend/init"));
+            .grow(new_names.len(), &mut stage_rng(cfg.run.seed, "extend/init"))?;
         let tp = TrainParams {
             epochs: opts.epochs,
             lr: cfg.train.lr * 0.3,

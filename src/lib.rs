@@ -11,6 +11,7 @@
 // Numeric kernels index several arrays with one loop variable; iterator chains would hide that.
 #![allow(clippy::needless_range_loop)]
 
+pub mod arch;
 pub mod bench;
 pub mod cluster;
 pub mod columns;

@@ -605,7 +605,7 @@ pub fn shift_set(
 /// Meta-experiment settings from the config.
 pub fn meta_params(cfg: &Config) -> Result<MetaParams> {
     let m = &cfg.meta;
-    let convs = cfg.conv_names();
+    let convs = cfg.layer_names();
     let groups = m
         .groups
         .iter()
@@ -806,7 +806,7 @@ pub fn fit_trust(
         &table.columns,
         &folder.file("model.safetensors"),
     )?;
-    let trust = match crate::trust::fit(table, mp, records, &cfg.score, &cfg.conv_names(), info) {
+    let trust = match crate::trust::fit(table, mp, records, &cfg.score, &cfg.layer_names(), info) {
         Ok(t) => t,
         Err(Error::NoTrustModel(why)) => {
             // e.g. a test set without wrong predictions: nothing to learn trust from
@@ -921,11 +921,11 @@ fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary
 
     let t = Instant::now();
     let arch = Arch::from_config(cfg, classes);
-    let net = Net::new(arch, &mut stage_rng(cfg.run.seed, "init"));
+    let net = Net::new(arch, &mut stage_rng(cfg.run.seed, "init"))?;
     tracing::info!(
-        "model: {} parameters, steps {:?}",
+        "model: {} parameters, layers {}",
         net.num_params(),
-        net.steps
+        net.describe()
     );
     let trained = TrainParams::from_config(cfg).fit(net, &splits.train, &splits.val)?;
     times.push(("train".into(), t.elapsed().as_secs_f64()));
@@ -1018,7 +1018,7 @@ pub fn finish_run(
         let net2 = Net::new(
             Arch::from_config(&c2, classes),
             &mut stage_rng(c2.run.seed, "init"),
-        );
+        )?;
         let t2 = TrainParams::from_config(&c2).fit(net2, &s2.train, &s2.val)?;
         extra_acc.push(evaluate(&t2.net, &s2.test, 512)?.1);
         let table2 = score_all(&c2, &t2.net, &s2, &mut Vec::new())?;

@@ -605,7 +605,7 @@ fn similarity_groups(
             ds.transpose();
         }
         let net = &scorer.net;
-        let emb = net.forward_prefix(&ds.images, with.len(), net.steps.len() - 1);
+        let emb = net.embed(&ds.images, with.len());
         let d = emb.len() / with.len();
         let x: Vec<f64> = emb.iter().map(|&v| v as f64).collect();
         let (labels, k, sil) = crate::cluster::groups(&x, d, 8, scorer.cfg.raw.run.seed);

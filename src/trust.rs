@@ -667,7 +667,7 @@ fn select_known(
     Some((m, g, ku, tr, why))
 }
 
-/// Fits the trust model on all meta data of `table` (`convs`: the CNN's conv layer names, for
+/// Fits the trust model on all meta data of `table` (`convs`: the CNN's parameterised layer names, for
 /// a `[score]` feature group outside the grid): the `trust` head on the id-test rows (target:
 /// correct) and, when the chosen setting has them, the known unknowns (target 0); the
 /// `correct` head on the id-test rows alone (the grid's best error detector without known

@@ -15,7 +15,7 @@ mod tests {
 
     #[test]
     fn groups_expand() {
-        let convs: Vec<String> = vec!["conv1".into(), "conv2".into()];
+        let convs: Vec<String> = vec!["conv1".into(), "conv2".into(), "fc".into()];
         let g = FeatureGroup::parse("grad+softmax", &convs).unwrap();
         assert_eq!(g.columns.len(), 4 * 7 + 2);
         assert_eq!(g.columns[0], "grad_conv1_l1");
@@ -39,5 +39,20 @@ mod tests {
             FeatureGroup::parse("mc+mc", &convs).unwrap().columns.len(),
             4
         );
+        // a prefix names every layer of a block
+        let res: Vec<String> = ["stem", "block1.conv1", "block1.bn1", "block10.conv1", "fc"]
+            .map(String::from)
+            .to_vec();
+        let g = FeatureGroup::parse("grad-block1", &res).unwrap();
+        assert_eq!(g.columns.len(), 14);
+        assert_eq!(g.columns[7], "grad_block1.bn1_l1");
+        assert_eq!(
+            FeatureGroup::parse("grad-block1.bn1", &res)
+                .unwrap()
+                .columns
+                .len(),
+            7
+        );
+        assert!(FeatureGroup::parse("grad-block", &res).is_err());
     }
 }

@@ -1,10 +1,106 @@
-//! Training: SGD with momentum and L2 weight decay, the learning rate cut when the validation
-//! loss plateaus, the best-validation checkpoint kept; evaluation in eval mode.
+//! Training: SGD with momentum, Adam or AdamW; the learning rate cut when the validation loss
+//! plateaus, on a cosine or in steps; batch norm on batch statistics with its running
+//! statistics kept; augmentation of training images; the best-validation checkpoint kept;
+//! evaluation in eval mode.
 
+use super::graph::ParamKind;
 use super::net::{argmax_rows, softmax, Net};
 use crate::data::{stage_rng, Dataset};
 use crate::error::{Error, Result};
 use rand::seq::SliceRandom;
+
+/// The optimiser (`train.optimizer`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OptKind {
+    /// SGD with momentum (PyTorch's form), L2 added to the gradient.
+    Sgd,
+    /// Adam (Kingma & Ba), L2 added to the gradient (PyTorch's `Adam(weight_decay=…)`).
+    Adam,
+    /// AdamW (Loshchilov & Hutter): decay decoupled from the gradient.
+    AdamW,
+}
+
+/// The learning-rate schedule (`train.schedule`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Schedule {
+    /// Cut by `factor` when the validation loss has not improved for `patience` epochs.
+    Plateau,
+    /// Cosine from `lr` to `min_lr` over all training steps (per batch).
+    Cosine,
+    /// Multiplied by `gamma` every `every` epochs.
+    Step { every: usize, gamma: f64 },
+}
+
+/// Training-only augmentation (`[train.augment]`), off by default.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Augment {
+    /// Random crop with this many zero pixels of padding on each side (a random shift).
+    pub crop_padding: usize,
+    pub flip_h: bool,
+    pub flip_v: bool,
+    /// Random rotation, uniform in ±this many degrees.
+    pub rotate: f64,
+}
+
+impl Augment {
+    pub fn is_off(&self) -> bool {
+        *self == Augment::default()
+    }
+
+    /// Augments the images of `shape` in `x` in place; every draw from `rng`.
+    pub fn apply(
+        &self,
+        x: &mut [f32],
+        shape: crate::data::Shape,
+        rng: &mut rand_chacha::ChaCha8Rng,
+    ) {
+        use rand::Rng;
+        let len = shape.len();
+        let (h, w) = (shape.h, shape.w);
+        for im in x.chunks_exact_mut(len) {
+            if self.rotate > 0.0 {
+                let deg = rng.gen_range(-self.rotate..=self.rotate);
+                crate::data::transform::apply(
+                    im,
+                    shape,
+                    &[crate::data::transform::Transform::Rotate(deg)],
+                );
+            }
+            if self.crop_padding > 0 {
+                let p = self.crop_padding as isize;
+                let dy = rng.gen_range(-p..=p);
+                let dx = rng.gen_range(-p..=p);
+                let src = im.to_vec();
+                for c in 0..shape.c {
+                    for y in 0..h as isize {
+                        for xx in 0..w as isize {
+                            let (sy, sx) = (y + dy, xx + dx);
+                            im[c * h * w + y as usize * w + xx as usize] =
+                                if sy < 0 || sx < 0 || sy >= h as isize || sx >= w as isize {
+                                    0.0
+                                } else {
+                                    src[c * h * w + sy as usize * w + sx as usize]
+                                };
+                        }
+                    }
+                }
+            }
+            if self.flip_h && rng.gen::<bool>() {
+                for row in im.chunks_exact_mut(w) {
+                    row.reverse();
+                }
+            }
+            if self.flip_v && rng.gen::<bool>() {
+                for plane in im.chunks_exact_mut(h * w) {
+                    for y in 0..h / 2 {
+                        let (top, bottom) = plane.split_at_mut((h - 1 - y) * w);
+                        top[y * w..(y + 1) * w].swap_with_slice(&mut bottom[..w]);
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// Training hyper-parameters (the `[train]` config section).
 #[derive(Debug, Clone)]
@@ -18,11 +114,17 @@ pub struct TrainParams {
     pub factor: f64,
     pub min_lr: f64,
     pub seed: u64,
+    pub optimizer: OptKind,
+    pub betas: (f64, f64),
+    pub eps: f64,
+    pub schedule: Schedule,
+    pub augment: Augment,
 }
 
 impl TrainParams {
     pub fn from_config(c: &crate::config::Config) -> TrainParams {
         let t = &c.train;
+        let a = &t.augment;
         TrainParams {
             epochs: t.epochs,
             batch_size: t.batch_size,
@@ -33,6 +135,27 @@ impl TrainParams {
             factor: t.plateau_factor,
             min_lr: t.min_lr,
             seed: c.run.seed,
+            optimizer: match t.optimizer.as_str() {
+                "adam" => OptKind::Adam,
+                "adamw" => OptKind::AdamW,
+                _ => OptKind::Sgd,
+            },
+            betas: (t.betas[0], t.betas[1]),
+            eps: t.eps,
+            schedule: match t.schedule.as_str() {
+                "cosine" => Schedule::Cosine,
+                "step" => Schedule::Step {
+                    every: t.step_every,
+                    gamma: t.step_gamma,
+                },
+                _ => Schedule::Plateau,
+            },
+            augment: Augment {
+                crop_padding: a.crop_padding,
+                flip_h: a.flip_h,
+                flip_v: a.flip_v,
+                rotate: a.rotate,
+            },
         }
     }
 }
@@ -108,41 +231,109 @@ pub fn ce_grad(logits: &[f32], labels: &[u32], k: usize) -> (Vec<f32>, f64, usiz
     (d, loss, hits)
 }
 
-/// SGD with momentum (PyTorch's form: v ← μv + g + λw; w ← w − lr·v; L2 on weights only).
+/// The optimiser's state: SGD's velocity, or Adam's first and second moments, per layer
+/// (weight, bias). Weight decay applies to conv and linear weights only, not to biases nor to
+/// batch norm's γ and β.
 #[derive(Debug, Clone)]
-pub struct Sgd {
+pub struct Optimizer {
+    pub kind: OptKind,
     pub momentum: f32,
     pub weight_decay: f32,
-    velocity: Vec<(Vec<f32>, Vec<f32>)>,
+    pub betas: (f64, f64),
+    pub eps: f64,
+    steps: u64,
+    state: Vec<[Vec<f32>; 4]>,
 }
 
-impl Sgd {
-    pub fn new(net: &Net, momentum: f64, weight_decay: f64) -> Sgd {
-        Sgd {
+impl Optimizer {
+    /// SGD with momentum (PyTorch's form: v ← μv + g + λw; w ← w − lr·v).
+    pub fn sgd(net: &Net, momentum: f64, weight_decay: f64) -> Optimizer {
+        Optimizer::new(
+            net,
+            OptKind::Sgd,
+            momentum,
+            weight_decay,
+            (0.9, 0.999),
+            1e-8,
+        )
+    }
+
+    pub fn new(
+        net: &Net,
+        kind: OptKind,
+        momentum: f64,
+        weight_decay: f64,
+        betas: (f64, f64),
+        eps: f64,
+    ) -> Optimizer {
+        let adam = kind != OptKind::Sgd;
+        Optimizer {
+            kind,
             momentum: momentum as f32,
             weight_decay: weight_decay as f32,
-            velocity: net
+            betas,
+            eps,
+            steps: 0,
+            state: net
                 .layers
                 .iter()
-                .map(|l| (vec![0.0; l.w.len()], vec![0.0; l.b.len()]))
+                .map(|l| {
+                    let z = |n: usize, on: bool| if on { vec![0.0; n] } else { Vec::new() };
+                    [
+                        vec![0.0; l.w.len()],
+                        vec![0.0; l.b.len()],
+                        z(l.w.len(), adam),
+                        z(l.b.len(), adam),
+                    ]
+                })
                 .collect(),
         }
     }
 
     pub fn step(&mut self, net: &mut Net, grads: &[(Vec<f32>, Vec<f32>)], lr: f32) {
-        for ((layer, (gw, gb)), (vw, vb)) in net
-            .layers
-            .iter_mut()
-            .zip(grads)
-            .zip(self.velocity.iter_mut())
-        {
-            for ((w, g), v) in layer.w.iter_mut().zip(gw).zip(vw.iter_mut()) {
-                *v = self.momentum * *v + g + self.weight_decay * *w;
-                *w -= lr * *v;
-            }
-            for ((b, g), v) in layer.b.iter_mut().zip(gb).zip(vb.iter_mut()) {
-                *v = self.momentum * *v + g;
-                *b -= lr * *v;
+        self.steps += 1;
+        let (b1, b2) = self.betas;
+        let t = self.steps as i32;
+        // bias corrections of Adam's moments
+        let (c1, c2) = ((1.0 - b1.powi(t)) as f32, (1.0 - b2.powi(t)) as f32);
+        let (b1, b2, eps) = (b1 as f32, b2 as f32, self.eps as f32);
+        for ((layer, (gw, gb)), st) in net.layers.iter_mut().zip(grads).zip(self.state.iter_mut()) {
+            let decay = if layer.kind == ParamKind::BatchNorm {
+                0.0
+            } else {
+                self.weight_decay
+            };
+            let [vw, vb, sw, sb] = st;
+            match self.kind {
+                OptKind::Sgd => {
+                    for ((w, g), v) in layer.w.iter_mut().zip(gw).zip(vw.iter_mut()) {
+                        *v = self.momentum * *v + g + decay * *w;
+                        *w -= lr * *v;
+                    }
+                    for ((b, g), v) in layer.b.iter_mut().zip(gb).zip(vb.iter_mut()) {
+                        *v = self.momentum * *v + g;
+                        *b -= lr * *v;
+                    }
+                }
+                OptKind::Adam | OptKind::AdamW => {
+                    let decoupled = self.kind == OptKind::AdamW;
+                    let upd =
+                        |p: &mut [f32], g: &[f32], m: &mut [f32], s: &mut [f32], decay: f32| {
+                            for (((w, g), m), s) in
+                                p.iter_mut().zip(g).zip(m.iter_mut()).zip(s.iter_mut())
+                            {
+                                let g = if decoupled { *g } else { g + decay * *w };
+                                if decoupled {
+                                    *w -= lr * decay * *w;
+                                }
+                                *m = b1 * *m + (1.0 - b1) * g;
+                                *s = b2 * *s + (1.0 - b2) * g * g;
+                                *w -= lr * (*m / c1) / ((*s / c2).sqrt() + eps);
+                            }
+                        };
+                    upd(&mut layer.w, gw, vw, sw, decay);
+                    upd(&mut layer.b, gb, vb, sb, 0.0);
+                }
             }
         }
     }
@@ -151,7 +342,7 @@ impl Sgd {
 /// One training step on a batch; returns (summed loss, hits).
 pub fn train_step(
     net: &mut Net,
-    opt: &mut Sgd,
+    opt: &mut Optimizer,
     x: &[f32],
     y: &[u32],
     lr: f32,
@@ -160,8 +351,8 @@ pub fn train_step(
     let n = y.len();
     let tape = net.forward(x, n, Some(rng), true);
     let (d, loss, hits) = ce_grad(&tape.logits, y, net.arch.classes);
-    let g = net.backward(&tape, d);
-    let grads = net.summed_grads(&tape, &g);
+    let grads = net.summed_grads(&tape, d);
+    net.update_running(&tape);
     opt.step(net, &grads, lr);
     (loss, hits)
 }
@@ -180,13 +371,23 @@ impl TrainParams {
             });
         }
         let mut rng = stage_rng(self.seed, "train");
-        let mut opt = Sgd::new(&net, self.momentum, self.weight_decay);
+        let bs = self.batch_size;
+        let mut opt = Optimizer::new(
+            &net,
+            self.optimizer,
+            self.momentum,
+            self.weight_decay,
+            self.betas,
+            self.eps,
+        );
+        let mut aug_rng = stage_rng(self.seed, "augment");
+        let total_steps = (self.epochs * train.len().div_ceil(bs.max(1))).max(1);
+        let mut step = 0usize;
         let mut lr = self.lr;
         let mut best = (f64::INFINITY, net.clone(), 0usize);
         let mut since_best = 0usize;
         let mut plateau_ref = f64::INFINITY;
         let mut history = Vec::new();
-        let bs = self.batch_size;
         let mut order: Vec<usize> = (0..train.len()).collect();
         let mut xb = Vec::with_capacity(bs * train.shape.len());
         let mut yb = Vec::with_capacity(bs);
@@ -208,7 +409,21 @@ impl TrainParams {
                     xb.extend_from_slice(train.image(i));
                     yb.push(labels[i]);
                 }
-                let (l, h) = train_step(&mut net, &mut opt, &xb, &yb, lr as f32, &mut rng);
+                if !self.augment.is_off() {
+                    self.augment.apply(&mut xb, train.shape, &mut aug_rng);
+                }
+                let step_lr = match self.schedule {
+                    Schedule::Cosine => {
+                        let f = step as f64 / total_steps as f64;
+                        self.min_lr
+                            + (self.lr - self.min_lr)
+                                * 0.5
+                                * (1.0 + (std::f64::consts::PI * f).cos())
+                    }
+                    _ => lr,
+                };
+                step += 1;
+                let (l, h) = train_step(&mut net, &mut opt, &xb, &yb, step_lr as f32, &mut rng);
                 loss += l;
                 hits += h;
                 pb.inc(1);
@@ -227,7 +442,17 @@ impl TrainParams {
             }
             let rec = EpochRecord {
                 epoch,
-                lr,
+                lr: match self.schedule {
+                    Schedule::Cosine => {
+                        let f =
+                            (step - train.len().div_ceil(bs.max(1))) as f64 / total_steps as f64;
+                        self.min_lr
+                            + (self.lr - self.min_lr)
+                                * 0.5
+                                * (1.0 + (std::f64::consts::PI * f).cos())
+                    }
+                    _ => lr,
+                },
                 train_loss: loss / n,
                 train_acc: hits as f64 / n,
                 val_loss,
@@ -235,13 +460,22 @@ impl TrainParams {
                 seconds: t0.elapsed().as_secs_f64(),
             };
             tracing::info!(
-                "epoch {epoch}: lr {lr:.2e} train loss {:.4} acc {:.4} | val loss {val_loss:.4} acc {val_acc:.4} ({:.1}s)",
-                rec.train_loss, rec.train_acc, rec.seconds
+                "epoch {epoch}: lr {:.2e} train loss {:.4} acc {:.4} | val loss {val_loss:.4} acc {val_acc:.4} ({:.1}s)",
+                rec.lr, rec.train_loss, rec.train_acc, rec.seconds
             );
             pb.set_message(format!("epoch {epoch} val acc {val_acc:.4}"));
             history.push(rec);
             if val_loss < best.0 {
                 best = (val_loss, net.clone(), epoch);
+            }
+            if let Schedule::Step { every, gamma } = self.schedule {
+                if epoch % every.max(1) == 0 {
+                    lr = (lr * gamma).max(self.min_lr);
+                }
+                continue;
+            }
+            if self.schedule == Schedule::Cosine {
+                continue;
             }
             // ReduceLROnPlateau (mode min, relative threshold 1e-4)
             if val_loss < plateau_ref * (1.0 - 1e-4) {

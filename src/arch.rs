@@ -1,0 +1,848 @@
+//! The network as data: the `[[model.layers]]` entries as written (serde), their validation
+//! into typed layer specs with every default resolved, the paper's net spelled as such a list,
+//! and shape inference (each layer's output shape, the parameterised layers' names). A leaf
+//! module (it imports nothing from the crate): the config checks a layer list with it before
+//! anything runs, and the model builds its graph from it.
+
+use serde::{Deserialize, Serialize};
+
+/// One `[[model.layers]]` entry as written. Which keys a kind takes is checked by
+/// [`parse_layers`]; a key another kind uses is refused by name.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLayer {
+    /// conv, batchnorm, relu, leaky_relu, maxpool, avgpool, global_avgpool, flatten, dropout,
+    /// linear, residual, crop.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Output channels (conv, residual) or features (linear; the last linear's default is the
+    /// number of classes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stride: Option<usize>,
+    /// "same" (k/2 zeros on each side) or "valid" (none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub padding: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bias: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slope: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eps: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub momentum: Option<f64>,
+    /// Crop height and width.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<[usize; 2]>,
+}
+
+/// A validated layer, every default filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Spec {
+    /// 2-D convolution; `same` pads k/2 zeros on each side, else none.
+    Conv {
+        name: String,
+        out: usize,
+        kernel: usize,
+        stride: usize,
+        same: bool,
+        bias: bool,
+    },
+    /// Batch norm over channels (2-D) or features (1-D, after flatten); γ and β are its
+    /// parameters, the running mean and variance its buffers.
+    BatchNorm {
+        name: String,
+        eps: f64,
+        momentum: f64,
+    },
+    /// ReLU (slope 0) or leaky ReLU.
+    Act {
+        name: String,
+        slope: f32,
+    },
+    MaxPool {
+        name: String,
+        kernel: usize,
+        stride: usize,
+    },
+    AvgPool {
+        name: String,
+        kernel: usize,
+        stride: usize,
+    },
+    GlobalAvgPool {
+        name: String,
+    },
+    Flatten {
+        name: String,
+    },
+    /// Dropout: inverted scaling in training and in MC passes, the identity otherwise.
+    Dropout {
+        name: String,
+        rate: f32,
+    },
+    /// Fully connected; `out` 0 means the number of classes.
+    Linear {
+        name: String,
+        out: usize,
+        bias: bool,
+    },
+    /// A basic residual block (see [`residual_parts`]), then ReLU.
+    Residual {
+        name: String,
+        out: usize,
+        stride: usize,
+    },
+    /// Random crop in training, centre crop otherwise.
+    Crop {
+        name: String,
+        h: usize,
+        w: usize,
+    },
+}
+
+impl Spec {
+    pub fn name(&self) -> &str {
+        match self {
+            Spec::Conv { name, .. }
+            | Spec::BatchNorm { name, .. }
+            | Spec::Act { name, .. }
+            | Spec::MaxPool { name, .. }
+            | Spec::AvgPool { name, .. }
+            | Spec::GlobalAvgPool { name }
+            | Spec::Flatten { name }
+            | Spec::Dropout { name, .. }
+            | Spec::Linear { name, .. }
+            | Spec::Residual { name, .. }
+            | Spec::Crop { name, .. } => name,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Spec::Conv { .. } => "conv",
+            Spec::BatchNorm { .. } => "batchnorm",
+            Spec::Act { slope, .. } if *slope == 0.0 => "relu",
+            Spec::Act { .. } => "leaky_relu",
+            Spec::MaxPool { .. } => "maxpool",
+            Spec::AvgPool { .. } => "avgpool",
+            Spec::GlobalAvgPool { .. } => "global_avgpool",
+            Spec::Flatten { .. } => "flatten",
+            Spec::Dropout { .. } => "dropout",
+            Spec::Linear { .. } => "linear",
+            Spec::Residual { .. } => "residual",
+            Spec::Crop { .. } => "crop",
+        }
+    }
+
+    /// Whether the layer has parameters of its own (a residual block's are its parts').
+    pub fn has_params(&self) -> bool {
+        matches!(
+            self,
+            Spec::Conv { .. } | Spec::BatchNorm { .. } | Spec::Linear { .. }
+        )
+    }
+}
+
+/// The layer kinds a config may name.
+pub const KINDS: [&str; 12] = [
+    "conv",
+    "batchnorm",
+    "relu",
+    "leaky_relu",
+    "maxpool",
+    "avgpool",
+    "global_avgpool",
+    "flatten",
+    "dropout",
+    "linear",
+    "residual",
+    "crop",
+];
+
+/// The keys each kind takes besides `kind` and `name`.
+fn keys_of(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "conv" => &["out", "kernel", "stride", "padding", "bias"],
+        "batchnorm" => &["eps", "momentum"],
+        "leaky_relu" => &["slope"],
+        "maxpool" | "avgpool" => &["kernel", "stride"],
+        "dropout" => &["rate"],
+        "linear" => &["out", "bias"],
+        "residual" => &["out", "stride"],
+        "crop" => &["size"],
+        _ => &[],
+    }
+}
+
+/// The keys an entry sets (besides `kind` and `name`).
+fn keys_set(r: &RawLayer) -> Vec<&'static str> {
+    let mut k = Vec::new();
+    let set: [(&'static str, bool); 10] = [
+        ("out", r.out.is_some()),
+        ("kernel", r.kernel.is_some()),
+        ("stride", r.stride.is_some()),
+        ("padding", r.padding.is_some()),
+        ("bias", r.bias.is_some()),
+        ("slope", r.slope.is_some()),
+        ("rate", r.rate.is_some()),
+        ("eps", r.eps.is_some()),
+        ("momentum", r.momentum.is_some()),
+        ("size", r.size.is_some()),
+    ];
+    for (name, on) in set {
+        if on {
+            k.push(name);
+        }
+    }
+    k
+}
+
+/// Largest kernel, stride, channel count and feature count a layer may ask for.
+pub const MAX_KERNEL: usize = 15;
+pub const MAX_STRIDE: usize = 8;
+pub const MAX_WIDTH: usize = 1 << 16;
+/// Most layers in a list.
+pub const MAX_LAYERS: usize = 256;
+
+/// A layer name is 1–64 of `A-Z a-z 0-9 _ .`, not `all` (the whole net's columns) and not
+/// starting with a digit or dot: it becomes part of column names (`grad_<layer>_<stat>`) and
+/// of feature groups (`grad-<layer>`), and of safetensors keys (`<layer>.weight`).
+pub fn check_name(n: &str) -> Result<(), String> {
+    let ok = !n.is_empty()
+        && n.len() <= 64
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        && !n.starts_with(|c: char| c.is_ascii_digit() || c == '.')
+        && !n.ends_with('.')
+        && !n.contains("..")
+        && n != "all";
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "name {n:?}: a layer name is 1–64 letters, digits, '_' or '.', starts with a letter or '_', and is not \"all\""
+        ))
+    }
+}
+
+/// Validates `[[model.layers]]` into specs. Errors are `(position, message)`; the message
+/// names the kind and the key.
+pub fn parse_layers(raw: &[RawLayer]) -> Result<Vec<Spec>, (usize, String)> {
+    if raw.len() > MAX_LAYERS {
+        return Err((
+            MAX_LAYERS,
+            format!(
+                "{} layers is more than the limit of {MAX_LAYERS}",
+                raw.len()
+            ),
+        ));
+    }
+    let mut counts = std::collections::HashMap::<&str, usize>::new();
+    let linears = raw.iter().filter(|r| r.kind == "linear").count();
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, r) in raw.iter().enumerate() {
+        let kind = r.kind.as_str();
+        if !KINDS.contains(&kind) {
+            return Err((
+                i,
+                format!("unknown layer kind {kind:?} (known: {})", KINDS.join(", ")),
+            ));
+        }
+        let allowed = keys_of(kind);
+        if let Some(k) = keys_set(r).into_iter().find(|k| !allowed.contains(k)) {
+            return Err((
+                i,
+                format!(
+                    "{kind}: key {k:?} does not apply to this kind (it takes: name{})",
+                    allowed.iter().map(|a| format!(", {a}")).collect::<String>()
+                ),
+            ));
+        }
+        let c = counts.entry(kind).or_insert(0);
+        *c += 1;
+        let default_name = match kind {
+            "conv" => format!("conv{c}"),
+            "batchnorm" => format!("bn{c}"),
+            "linear" if linears == 1 => "fc".to_string(),
+            "linear" => format!("fc{c}"),
+            "residual" => format!("block{c}"),
+            k => format!("{k}{c}"),
+        };
+        let name = r.name.clone().unwrap_or(default_name);
+        check_name(&name).map_err(|m| (i, m))?;
+        let pos = |v: Option<usize>, key: &str, def: Option<usize>, max: usize| match v.or(def) {
+            None => Err((i, format!("{kind} {name:?}: key {key:?} is required"))),
+            Some(0) => Err((i, format!("{kind} {name:?}: {key} = 0 must be ≥ 1"))),
+            Some(v) if v > max => Err((
+                i,
+                format!("{kind} {name:?}: {key} = {v} is more than the limit of {max}"),
+            )),
+            Some(v) => Ok(v),
+        };
+        let unit =
+            |v: Option<f64>, key: &str, def: f64, lo_open: bool| -> Result<f64, (usize, String)> {
+                let x = v.unwrap_or(def);
+                let ok = x.is_finite() && x < 1.0 && if lo_open { x > 0.0 } else { x >= 0.0 };
+                if ok {
+                    Ok(x)
+                } else {
+                    Err((
+                        i,
+                        format!(
+                            "{kind} {name:?}: {key} = {x} is outside {}0, 1)",
+                            if lo_open { "(" } else { "[" }
+                        ),
+                    ))
+                }
+            };
+        let spec = match kind {
+            "conv" => {
+                let kernel = pos(r.kernel, "kernel", Some(3), MAX_KERNEL)?;
+                if kernel.is_multiple_of(2) {
+                    return Err((i, format!("conv {name:?}: kernel = {kernel} must be odd")));
+                }
+                let same = match r.padding.as_deref().unwrap_or("same") {
+                    "same" => true,
+                    "valid" => false,
+                    p => {
+                        return Err((
+                            i,
+                            format!("conv {name:?}: padding {p:?} is not \"same\" or \"valid\""),
+                        ))
+                    }
+                };
+                Spec::Conv {
+                    out: pos(r.out, "out", None, MAX_WIDTH)?,
+                    kernel,
+                    stride: pos(r.stride, "stride", Some(1), MAX_STRIDE)?,
+                    same,
+                    bias: r.bias.unwrap_or(true),
+                    name,
+                }
+            }
+            "batchnorm" => {
+                let eps = r.eps.unwrap_or(1e-5);
+                if !(eps.is_finite() && eps > 0.0 && eps <= 1.0) {
+                    return Err((
+                        i,
+                        format!("batchnorm {name:?}: eps = {eps} is outside (0, 1]"),
+                    ));
+                }
+                Spec::BatchNorm {
+                    eps,
+                    momentum: unit(r.momentum, "momentum", 0.1, true)?,
+                    name,
+                }
+            }
+            "relu" => Spec::Act { name, slope: 0.0 },
+            "leaky_relu" => Spec::Act {
+                slope: unit(r.slope, "slope", 0.01, false)? as f32,
+                name,
+            },
+            "maxpool" | "avgpool" => {
+                let kernel = pos(r.kernel, "kernel", Some(2), MAX_KERNEL)?;
+                let stride = pos(r.stride, "stride", Some(kernel), MAX_STRIDE)?;
+                if kind == "maxpool" {
+                    Spec::MaxPool {
+                        name,
+                        kernel,
+                        stride,
+                    }
+                } else {
+                    Spec::AvgPool {
+                        name,
+                        kernel,
+                        stride,
+                    }
+                }
+            }
+            "global_avgpool" => Spec::GlobalAvgPool { name },
+            "flatten" => Spec::Flatten { name },
+            "dropout" => Spec::Dropout {
+                rate: unit(r.rate, "rate", 0.5, false)? as f32,
+                name,
+            },
+            "linear" => {
+                let last = raw[i + 1..].iter().all(|r| r.kind != "linear");
+                let out = match r.out {
+                    None if last => 0,
+                    o => pos(o, "out", None, MAX_WIDTH)?,
+                };
+                Spec::Linear {
+                    name,
+                    out,
+                    bias: r.bias.unwrap_or(true),
+                }
+            }
+            "residual" => Spec::Residual {
+                out: pos(r.out, "out", None, MAX_WIDTH)?,
+                stride: pos(r.stride, "stride", Some(1), MAX_STRIDE)?,
+                name,
+            },
+            "crop" => {
+                let Some([h, w]) = r.size else {
+                    return Err((i, format!("crop {name:?}: key \"size\" is required")));
+                };
+                if h == 0 || w == 0 {
+                    return Err((i, format!("crop {name:?}: size [{h}, {w}] must be ≥ 1")));
+                }
+                Spec::Crop { name, h, w }
+            }
+            _ => unreachable!("kind checked above"),
+        };
+        out.push(spec);
+    }
+    Ok(out)
+}
+
+/// The paper's net as a layer list, from the legacy `[model]` keys: per conv layer i
+/// (`conv{i}`, same padding, bias), leaky ReLU, then max pooling if in `pool_after`, then
+/// dropout if in `dropout_after`; then flatten and one linear layer `fc` to the classes.
+pub fn legacy(
+    channels: &[usize],
+    kernel: usize,
+    slope: f32,
+    dropout: f32,
+    pool_after: &[bool],
+    dropout_after: &[bool],
+    pool: usize,
+) -> Vec<Spec> {
+    let mut v = Vec::new();
+    for (i, &out) in channels.iter().enumerate() {
+        let n = i + 1;
+        v.push(Spec::Conv {
+            name: format!("conv{n}"),
+            out,
+            kernel,
+            stride: 1,
+            same: true,
+            bias: true,
+        });
+        v.push(Spec::Act {
+            name: format!("act{n}"),
+            slope,
+        });
+        if pool_after.get(i) == Some(&true) {
+            v.push(Spec::MaxPool {
+                name: format!("pool{n}"),
+                kernel: pool,
+                stride: pool,
+            });
+        }
+        if dropout_after.get(i) == Some(&true) {
+            v.push(Spec::Dropout {
+                name: format!("drop{n}"),
+                rate: dropout,
+            });
+        }
+    }
+    v.push(Spec::Flatten {
+        name: "flatten".into(),
+    });
+    v.push(Spec::Linear {
+        name: "fc".into(),
+        out: 0,
+        bias: true,
+    });
+    v
+}
+
+/// The parts of a basic residual block `name` from `cin` to `out` channels at `stride`:
+/// body conv1 (3×3, stride, no bias), bn1, ReLU, conv2 (3×3, no bias), bn2; shortcut the
+/// identity, or conv 1×1 at stride without bias + batch norm (`shortcut.0`, `shortcut.1`, as
+/// PyTorch's `nn.Sequential` names them) when the stride or the channel count changes. The
+/// block's output is ReLU(body(x) + shortcut(x)).
+pub fn residual_parts(name: &str, cin: usize, out: usize, stride: usize) -> (Vec<Spec>, Vec<Spec>) {
+    let conv = |n: &str, k: usize, s: usize| Spec::Conv {
+        name: format!("{name}.{n}"),
+        out,
+        kernel: k,
+        stride: s,
+        same: true,
+        bias: false,
+    };
+    let bn = |n: &str| Spec::BatchNorm {
+        name: format!("{name}.{n}"),
+        eps: 1e-5,
+        momentum: 0.1,
+    };
+    let body = vec![
+        conv("conv1", 3, stride),
+        bn("bn1"),
+        Spec::Act {
+            name: format!("{name}.relu1"),
+            slope: 0.0,
+        },
+        conv("conv2", 3, 1),
+        bn("bn2"),
+    ];
+    let shortcut = if stride != 1 || cin != out {
+        vec![conv("shortcut.0", 1, stride), bn("shortcut.1")]
+    } else {
+        Vec::new()
+    };
+    (body, shortcut)
+}
+
+/// A layer's input and output shape (C, H, W); flat features are (F, 1, 1).
+pub type Dims = (usize, usize, usize);
+
+/// Output size of a window of `k` at `stride` with `pad` zeros each side over `n`, if ≥ 1.
+pub fn window_out(n: usize, k: usize, stride: usize, pad: usize) -> Option<usize> {
+    (n + 2 * pad).checked_sub(k).map(|v| v / stride + 1)
+}
+
+/// Output shape of one (non-residual) layer, or why it does not fit its input.
+pub fn out_dims(s: &Spec, d: Dims, classes: usize) -> Result<Dims, String> {
+    let (c, h, w) = d;
+    let win = |k: usize, st: usize, pad: usize, what: &str| -> Result<(usize, usize), String> {
+        match (window_out(h, k, st, pad), window_out(w, k, st, pad)) {
+            (Some(oh), Some(ow)) => Ok((oh, ow)),
+            _ => Err(format!(
+                "its input is {c}×{h}×{w} (C×H×W), smaller than its {what} of {k}×{k}{}",
+                if pad > 0 {
+                    format!(" with {pad} padding")
+                } else {
+                    String::new()
+                }
+            )),
+        }
+    };
+    Ok(match s {
+        Spec::Conv {
+            out,
+            kernel,
+            stride,
+            same,
+            ..
+        } => {
+            let (oh, ow) = win(
+                *kernel,
+                *stride,
+                if *same { kernel / 2 } else { 0 },
+                "kernel",
+            )?;
+            (*out, oh, ow)
+        }
+        Spec::MaxPool { kernel, stride, .. } | Spec::AvgPool { kernel, stride, .. } => {
+            let (oh, ow) = win(*kernel, *stride, 0, "window")?;
+            (c, oh, ow)
+        }
+        Spec::GlobalAvgPool { .. } => (c, 1, 1),
+        Spec::Flatten { .. } => (c * h * w, 1, 1),
+        Spec::Linear { out, .. } => {
+            if h != 1 || w != 1 {
+                return Err(format!(
+                    "its input is {c}×{h}×{w} (C×H×W); put a flatten or global_avgpool layer before it"
+                ));
+            }
+            (if *out == 0 { classes } else { *out }, 1, 1)
+        }
+        Spec::Crop { h: ch, w: cw, .. } => {
+            if *ch > h || *cw > w {
+                return Err(format!(
+                    "it crops {ch}×{cw} from an input of {h}×{w}; the crop must fit"
+                ));
+            }
+            (c, *ch, *cw)
+        }
+        Spec::BatchNorm { .. } | Spec::Act { .. } | Spec::Dropout { .. } => d,
+        Spec::Residual { .. } => unreachable!("residual blocks are expanded by the caller"),
+    })
+}
+
+/// Output shape of any layer, residual blocks included (for a list that passed [`plan`]).
+pub fn out_dims_node(s: &Spec, d: Dims, classes: usize) -> Dims {
+    match s {
+        Spec::Residual { out, stride, .. } => (
+            *out,
+            window_out(d.1, 3, *stride, 1).unwrap_or(1),
+            window_out(d.2, 3, *stride, 1).unwrap_or(1),
+        ),
+        s => out_dims(s, d, classes).unwrap_or(d),
+    }
+}
+
+/// What shape inference found: the output shape of each layer of the list and the names of
+/// the parameterised layers in graph order (a block's body, then its shortcut).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub dims: Vec<Dims>,
+    pub params: Vec<String>,
+    /// Number of parameters (weights, biases, γ, β).
+    pub n_params: usize,
+}
+
+/// Shape inference of a whole list on input `input` with `classes` outputs; errors name the
+/// layer by position (0-based, as in `model.layers[i]`), kind and name, and give the shapes.
+pub fn plan(specs: &[Spec], input: Dims, classes: usize) -> Result<Plan, (usize, String)> {
+    let mut dims = Vec::with_capacity(specs.len());
+    let mut params = Vec::new();
+    let mut n_params = 0usize;
+    let mut d = input;
+    let label = |_: usize, s: &Spec| format!("{} {:?}", s.kind(), s.name());
+    for (i, s) in specs.iter().enumerate() {
+        let mut one = |s: &Spec, d: Dims, params: &mut Vec<String>| -> Result<Dims, String> {
+            let o = out_dims(s, d, classes)?;
+            match s {
+                Spec::Conv {
+                    name, kernel, bias, ..
+                } => {
+                    n_params += o.0 * d.0 * kernel * kernel + if *bias { o.0 } else { 0 };
+                    params.push(name.clone());
+                }
+                Spec::BatchNorm { name, .. } => {
+                    n_params += 2 * d.0;
+                    params.push(name.clone());
+                }
+                Spec::Linear { name, bias, .. } => {
+                    n_params += o.0 * d.0 + if *bias { o.0 } else { 0 };
+                    params.push(name.clone());
+                }
+                _ => {}
+            }
+            Ok(o)
+        };
+        let o = match s {
+            Spec::Residual { name, out, stride } => {
+                let (body, short) = residual_parts(name, d.0, *out, *stride);
+                let mut bd = d;
+                for b in &body {
+                    bd = one(b, bd, &mut params)
+                        .map_err(|m| (i, format!("{}: {}: {m}", label(i, s), b.name())))?;
+                }
+                let mut sd = d;
+                for b in &short {
+                    sd = one(b, sd, &mut params)
+                        .map_err(|m| (i, format!("{}: {}: {m}", label(i, s), b.name())))?;
+                }
+                if bd != sd {
+                    return Err((
+                        i,
+                        format!(
+                            "{}: its body gives {}×{}×{} and its shortcut {}×{}×{}; the shapes must agree",
+                            label(i, s),
+                            bd.0,
+                            bd.1,
+                            bd.2,
+                            sd.0,
+                            sd.1,
+                            sd.2
+                        ),
+                    ));
+                }
+                bd
+            }
+            s => one(s, d, &mut params).map_err(|m| (i, format!("{}: {m}", label(i, s))))?,
+        };
+        if let Spec::Crop { .. } = s {
+            if i != 0 {
+                return Err((
+                    i,
+                    format!(
+                        "{}: a crop must be the first layer (it is the net's input crop)",
+                        label(i, s)
+                    ),
+                ));
+            }
+        }
+        d = o;
+        dims.push(o);
+    }
+    match specs.last() {
+        Some(Spec::Linear { .. }) => {}
+        Some(s) => {
+            return Err((
+                specs.len() - 1,
+                format!(
+                    "{}: the last layer must be linear (its outputs are the logits)",
+                    label(specs.len() - 1, s)
+                ),
+            ))
+        }
+        None => return Err((0, "the layer list is empty".into())),
+    }
+    if d.0 != classes {
+        return Err((
+            specs.len() - 1,
+            format!(
+                "the last linear layer gives {} outputs for {classes} classes (leave its out unset to mean the classes)",
+                d.0
+            ),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, s) in specs.iter().enumerate() {
+        if !seen.insert(s.name().to_string()) {
+            return Err((
+                i,
+                format!("{}: a second layer named {:?}", label(i, s), s.name()),
+            ));
+        }
+    }
+    for p in &params {
+        if !seen.insert(p.clone()) && !specs.iter().any(|s| s.name() == p) {
+            return Err((0, format!("two parameterised layers named {p:?}")));
+        }
+    }
+    Ok(Plan {
+        dims,
+        params,
+        n_params,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(kind: &str) -> RawLayer {
+        RawLayer {
+            kind: kind.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_paper_net_plans_to_its_known_shapes() {
+        let s = legacy(
+            &[16, 16, 16],
+            3,
+            0.01,
+            0.25,
+            &[true, true, false],
+            &[true, false, true],
+            2,
+        );
+        let p = plan(&s, (1, 28, 28), 10).unwrap();
+        assert_eq!(p.params, ["conv1", "conv2", "conv3", "fc"]);
+        // 160 + 2320 + 2320 + 7850
+        assert_eq!(p.n_params, 160 + 2320 + 2320 + 16 * 7 * 7 * 10 + 10);
+        assert_eq!(*p.dims.last().unwrap(), (10, 1, 1));
+    }
+
+    #[test]
+    fn a_small_resnet_plans() {
+        let mut v = vec![RawLayer {
+            out: Some(16),
+            name: Some("stem".into()),
+            bias: Some(false),
+            ..layer("conv")
+        }];
+        v.push(layer("batchnorm"));
+        v.push(layer("relu"));
+        for (o, s) in [(16, 1), (32, 2), (64, 2)] {
+            v.push(RawLayer {
+                out: Some(o),
+                stride: Some(s),
+                ..layer("residual")
+            });
+        }
+        v.push(layer("global_avgpool"));
+        v.push(layer("dropout"));
+        v.push(layer("linear"));
+        let s = parse_layers(&v).unwrap();
+        let p = plan(&s, (1, 28, 28), 10).unwrap();
+        assert_eq!(p.dims[5], (64, 7, 7));
+        assert_eq!(
+            &p.params[..8],
+            [
+                "stem",
+                "bn1",
+                "block1.conv1",
+                "block1.bn1",
+                "block1.conv2",
+                "block1.bn2",
+                "block2.conv1",
+                "block2.bn1"
+            ]
+        );
+        assert!(p.params.contains(&"block2.shortcut.0".to_string()));
+        assert!(!p.params.contains(&"block1.shortcut.0".to_string()));
+        assert_eq!(p.params.last().unwrap(), "fc");
+    }
+
+    #[test]
+    fn bad_lists_name_the_layer_and_the_shapes() {
+        let conv = |o| RawLayer {
+            out: Some(o),
+            ..layer("conv")
+        };
+        // a pool that shrinks below one pixel
+        let mut v = vec![conv(4)];
+        for _ in 0..6 {
+            v.push(layer("maxpool"));
+        }
+        v.push(layer("flatten"));
+        v.push(layer("linear"));
+        let s = parse_layers(&v).unwrap();
+        let (i, m) = plan(&s, (1, 28, 28), 10).unwrap_err();
+        assert_eq!(i, 5);
+        assert!(m.contains("maxpool5") && m.contains("4×1×1"), "{m}");
+        // linear on a 3-D input
+        let s = parse_layers(&[conv(4), layer("linear")]).unwrap();
+        let (i, m) = plan(&s, (1, 28, 28), 10).unwrap_err();
+        assert_eq!(i, 1);
+        assert!(m.contains("flatten") && m.contains("4×28×28"), "{m}");
+        // an unknown kind and a key of another kind
+        let (i, m) = parse_layers(&[conv(4), layer("swish")]).unwrap_err();
+        assert_eq!(i, 1);
+        assert!(m.contains("swish") && m.contains("known"), "{m}");
+        let (_, m) = parse_layers(&[RawLayer {
+            rate: Some(0.5),
+            ..conv(4)
+        }])
+        .unwrap_err();
+        assert!(m.contains("\"rate\"") && m.contains("conv"), "{m}");
+        // a conv without out, an even kernel
+        let (_, m) = parse_layers(&[layer("conv")]).unwrap_err();
+        assert!(m.contains("\"out\" is required"), "{m}");
+        let (_, m) = parse_layers(&[RawLayer {
+            kernel: Some(4),
+            ..conv(4)
+        }])
+        .unwrap_err();
+        assert!(m.contains("odd"), "{m}");
+        // the last layer is not linear; duplicate names; a bad name
+        let s = parse_layers(&[conv(4), layer("flatten")]).unwrap();
+        assert!(plan(&s, (1, 8, 8), 2)
+            .unwrap_err()
+            .1
+            .contains("last layer must be linear"));
+        let twice = RawLayer {
+            name: Some("a".into()),
+            ..conv(4)
+        };
+        let s = parse_layers(&[twice.clone(), twice, layer("flatten"), layer("linear")]).unwrap();
+        assert!(plan(&s, (1, 8, 8), 2)
+            .unwrap_err()
+            .1
+            .contains("second layer named"));
+        let (_, m) = parse_layers(&[RawLayer {
+            name: Some("a-b".into()),
+            ..conv(4)
+        }])
+        .unwrap_err();
+        assert!(m.contains("a-b"), "{m}");
+        // a last linear with the wrong number of outputs
+        let s = parse_layers(&[
+            layer("flatten"),
+            RawLayer {
+                out: Some(3),
+                ..layer("linear")
+            },
+        ])
+        .unwrap();
+        assert!(plan(&s, (1, 8, 8), 2)
+            .unwrap_err()
+            .1
+            .contains("3 outputs for 2 classes"));
+    }
+}

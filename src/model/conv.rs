@@ -1,0 +1,450 @@
+//! 2-D convolution (any odd kernel, stride ≥ 1, same or valid padding, with or without bias)
+//! by im2col + GEMM: forward, input gradient, weight gradient summed over a batch, and the
+//! per-sample weight gradient's moments (formed one sample at a time from its output gradient
+//! and its input unfolded again, never held for the batch).
+
+use super::gemm::{gemm, CHUNK};
+use super::moments::Moments;
+use rayon::prelude::*;
+
+/// Geometry of a conv layer: `cin` × `h` × `w` in, `cout` × `oh` × `ow` out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeom {
+    pub cin: usize,
+    pub cout: usize,
+    pub k: usize,
+    pub stride: usize,
+    /// Zeros on each side.
+    pub pad: usize,
+    pub h: usize,
+    pub w: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub bias: bool,
+}
+
+impl ConvGeom {
+    /// A geometry with the output size of a window of `k` at `stride` over `pad`-padded input
+    /// (the caller has checked that it is at least 1×1).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        h: usize,
+        w: usize,
+        bias: bool,
+    ) -> ConvGeom {
+        ConvGeom {
+            cin,
+            cout,
+            k,
+            stride,
+            pad,
+            h,
+            w,
+            oh: (h + 2 * pad - k) / stride + 1,
+            ow: (w + 2 * pad - k) / stride + 1,
+            bias,
+        }
+    }
+    /// Output pixels per channel.
+    pub fn ohw(&self) -> usize {
+        self.oh * self.ow
+    }
+    /// Rows of the unfolded input (= weight entries per output channel).
+    pub fn ckk(&self) -> usize {
+        self.cin * self.k * self.k
+    }
+    pub fn in_len(&self) -> usize {
+        self.cin * self.h * self.w
+    }
+    pub fn out_len(&self) -> usize {
+        self.cout * self.ohw()
+    }
+    pub fn cols_len(&self) -> usize {
+        self.ckk() * self.ohw()
+    }
+    pub fn weights(&self) -> usize {
+        self.cout * self.ckk()
+    }
+
+    /// Unfolds one sample [cin, h, w] into cols [cin·k·k, oh·ow] (zeros outside the input).
+    pub fn im2col(&self, x: &[f32], cols: &mut [f32]) {
+        let (h, w, k, s) = (
+            self.h as isize,
+            self.w as isize,
+            self.k,
+            self.stride as isize,
+        );
+        let (oh, ow) = (self.oh as isize, self.ow as isize);
+        let p = self.pad as isize;
+        let ohw = self.ohw();
+        let hw = (h * w) as usize;
+        for c in 0..self.cin {
+            let plane = &x[c * hw..(c + 1) * hw];
+            for ky in 0..k {
+                for kx in 0..k {
+                    let row = (c * k + ky) * k + kx;
+                    let dst = &mut cols[row * ohw..(row + 1) * ohw];
+                    let (dy, dx) = (ky as isize - p, kx as isize - p);
+                    for y in 0..oh {
+                        let sy = y * s + dy;
+                        let out = &mut dst[(y * ow) as usize..((y + 1) * ow) as usize];
+                        if sy < 0 || sy >= h {
+                            out.fill(0.0);
+                            continue;
+                        }
+                        let src = &plane[(sy * w) as usize..((sy + 1) * w) as usize];
+                        if s == 1 {
+                            let x0 = (-dx).clamp(0, ow) as usize;
+                            let x1 = (w - dx).clamp(0, ow) as usize;
+                            if x1 > x0 {
+                                out[..x0].fill(0.0);
+                                out[x1..].fill(0.0);
+                                let s0 = (x0 as isize + dx) as usize;
+                                out[x0..x1].copy_from_slice(&src[s0..s0 + (x1 - x0)]);
+                            } else {
+                                out.fill(0.0);
+                            }
+                        } else {
+                            for (ox, o) in out.iter_mut().enumerate() {
+                                let sx = ox as isize * s + dx;
+                                *o = if sx < 0 || sx >= w {
+                                    0.0
+                                } else {
+                                    src[sx as usize]
+                                };
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Folds cols gradients back onto the input: dx [cin, h, w] = col2im(dcols) (overwrites).
+    pub fn col2im(&self, dcols: &[f32], dx: &mut [f32]) {
+        let (h, w, k, s) = (
+            self.h as isize,
+            self.w as isize,
+            self.k,
+            self.stride as isize,
+        );
+        let (oh, ow) = (self.oh as isize, self.ow as isize);
+        let p = self.pad as isize;
+        let ohw = self.ohw();
+        let hw = (h * w) as usize;
+        dx.fill(0.0);
+        for c in 0..self.cin {
+            let plane = &mut dx[c * hw..(c + 1) * hw];
+            for ky in 0..k {
+                for kx in 0..k {
+                    let row = (c * k + ky) * k + kx;
+                    let src = &dcols[row * ohw..(row + 1) * ohw];
+                    let (dy, dxo) = (ky as isize - p, kx as isize - p);
+                    for y in 0..oh {
+                        let sy = y * s + dy;
+                        if sy < 0 || sy >= h {
+                            continue;
+                        }
+                        let srow = &src[(y * ow) as usize..((y + 1) * ow) as usize];
+                        let drow = &mut plane[(sy * w) as usize..((sy + 1) * w) as usize];
+                        if s == 1 {
+                            let x0 = (-dxo).clamp(0, ow) as usize;
+                            let x1 = (w - dxo).clamp(0, ow) as usize;
+                            if x1 <= x0 {
+                                continue;
+                            }
+                            let d0 = (x0 as isize + dxo) as usize;
+                            for (d, v) in drow[d0..d0 + (x1 - x0)].iter_mut().zip(&srow[x0..x1]) {
+                                *d += v;
+                            }
+                        } else {
+                            for (ox, v) in srow.iter().enumerate() {
+                                let sx = ox as isize * s + dxo;
+                                if sx >= 0 && sx < w {
+                                    drow[sx as usize] += v;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Forward for `n` samples: `x` [n, cin, h, w] → [n, cout, oh, ow]. The unfolded input lives
+/// in a per-task scratch buffer; the backward unfolds again from `x`.
+pub fn forward(g: &ConvGeom, wgt: &[f32], bias: &[f32], x: &[f32], n: usize) -> Vec<f32> {
+    let mut y = vec![0f32; n * g.out_len()];
+    let (il, ol, cl, ohw) = (g.in_len(), g.out_len(), g.cols_len(), g.ohw());
+    y.par_chunks_mut(CHUNK * ol)
+        .zip(x.par_chunks(CHUNK * il))
+        .for_each_init(
+            || vec![0f32; cl],
+            |c, (ys, xs)| {
+                for s in 0..xs.len() / il {
+                    g.im2col(&xs[s * il..(s + 1) * il], c);
+                    let out = &mut ys[s * ol..(s + 1) * ol];
+                    if g.bias {
+                        for (o, row) in out.chunks_mut(ohw).enumerate() {
+                            row.fill(bias[o]);
+                        }
+                    }
+                    gemm(
+                        g.cout,
+                        g.ckk(),
+                        ohw,
+                        wgt,
+                        (g.ckk(), 1),
+                        c,
+                        (ohw, 1),
+                        1.0,
+                        out,
+                        ohw,
+                    );
+                }
+            },
+        );
+    y
+}
+
+/// Summed weight and bias gradients: dW = Σ_n dy_n · cols_nᵀ, db = Σ dy_n (empty without
+/// bias), with cols_n = im2col(x_n) formed per sample from the layer's input `x`.
+pub fn weight_grad(g: &ConvGeom, dy: &[f32], x: &[f32], n: usize) -> (Vec<f32>, Vec<f32>) {
+    let (il, ol, cl, wl, ohw) = (g.in_len(), g.out_len(), g.cols_len(), g.weights(), g.ohw());
+    let nb = if g.bias { g.cout } else { 0 };
+    let partials: Vec<Vec<f32>> = dy[..n * ol]
+        .par_chunks(CHUNK * ol)
+        .zip(x.par_chunks(CHUNK * il))
+        .map(|(d, xs)| {
+            let mut acc = vec![0f32; wl + nb];
+            let mut c = vec![0f32; cl];
+            let m = d.len() / ol;
+            for s in 0..m {
+                let ds = &d[s * ol..(s + 1) * ol];
+                g.im2col(&xs[s * il..(s + 1) * il], &mut c);
+                gemm(
+                    g.cout,
+                    ohw,
+                    g.ckk(),
+                    ds,
+                    (ohw, 1),
+                    &c,
+                    (1, ohw),
+                    1.0,
+                    &mut acc[..wl],
+                    g.ckk(),
+                );
+                if g.bias {
+                    for (o, row) in ds.chunks(ohw).enumerate() {
+                        acc[wl + o] += row.iter().sum::<f32>();
+                    }
+                }
+            }
+            acc
+        })
+        .collect();
+    let mut total = vec![0f32; wl + nb];
+    for p in partials {
+        for (t, v) in total.iter_mut().zip(p) {
+            *t += v;
+        }
+    }
+    let db = total.split_off(wl);
+    (total, db)
+}
+
+/// Input gradient: dx_n = col2im(Wᵀ · dy_n).
+pub fn input_grad(g: &ConvGeom, wgt: &[f32], dy: &[f32], n: usize) -> Vec<f32> {
+    let (il, ol, cl, ohw) = (g.in_len(), g.out_len(), g.cols_len(), g.ohw());
+    let mut dx = vec![0f32; n * il];
+    dx.par_chunks_mut(CHUNK * il)
+        .zip(dy.par_chunks(CHUNK * ol))
+        .for_each_init(
+            || vec![0f32; cl],
+            |dcols, (dxs, dys)| {
+                for s in 0..dxs.len() / il {
+                    gemm(
+                        g.ckk(),
+                        g.cout,
+                        ohw,
+                        wgt,
+                        (1, g.ckk()),
+                        &dys[s * ol..(s + 1) * ol],
+                        (ohw, 1),
+                        0.0,
+                        dcols,
+                        ohw,
+                    );
+                    g.col2im(dcols, &mut dxs[s * il..(s + 1) * il]);
+                }
+            },
+        );
+    dx
+}
+
+/// Scratch for [`sample_moments`]: the per-sample weight gradient and the unfolded input.
+pub fn scratch(g: &ConvGeom) -> (Vec<f32>, Vec<f32>) {
+    (vec![0f32; g.weights()], vec![0f32; g.cols_len()])
+}
+
+/// Moments of one sample's weight (and bias) gradient, from its output gradient `dy`
+/// [cout, oh·ow] and its input `x` [cin, h, w].
+pub fn sample_moments(
+    g: &ConvGeom,
+    dy: &[f32],
+    x: &[f32],
+    gw: &mut [f32],
+    cols: &mut [f32],
+) -> Moments {
+    let ohw = g.ohw();
+    g.im2col(x, cols);
+    gemm(
+        g.cout,
+        ohw,
+        g.ckk(),
+        dy,
+        (ohw, 1),
+        cols,
+        (1, ohw),
+        0.0,
+        gw,
+        g.ckk(),
+    );
+    let m = Moments::of(gw);
+    if g.bias {
+        let gb: Vec<f32> = dy.chunks(ohw).map(|r| r.iter().sum()).collect();
+        Moments::combine(&m, &Moments::of(&gb))
+    } else {
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Direct convolution, the definition, for checking im2col + GEMM.
+    fn conv_direct(g: &ConvGeom, w: &[f32], b: &[f32], x: &[f32]) -> Vec<f32> {
+        let p = g.pad as isize;
+        let mut y = vec![0f32; g.out_len()];
+        for o in 0..g.cout {
+            for yy in 0..g.oh {
+                for xx in 0..g.ow {
+                    let mut s = if g.bias { b[o] } else { 0.0 };
+                    for c in 0..g.cin {
+                        for ky in 0..g.k {
+                            for kx in 0..g.k {
+                                let sy = (yy * g.stride) as isize + ky as isize - p;
+                                let sx = (xx * g.stride) as isize + kx as isize - p;
+                                if sy >= 0 && sx >= 0 && (sy as usize) < g.h && (sx as usize) < g.w
+                                {
+                                    s += w[((o * g.cin + c) * g.k + ky) * g.k + kx]
+                                        * x[c * g.h * g.w + sy as usize * g.w + sx as usize];
+                                }
+                            }
+                        }
+                    }
+                    y[o * g.ohw() + yy * g.ow + xx] = s;
+                }
+            }
+        }
+        y
+    }
+
+    fn geoms() -> Vec<ConvGeom> {
+        vec![
+            ConvGeom::new(2, 3, 3, 1, 1, 5, 4, true),
+            ConvGeom::new(2, 3, 3, 2, 1, 7, 6, true),
+            ConvGeom::new(2, 3, 3, 1, 0, 6, 5, false),
+            ConvGeom::new(3, 2, 5, 2, 0, 9, 8, true),
+            ConvGeom::new(2, 4, 1, 2, 0, 5, 6, false),
+        ]
+    }
+
+    #[test]
+    fn conv_matches_direct_definition() {
+        for g in geoms() {
+            let w: Vec<f32> = (0..g.weights())
+                .map(|i| ((i * 7 % 11) as f32 - 5.0) / 7.0)
+                .collect();
+            let b = vec![0.1, -0.2, 0.3, 0.05];
+            let x: Vec<f32> = (0..2 * g.in_len())
+                .map(|i| ((i * 5 % 13) as f32 - 6.0) / 9.0)
+                .collect();
+            let y = forward(&g, &w, &b[..g.cout], &x, 2);
+            for s in 0..2 {
+                let d = conv_direct(&g, &w, &b, &x[s * g.in_len()..(s + 1) * g.in_len()]);
+                for (a, e) in y[s * g.out_len()..(s + 1) * g.out_len()].iter().zip(&d) {
+                    assert!((a - e).abs() < 1e-5, "{g:?}: {a} vs {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn col2im_is_adjoint_of_im2col() {
+        // <im2col(x), c> == <x, col2im(c)> for any x, c
+        for g in geoms() {
+            let x: Vec<f32> = (0..g.in_len()).map(|i| (i as f32 * 0.37).sin()).collect();
+            let c: Vec<f32> = (0..g.cols_len()).map(|i| (i as f32 * 0.11).cos()).collect();
+            let mut cols = vec![0f32; g.cols_len()];
+            g.im2col(&x, &mut cols);
+            let mut back = vec![0f32; g.in_len()];
+            g.col2im(&c, &mut back);
+            let l: f64 = cols
+                .iter()
+                .zip(&c)
+                .map(|(a, b)| (*a as f64) * (*b as f64))
+                .sum();
+            let r: f64 = x
+                .iter()
+                .zip(&back)
+                .map(|(a, b)| (*a as f64) * (*b as f64))
+                .sum();
+            assert!((l - r).abs() < 1e-4, "{g:?}: {l} vs {r}");
+        }
+    }
+
+    /// The layer in a net, against candle autograd: stride 2, valid padding, no bias.
+    #[test]
+    fn strided_and_valid_convs_match_candle() {
+        use crate::arch::Spec;
+        let conv = |name: &str, out, kernel, stride, same, bias| Spec::Conv {
+            name: name.into(),
+            out,
+            kernel,
+            stride,
+            same,
+            bias,
+        };
+        super::super::oracle::check_specs(
+            vec![
+                conv("a", 4, 3, 2, true, true),
+                Spec::Act {
+                    name: "r".into(),
+                    slope: 0.1,
+                },
+                conv("b", 5, 3, 1, false, false),
+                Spec::Act {
+                    name: "r2".into(),
+                    slope: 0.0,
+                },
+                conv("c", 3, 5, 2, false, true),
+                Spec::Flatten { name: "f".into() },
+                Spec::Linear {
+                    name: "fc".into(),
+                    out: 0,
+                    bias: true,
+                },
+            ],
+            crate::data::Shape::new(2, 19, 17),
+            3,
+        );
+    }
+}

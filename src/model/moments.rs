@@ -1,0 +1,172 @@
+//! Moments of a set of values (the seven gradient statistics come from them), exact to combine
+//! across sets, and the linear layer's per-sample gradient moments without forming the
+//! gradient.
+
+/// Central-moment summary of a set of values: count, mean, M2..M4 (sums of powered
+/// deviations), L1, min, max. Combined exactly across sets (Chan/Pébay).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Moments {
+    pub n: f64,
+    pub mean: f64,
+    pub m2: f64,
+    pub m3: f64,
+    pub m4: f64,
+    pub l1: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Moments {
+    pub const EMPTY: Moments = Moments {
+        n: 0.0,
+        mean: 0.0,
+        m2: 0.0,
+        m3: 0.0,
+        m4: 0.0,
+        l1: 0.0,
+        min: f64::INFINITY,
+        max: f64::NEG_INFINITY,
+    };
+
+    /// Two passes over the values (mean, then powered deviations), f64 throughout.
+    pub fn of(values: &[f32]) -> Moments {
+        let n = values.len() as f64;
+        if values.is_empty() {
+            return Moments::EMPTY;
+        }
+        let (mut s, mut l1, mut mn, mut mx) = (0f64, 0f64, f64::INFINITY, f64::NEG_INFINITY);
+        for &v in values {
+            let v = v as f64;
+            s += v;
+            l1 += v.abs();
+            mn = mn.min(v);
+            mx = mx.max(v);
+        }
+        let mean = s / n;
+        let (mut m2, mut m3, mut m4) = (0f64, 0f64, 0f64);
+        for &v in values {
+            let d = v as f64 - mean;
+            let d2 = d * d;
+            m2 += d2;
+            m3 += d2 * d;
+            m4 += d2 * d2;
+        }
+        Moments {
+            n,
+            mean,
+            m2,
+            m3,
+            m4,
+            l1,
+            min: mn,
+            max: mx,
+        }
+    }
+
+    /// From raw power sums S1..S4 of `n` values (used where the values factorise).
+    pub fn from_power_sums(n: f64, s: [f64; 4], l1: f64, min: f64, max: f64) -> Moments {
+        let mu = s[0] / n;
+        let m2 = (s[1] - n * mu * mu).max(0.0);
+        let m3 = s[2] - 3.0 * mu * s[1] + 3.0 * mu * mu * s[0] - n * mu.powi(3);
+        let m4 = (s[3] - 4.0 * mu * s[2] + 6.0 * mu * mu * s[1] - 4.0 * mu.powi(3) * s[0]
+            + n * mu.powi(4))
+        .max(0.0);
+        Moments {
+            n,
+            mean: mu,
+            m2,
+            m3,
+            m4,
+            l1,
+            min,
+            max,
+        }
+    }
+
+    /// Moments of the union of two value sets.
+    pub fn combine(a: &Moments, b: &Moments) -> Moments {
+        if a.n == 0.0 {
+            return *b;
+        }
+        if b.n == 0.0 {
+            return *a;
+        }
+        let n = a.n + b.n;
+        let d = b.mean - a.mean;
+        let (na, nb) = (a.n, b.n);
+        let mean = a.mean + d * nb / n;
+        let m2 = a.m2 + b.m2 + d * d * na * nb / n;
+        let m3 = a.m3
+            + b.m3
+            + d.powi(3) * na * nb * (na - nb) / (n * n)
+            + 3.0 * d * (na * b.m2 - nb * a.m2) / n;
+        let m4 = a.m4
+            + b.m4
+            + d.powi(4) * na * nb * (na * na - na * nb + nb * nb) / n.powi(3)
+            + 6.0 * d * d * (na * na * b.m2 + nb * nb * a.m2) / (n * n)
+            + 4.0 * d * (na * b.m3 - nb * a.m3) / n;
+        Moments {
+            n,
+            mean,
+            m2,
+            m3,
+            m4,
+            l1: a.l1 + b.l1,
+            min: a.min.min(b.min),
+            max: a.max.max(b.max),
+        }
+    }
+
+    /// [l1, l2, min, max, mean, skew, kurt] (population moments; skew and kurt 0 when m2 = 0).
+    pub fn stats(&self) -> [f64; 7] {
+        let l2 = (self.m2 + self.n * self.mean * self.mean).max(0.0).sqrt();
+        let (c2, c3, c4) = (self.m2 / self.n, self.m3 / self.n, self.m4 / self.n);
+        let (skew, kurt) = if c2 > 0.0 {
+            (c3 / c2.powf(1.5), c4 / (c2 * c2) - 3.0)
+        } else {
+            (0.0, 0.0)
+        };
+        [self.l1, l2, self.min, self.max, self.mean, skew, kurt]
+    }
+}
+
+/// Moments of the linear layer's per-sample gradient without forming it: weight entries are
+/// g_i·a_j (g = dL/d(output), a = the layer's input), so their power sums factorise and min/max
+/// come from the four corner products; bias entries (with `bias`) are g_i. With `zero_sum` (g
+/// sums to zero in exact arithmetic, as every softmax output gradient does) the entries' sum,
+/// Σg·(Σa + 1), is exactly 0 and is written as such instead of the rounding noise of the f32
+/// values.
+pub fn linear_moments(g: &[f32], a: &[f32], zero_sum: bool, bias: bool) -> Moments {
+    let pw = |v: &[f32]| {
+        let mut s = [0f64; 4];
+        let (mut l1, mut mn, mut mx) = (0f64, f64::INFINITY, f64::NEG_INFINITY);
+        for &x in v {
+            let x = x as f64;
+            s[0] += x;
+            s[1] += x * x;
+            s[2] += x * x * x;
+            s[3] += x * x * x * x;
+            l1 += x.abs();
+            mn = mn.min(x);
+            mx = mx.max(x);
+        }
+        (s, l1, mn, mx)
+    };
+    let (gs, gl1, gmin, gmax) = pw(g);
+    let (as_, al1, amin, amax) = pw(a);
+    let corners = [gmin * amin, gmin * amax, gmax * amin, gmax * amax];
+    let wmin = corners.iter().cloned().fold(f64::INFINITY, f64::min);
+    let wmax = corners.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let b = if bias { 1.0 } else { 0.0 };
+    let n = (g.len() * a.len()) as f64 + b * g.len() as f64;
+    let mut s = [0, 1, 2, 3].map(|k| gs[k] * as_[k] + b * gs[k]);
+    if zero_sum {
+        s[0] = 0.0;
+    }
+    let (mn, mx) = if bias {
+        (wmin.min(gmin), wmax.max(gmax))
+    } else {
+        (wmin, wmax)
+    };
+    Moments::from_power_sums(n, s, gl1 * al1 + b * gl1, mn, mx)
+}
