@@ -1,81 +1,87 @@
-"""PyTorch reference for `metaclf bench`: the same default CNN as bench/reference_jax.py (conv3x3
-16 → leaky ReLU → maxpool 2 → dropout → conv3x3 16 → leaky ReLU → maxpool 2 → conv3x3 16 →
-leaky ReLU → dropout → fc 16·H/4·W/4 → 10), random weights, random input of shape C,H,W
-(--shape, default 1,28,28), on this machine's CPU with 2 threads:
+"""PyTorch reference for `metaclf bench`, in the strongest formulation we know: the same
+network as metaclf's (`--arch FILE`, the JSON `metaclf bench` writes; default the paper's CNN),
+random weights, random input of shape C,H,W, this machine's CPU with 2 threads:
 
-- grad: per-sample gradient of -log softmax at the predicted label with torch.func
-  vmap(grad(functional_call)), reduced to the same 35 statistics (L1, L2, min, max, mean,
-  skewness, kurtosis per layer and for all layers), batch 256;
-- train: one SGD-with-momentum training step (dropout on, batch 128).
+- grad: per-sample gradient of -log softmax at the predicted label, all layers' weights, with
+  torch.func in ONE forward+backward per batch: vmap(grad(f, has_aux=True)) where f computes
+  the logits once and takes the loss at their own argmax (no separate forward pass for the
+  prediction); the 7 statistics (L1, L2, min, max, mean, skewness, kurtosis) per layer and
+  for all layers are then computed on the stacked [B, P] per-sample gradients with batched
+  reductions along dim 1 (not vmap-ed); batch norm in evaluation mode;
+- train: one eager training step (SGD with momentum, dropout and batch norm in training
+  mode, batch min(B, 128)).
 
     pip install torch
-    python3 bench/reference_torch.py --shape 2,64,64   # prints one JSON object, images/s
+    python3 bench/reference_torch.py --shape 2,64,64 --arch arch.json   # one JSON object
 """
 import argparse
 import json
+import os
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_net import build, paper_arch  # noqa: E402
+
 ap = argparse.ArgumentParser()
 ap.add_argument("--shape", default="1,28,28", help="C,H,W")
+ap.add_argument("--arch", help="metaclf layer list (JSON); default the paper's CNN")
+ap.add_argument("--batch", type=int, default=256)
 ap.add_argument("--threads", type=int, default=2)
+ap.add_argument("--compile", action="store_true", help="torch.compile the gradient function")
 args = ap.parse_args()
 C, H, W = (int(v) for v in args.shape.split(","))
 torch.set_num_threads(args.threads)
 torch.manual_seed(0)
+arch = json.load(open(args.arch)) if args.arch else paper_arch((C, H, W))
+arch["input"] = [C, H, W]
+K = arch["classes"]
+B = args.batch
 
-
-class Net(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = torch.nn.Conv2d(C, 16, 3, padding=1)
-        self.conv2 = torch.nn.Conv2d(16, 16, 3, padding=1)
-        self.conv3 = torch.nn.Conv2d(16, 16, 3, padding=1)
-        self.fc = torch.nn.Linear(16 * (H // 4) * (W // 4), 10)
-        self.drop = torch.nn.Dropout(0.25)
-
-    def forward(self, x):
-        h = self.drop(F.max_pool2d(F.leaky_relu(self.conv1(x), 0.01), 2))
-        h = F.max_pool2d(F.leaky_relu(self.conv2(h), 0.01), 2)
-        h = self.drop(F.leaky_relu(self.conv3(h), 0.01))
-        return self.fc(h.flatten(1))
-
-
-net = Net()
+net = build(arch)
 net.eval()
 params = {k: v.detach() for k, v in net.named_parameters()}
-LAYERS = ["conv1", "conv2", "conv3", "fc"]
+buffers = {k: v.detach() for k, v in net.named_buffers()}
+# parameterised layers in graph order, each with its tensors (weight, bias)
+layers = []
+for k in params:
+    layer = k.rsplit(".", 1)[0]
+    if layer not in layers:
+        layers.append(layer)
 
 
-def stats(v):
-    m = v.mean()
+def loss_at_own_pred(p, x):
+    out = functional_call(net, (p, buffers), (x[None],))[0]
+    pred = out.detach().argmax()
+    return -torch.gather(torch.log_softmax(out, 0), 0, pred[None])[0], out
+
+
+per_sample = vmap(grad(loss_at_own_pred, has_aux=True), in_dims=(None, 0))
+if args.compile:
+    per_sample = torch.compile(per_sample)
+
+
+def stats_rows(v):
+    """The 7 statistics of each row of v [B, P]."""
+    m = v.mean(1, keepdim=True)
     d = v - m
-    m2, m3, m4 = (d * d).mean(), (d ** 3).mean(), (d ** 4).mean()
+    d2 = d * d
+    m2, m3, m4 = d2.mean(1), (d2 * d).mean(1), (d2 * d2).mean(1)
     ok = m2 > 0
     safe = torch.where(ok, m2, torch.ones_like(m2))
-    skew = torch.where(ok, m3 / safe ** 1.5, torch.zeros_like(m2))
-    kurt = torch.where(ok, m4 / safe ** 2 - 3.0, torch.zeros_like(m2))
-    return torch.stack([v.abs().sum(), v.square().sum().sqrt(), v.min(), v.max(), m, skew, kurt])
-
-
-def loss_at_pred(p, x, pred):
-    out = functional_call(net, p, (x[None],))[0]
-    return -torch.gather(torch.log_softmax(out, 0), 0, pred[None])[0]
-
-
-per_sample = vmap(grad(loss_at_pred), in_dims=(None, 0, 0))
+    skew = torch.where(ok, m3 / safe**1.5, torch.zeros_like(m2))
+    kurt = torch.where(ok, m4 / safe**2 - 3.0, torch.zeros_like(m2))
+    return torch.stack([v.abs().sum(1), v.square().sum(1).sqrt(), v.amin(1), v.amax(1), m[:, 0], skew, kurt], 1)
 
 
 def grad_batch(x):
-    with torch.no_grad():
-        pred = net(x).argmax(1)
-    g = per_sample(params, x, pred)
-    per = [torch.cat([g[n + ".weight"].flatten(1), g[n + ".bias"].flatten(1)], 1) for n in LAYERS]
-    out = [vmap(stats)(v) for v in per] + [vmap(stats)(torch.cat(per, 1))]
-    return torch.cat(out, 1)
+    g, _ = per_sample(params, x)
+    per = [torch.cat([g[k].flatten(1) for k in params if k.rsplit(".", 1)[0] == l], 1) for l in layers]
+    return torch.cat([stats_rows(v) for v in per] + [stats_rows(torch.cat(per, 1))], 1)
 
 
 def rate(n, f):
@@ -88,25 +94,28 @@ def rate(n, f):
     return n * reps / (time.perf_counter() - t)
 
 
-x256 = torch.rand(256, C, H, W)
-x128, y128 = x256[:128], torch.arange(128) % 10
-tnet = Net()
+x = torch.rand(B, C, H, W)
+TB = min(B, 128)
+xt, yt = x[:TB], torch.arange(TB) % K
+tnet = build(arch)
 tnet.train()
 opt = torch.optim.SGD(tnet.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
 
 
 def train_step():
     opt.zero_grad()
-    F.cross_entropy(tnet(x128), y128).backward()
+    F.cross_entropy(tnet(xt), yt).backward()
     opt.step()
 
 
 out = {
-    "name": "torch.func",
-    "grad": rate(256, lambda: grad_batch(x256)),
-    "train": rate(128, train_step),
+    "name": "torch.func" + (" compiled" if args.compile else ""),
+    "grad": rate(B, lambda: grad_batch(x)),
+    "train": rate(TB, train_step),
+    "params": sum(p.numel() for p in params.values()),
     "version": torch.__version__,
     "threads": torch.get_num_threads(),
     "shape": [C, H, W],
+    "batch": B,
 }
 print(json.dumps(out))

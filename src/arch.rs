@@ -150,6 +150,36 @@ impl Spec {
     }
 }
 
+/// A layer as JSON (`kind`, `name` and its settings), the form `metaclf bench` hands the
+/// reference scripts (bench/torch_net.py builds the same net in PyTorch from it).
+pub fn spec_json(s: &Spec) -> serde_json::Value {
+    use serde_json::json;
+    let mut v = match s {
+        Spec::Conv {
+            out,
+            kernel,
+            stride,
+            same,
+            bias,
+            ..
+        } => json!({"out": out, "kernel": kernel, "stride": stride,
+                    "padding": if *same { kernel / 2 } else { 0 }, "bias": bias}),
+        Spec::BatchNorm { eps, momentum, .. } => json!({"eps": eps, "momentum": momentum}),
+        Spec::Act { slope, .. } => json!({"slope": slope}),
+        Spec::MaxPool { kernel, stride, .. } | Spec::AvgPool { kernel, stride, .. } => {
+            json!({"kernel": kernel, "stride": stride})
+        }
+        Spec::Dropout { rate, .. } => json!({"rate": rate}),
+        Spec::Linear { out, bias, .. } => json!({"out": out, "bias": bias}),
+        Spec::Residual { out, stride, .. } => json!({"out": out, "stride": stride}),
+        Spec::Crop { h, w, .. } => json!({"size": [h, w]}),
+        Spec::GlobalAvgPool { .. } | Spec::Flatten { .. } => json!({}),
+    };
+    v["kind"] = json!(s.kind());
+    v["name"] = json!(s.name());
+    v
+}
+
 /// The layer kinds a config may name.
 pub const KINDS: [&str; 12] = [
     "conv",

@@ -148,9 +148,14 @@ pub fn extend(opts: &crate::extend::ExtendOptions) -> Result<Vec<String>> {
 pub struct BenchArgs {
     pub json: bool,
     pub reference: Vec<PathBuf>,
-    pub shape: data::Shape,
+    /// Input shape (None: the config's, or 28×28×1).
+    pub shape: Option<data::Shape>,
     pub python: String,
     pub only: Vec<String>,
+    /// The net of this config's `[model]` (None: the paper's net).
+    pub config: Option<PathBuf>,
+    /// Images per batch of the forward, MC and gradient benchmarks.
+    pub batch: usize,
 }
 
 /// `metaclf bench`: the throughput table (or one JSON object), with the reference scripts'
@@ -169,11 +174,35 @@ pub fn bench(a: &BenchArgs) -> Result<Vec<String>> {
     } else {
         a.only.iter().map(String::as_str).collect()
     };
-    let r = crate::bench::run_only(42, a.shape, &only)?;
+    let arch = match &a.config {
+        None => crate::model::Arch::paper_at(a.shape.unwrap_or(data::Shape::MNIST)),
+        Some(p) => {
+            let cfg = Config::load(p)?;
+            let classes = if cfg.data.class_names.is_empty() {
+                10
+            } else {
+                cfg.data.class_names.len()
+            };
+            let mut arch = crate::model::Arch::from_config(&cfg, classes);
+            if let Some(s) = a.shape {
+                arch.input = s;
+            }
+            arch.plan()?;
+            arch
+        }
+    };
+    if a.batch == 0 || a.batch > crate::config::MAX_BATCH {
+        return Err(other(format!(
+            "--batch {}: must be 1..={}",
+            a.batch,
+            crate::config::MAX_BATCH
+        )));
+    }
+    let r = crate::bench::run_only(42, &arch, a.batch, &only)?;
     let refs = a
         .reference
         .iter()
-        .map(|p| crate::bench::reference(&a.python, p, a.shape))
+        .map(|p| crate::bench::reference(&a.python, p, &arch, a.batch))
         .collect::<std::result::Result<Vec<_>, String>>()
         .map_err(other)?;
     if a.json {
@@ -182,8 +211,15 @@ pub fn bench(a: &BenchArgs) -> Result<Vec<String>> {
         return Ok(vec![v.to_string()]);
     }
     let mut lines = vec![format!(
-        "images/s on {} threads (default net, random weights, {} input):",
-        r.threads, a.shape
+        "images/s on {} threads ({}, {} parameters, random weights, {} input, batch {}):",
+        r.threads,
+        match &a.config {
+            Some(p) => format!("the net of {}", p.display()),
+            None => "default net".into(),
+        },
+        r.params,
+        arch.input,
+        r.batch
     )];
     for (k, v) in [
         ("forward (batch 256)", r.forward),

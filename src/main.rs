@@ -156,9 +156,16 @@ enum Cmd {
         /// repeat for several) at the same shape in the same run, and report the ratios.
         #[arg(long)]
         reference: Vec<PathBuf>,
-        /// Input shape C,H,W (e.g. 2,64,64).
-        #[arg(long, default_value = "1,28,28", value_parser = parse_shape)]
-        shape: data::Shape,
+        /// Input shape C,H,W (e.g. 2,64,64; default 1,28,28, or the config's).
+        #[arg(long, value_parser = parse_shape)]
+        shape: Option<data::Shape>,
+        /// Benchmark the network of this config's [model] (its layer list) instead of the
+        /// paper's net.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Images per batch (forward, MC dropout, gradient metrics; training takes ≤ 128).
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
         /// Python interpreter for the reference scripts.
         #[arg(long, default_value = "python3")]
         python: String,
@@ -377,12 +384,16 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             shape,
             python,
             only,
+            config,
+            batch,
         } => c::bench(&c::BenchArgs {
             json,
             reference,
             shape,
             python,
             only,
+            config,
+            batch,
         })?,
     };
     for l in lines {

@@ -853,3 +853,163 @@ mod tests {
         assert_eq!(la[2], lb[0]);
     }
 }
+
+#[cfg(test)]
+mod torch_tests {
+    use super::*;
+    use crate::arch::Spec;
+
+    /// Every gradient statistic of every layer of a small residual + batch-norm net, plain and
+    /// confident rows (1 − msp to ~4e-9), within 1e-4 relative of PyTorch's torch.func in
+    /// float64 (tests/fixtures/torch_grad_stats.json, made by
+    /// tests/fixtures/make_torch_grad_fixtures.py with the same weights).
+    #[test]
+    fn gradient_statistics_equal_torch_func() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/torch_grad_stats.json"
+        ))
+        .unwrap();
+        let f: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let bn = |n: &str| Spec::BatchNorm {
+            name: n.into(),
+            eps: 1e-5,
+            momentum: 0.1,
+        };
+        let relu = |n: &str| Spec::Act {
+            name: n.into(),
+            slope: 0.0,
+        };
+        let arch = Arch {
+            input: crate::data::Shape::new(1, 10, 10),
+            classes: 3,
+            specs: vec![
+                Spec::Conv {
+                    name: "stem".into(),
+                    out: 4,
+                    kernel: 3,
+                    stride: 1,
+                    same: true,
+                    bias: false,
+                },
+                bn("stem_bn"),
+                relu("relu"),
+                Spec::Residual {
+                    name: "block1".into(),
+                    out: 6,
+                    stride: 2,
+                },
+                Spec::Residual {
+                    name: "block2".into(),
+                    out: 6,
+                    stride: 1,
+                },
+                Spec::GlobalAvgPool {
+                    name: "pool".into(),
+                },
+                Spec::Linear {
+                    name: "fc1".into(),
+                    out: 8,
+                    bias: true,
+                },
+                bn("bn_fc1"),
+                relu("relu_fc1"),
+                Spec::Dropout {
+                    name: "drop".into(),
+                    rate: 0.5,
+                },
+                Spec::Linear {
+                    name: "fc".into(),
+                    out: 0,
+                    bias: true,
+                },
+            ],
+        };
+        use rand::SeedableRng;
+        let mut base = Net::new(arch, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
+        let names: Vec<String> = f["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            base.layer_names(),
+            names,
+            "the same layers in the same order as PyTorch's"
+        );
+        let state = &f["state"];
+        let vals = |k: &str| -> Vec<f32> {
+            state[k]["values"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{k} in the fixture"))
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect()
+        };
+        for l in base.layers.iter_mut() {
+            l.w = vals(&format!("{}.weight", l.name));
+            if !l.b.is_empty() {
+                l.b = vals(&format!("{}.bias", l.name));
+            }
+            if l.kind == ParamKind::BatchNorm {
+                l.running_mean = vals(&format!("{}.running_mean", l.name));
+                l.running_var = vals(&format!("{}.running_var", l.name));
+            }
+        }
+        let x: Vec<f32> = f["x"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let rows = f["rows"].as_array().unwrap();
+        let nl = base.layers.len() + 1;
+        let mut confident = 0;
+        for (g, chunk) in rows.chunks(8).enumerate() {
+            let mut net = base.clone();
+            let raise = chunk[0]["fc_bias_raise"].as_f64().unwrap() as f32;
+            net.layers.last_mut().unwrap().b[1] += raise;
+            let (_, stats, _) = crate::features::grad_stats_batch(&net, &x, 8);
+            let logits = net.forward(&x, 8, None, false).logits;
+            for (i, r) in chunk.iter().enumerate() {
+                let z: Vec<f64> = r["logits"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap())
+                    .collect();
+                for (a, b) in logits[i * 3..i * 3 + 3].iter().zip(&z) {
+                    assert!(
+                        (*a as f64 - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                        "group {g} row {i}: logit {a} vs {b}"
+                    );
+                }
+                assert_eq!(
+                    argmax_rows(&logits[i * 3..i * 3 + 3], 3)[0] as u64,
+                    r["pred"].as_u64().unwrap()
+                );
+                confident += (r["one_minus_msp"].as_f64().unwrap() < 1e-6) as usize;
+                for (l, want) in r["stats"].as_array().unwrap().iter().enumerate() {
+                    let want: [f64; 7] = std::array::from_fn(|j| want[j].as_f64().unwrap());
+                    let n = if l + 1 < nl {
+                        net.layers[l].len()
+                    } else {
+                        net.num_params()
+                    };
+                    for j in 0..7 {
+                        let got = stats[i * nl + l][j];
+                        assert!(
+                            (got - want[j]).abs() <= super::super::oracle::tolerance(j, &want, n),
+                            "group {g} row {i} layer {} stat {}: {got} vs torch {}",
+                            names.get(l).map_or("all", |s| s.as_str()),
+                            crate::features::GRAD_STATS[j],
+                            want[j]
+                        );
+                    }
+                }
+            }
+        }
+        assert!(confident >= 6, "{confident} confident rows");
+    }
+}

@@ -1,0 +1,116 @@
+"""The network of a metaclf layer list in PyTorch, with metaclf's (PyTorch's) parameter names, so
+that a metaclf checkpoint loads with `load_state_dict` and a PyTorch reference runs the very
+same architecture. The layer list is the JSON `metaclf bench` hands the reference scripts:
+{"input": [C, H, W], "classes": K, "layers": [{"kind": ..., "name": ..., ...}, ...]}.
+
+    from torch_net import build, paper_arch
+    net = build(json.load(open("arch.json")))
+    net.load_state_dict(safetensors.torch.load_file("run/model.safetensors"))
+"""
+import torch
+import torch.nn.functional as F
+
+
+class Block(torch.nn.Module):
+    """metaclf's residual block: ReLU(bn2(conv2(ReLU(bn1(conv1(x))))) + shortcut(x))."""
+
+    def __init__(self, cin, out, stride):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(cin, out, 3, stride, 1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(out)
+        self.conv2 = torch.nn.Conv2d(out, out, 3, 1, 1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(out)
+        self.shortcut = torch.nn.Sequential()
+        if stride != 1 or cin != out:
+            self.shortcut = torch.nn.Sequential(
+                torch.nn.Conv2d(cin, out, 1, stride, 0, bias=False), torch.nn.BatchNorm2d(out)
+            )
+
+    def forward(self, x):
+        h = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(h)) + self.shortcut(x))
+
+
+class Crop(torch.nn.Module):
+    """Centre crop (metaclf's crop layer in evaluation mode; training crops at random)."""
+
+    def __init__(self, h, w):
+        super().__init__()
+        self.h, self.w = h, w
+
+    def forward(self, x):
+        oy, ox = (x.shape[2] - self.h) // 2, (x.shape[3] - self.w) // 2
+        if self.training:
+            oy = int(torch.randint(0, x.shape[2] - self.h + 1, ()))
+            ox = int(torch.randint(0, x.shape[3] - self.w + 1, ()))
+        return x[:, :, oy : oy + self.h, ox : ox + self.w]
+
+
+class Net(torch.nn.Module):
+    def __init__(self, arch):
+        super().__init__()
+        c, h, w = arch["input"]
+        self.order = []
+        for l in arch["layers"]:
+            k, name = l["kind"], l["name"]
+            if k == "conv":
+                m = torch.nn.Conv2d(c, l["out"], l["kernel"], l["stride"], l["padding"], bias=l["bias"])
+                c = l["out"]
+                h = (h + 2 * l["padding"] - l["kernel"]) // l["stride"] + 1
+                w = (w + 2 * l["padding"] - l["kernel"]) // l["stride"] + 1
+            elif k == "batchnorm":
+                cls = torch.nn.BatchNorm2d if h * w > 1 else torch.nn.BatchNorm1d
+                m = cls(c, eps=l["eps"], momentum=l["momentum"])
+            elif k in ("relu", "leaky_relu"):
+                m = torch.nn.LeakyReLU(l["slope"]) if l["slope"] > 0 else torch.nn.ReLU()
+            elif k in ("maxpool", "avgpool"):
+                cls = torch.nn.MaxPool2d if k == "maxpool" else torch.nn.AvgPool2d
+                m = cls(l["kernel"], l["stride"])
+                h, w = (h - l["kernel"]) // l["stride"] + 1, (w - l["kernel"]) // l["stride"] + 1
+            elif k == "global_avgpool":
+                m = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+                h = w = 1
+            elif k == "flatten":
+                m = torch.nn.Flatten()
+                c, h, w = c * h * w, 1, 1
+            elif k == "dropout":
+                m = torch.nn.Dropout(l["rate"])
+            elif k == "linear":
+                out = l["out"] or arch["classes"]
+                m = torch.nn.Linear(c * h * w, out, bias=l["bias"])
+                c, h, w = out, 1, 1
+            elif k == "residual":
+                m = Block(c, l["out"], l["stride"])
+                c = l["out"]
+                h, w = (h + 2 - 3) // l["stride"] + 1, (w + 2 - 3) // l["stride"] + 1
+            elif k == "crop":
+                m = Crop(*l["size"])
+                h, w = l["size"]
+            else:
+                raise ValueError(f"layer kind {k}")
+            self.add_module(name, m)
+            self.order.append(name)
+
+    def forward(self, x):
+        for n in self.order:
+            x = getattr(self, n)(x)
+        return x
+
+
+def paper_arch(shape, classes=10):
+    """The paper's CNN as a layer list (metaclf's legacy [model] keys)."""
+    layers = []
+    for i, (pool, drop) in enumerate([(True, True), (True, False), (False, True)], 1):
+        layers.append({"kind": "conv", "name": f"conv{i}", "out": 16, "kernel": 3, "stride": 1, "padding": 1, "bias": True})
+        layers.append({"kind": "leaky_relu", "name": f"act{i}", "slope": 0.01})
+        if pool:
+            layers.append({"kind": "maxpool", "name": f"pool{i}", "kernel": 2, "stride": 2})
+        if drop:
+            layers.append({"kind": "dropout", "name": f"drop{i}", "rate": 0.25})
+    layers.append({"kind": "flatten", "name": "flatten"})
+    layers.append({"kind": "linear", "name": "fc", "out": 0, "bias": True})
+    return {"input": list(shape), "classes": classes, "layers": layers}
+
+
+def build(arch):
+    return Net(arch)
