@@ -64,7 +64,7 @@ pub enum Spec {
     /// ReLU (slope 0) or leaky ReLU.
     Act {
         name: String,
-        slope: f32,
+        slope: f64,
     },
     MaxPool {
         name: String,
@@ -85,7 +85,7 @@ pub enum Spec {
     /// Dropout: inverted scaling in training and in MC passes, the identity otherwise.
     Dropout {
         name: String,
-        rate: f32,
+        rate: f64,
     },
     /// Fully connected; `out` 0 means the number of classes.
     Linear {
@@ -180,6 +180,52 @@ pub fn spec_json(s: &Spec) -> serde_json::Value {
     v
 }
 
+/// A layer as a `[[model.layers]]` entry (every setting written out).
+pub fn to_raw(s: &Spec) -> RawLayer {
+    let mut r = RawLayer {
+        kind: s.kind().to_string(),
+        name: Some(s.name().to_string()),
+        ..Default::default()
+    };
+    match s {
+        Spec::Conv {
+            out,
+            kernel,
+            stride,
+            same,
+            bias,
+            ..
+        } => {
+            r.out = Some(*out);
+            r.kernel = Some(*kernel);
+            r.stride = Some(*stride);
+            r.padding = Some(if *same { "same" } else { "valid" }.into());
+            r.bias = Some(*bias);
+        }
+        Spec::BatchNorm { eps, momentum, .. } => {
+            r.eps = Some(*eps);
+            r.momentum = Some(*momentum);
+        }
+        Spec::Act { slope, .. } if *slope > 0.0 => r.slope = Some(*slope),
+        Spec::MaxPool { kernel, stride, .. } | Spec::AvgPool { kernel, stride, .. } => {
+            r.kernel = Some(*kernel);
+            r.stride = Some(*stride);
+        }
+        Spec::Dropout { rate, .. } => r.rate = Some(*rate),
+        Spec::Linear { out, bias, .. } => {
+            r.out = (*out > 0).then_some(*out);
+            r.bias = Some(*bias);
+        }
+        Spec::Residual { out, stride, .. } => {
+            r.out = Some(*out);
+            r.stride = Some(*stride);
+        }
+        Spec::Crop { h, w, .. } => r.size = Some([*h, *w]),
+        _ => {}
+    }
+    r
+}
+
 /// The layer kinds a config may name.
 pub const KINDS: [&str; 12] = [
     "conv",
@@ -236,7 +282,7 @@ fn keys_set(r: &RawLayer) -> Vec<&'static str> {
 
 /// Largest kernel, stride, channel count and feature count a layer may ask for.
 pub const MAX_KERNEL: usize = 15;
-pub const MAX_STRIDE: usize = 8;
+pub const MAX_STRIDE: usize = 15;
 pub const MAX_WIDTH: usize = 1 << 16;
 /// Most layers in a list.
 pub const MAX_LAYERS: usize = 256;
@@ -373,7 +419,7 @@ pub fn parse_layers(raw: &[RawLayer]) -> Result<Vec<Spec>, (usize, String)> {
             }
             "relu" => Spec::Act { name, slope: 0.0 },
             "leaky_relu" => Spec::Act {
-                slope: unit(r.slope, "slope", 0.01, false)? as f32,
+                slope: unit(r.slope, "slope", 0.01, false)?,
                 name,
             },
             "maxpool" | "avgpool" => {
@@ -396,7 +442,7 @@ pub fn parse_layers(raw: &[RawLayer]) -> Result<Vec<Spec>, (usize, String)> {
             "global_avgpool" => Spec::GlobalAvgPool { name },
             "flatten" => Spec::Flatten { name },
             "dropout" => Spec::Dropout {
-                rate: unit(r.rate, "rate", 0.5, false)? as f32,
+                rate: unit(r.rate, "rate", 0.5, false)?,
                 name,
             },
             "linear" => {
@@ -438,8 +484,8 @@ pub fn parse_layers(raw: &[RawLayer]) -> Result<Vec<Spec>, (usize, String)> {
 pub fn legacy(
     channels: &[usize],
     kernel: usize,
-    slope: f32,
-    dropout: f32,
+    slope: f64,
+    dropout: f64,
     pool_after: &[bool],
     dropout_after: &[bool],
     pool: usize,

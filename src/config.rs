@@ -764,8 +764,8 @@ impl ModelSection {
             crate::arch::legacy(
                 &self.channels,
                 self.kernel,
-                self.leaky_slope as f32,
-                self.dropout as f32,
+                self.leaky_slope,
+                self.dropout,
                 &names
                     .iter()
                     .map(|n| self.pool_after.contains(n))
@@ -1157,9 +1157,40 @@ fn positive(key: &str, v: f64) -> Result<()> {
     }
 }
 
-/// The default config, every key written out.
+/// The default config, every key written out, and (commented out) the same network as a
+/// `[[model.layers]]` list: the syntax for any other net.
 pub fn default_toml() -> String {
-    toml::to_string_pretty(&RawConfig::default()).expect("config serializes")
+    let mut text = toml::to_string_pretty(&RawConfig::default()).expect("config serializes");
+    #[derive(Serialize)]
+    struct Layers {
+        layers: Vec<crate::arch::RawLayer>,
+    }
+    #[derive(Serialize)]
+    struct Model {
+        model: Layers,
+    }
+    let m = Model {
+        model: Layers {
+            layers: ModelSection::default()
+                .specs()
+                .iter()
+                .map(crate::arch::to_raw)
+                .collect(),
+        },
+    };
+    text.push_str(
+        "\n# The [model] keys above (channels, kernel, …) mean the paper's net. The same net as a\n\
+         # layer list, the form for any other (kinds: conv, batchnorm, relu, leaky_relu, maxpool,\n\
+         # avgpool, global_avgpool, flatten, dropout, linear, residual, crop; see the README);\n\
+         # with model.layers, leave the keys above unset:\n#\n",
+    );
+    for line in toml::to_string_pretty(&m)
+        .expect("layers serialize")
+        .lines()
+    {
+        text.push_str(&format!("# {line}\n").replace("# \n", "#\n"));
+    }
+    text
 }
 
 #[cfg(test)]
@@ -1168,6 +1199,45 @@ mod tests {
 
     fn parse(s: &str) -> Result<Config> {
         Config::parse(s, Path::new("t.toml"))
+    }
+
+    #[test]
+    fn the_dumped_layer_list_is_the_paper_net() {
+        let text = default_toml();
+        assert!(parse(&text).is_ok());
+        let layers: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("# [[model.layers]]"))
+            .map(|l| l.trim_start_matches('#').trim_start())
+            .collect();
+        let c = parse(&layers.join("\n")).unwrap();
+        assert_eq!(c.layer_specs(), ModelSection::default().specs());
+        assert_eq!(c.layer_names(), ["conv1", "conv2", "conv3", "fc"]);
+    }
+
+    #[test]
+    fn layer_lists_are_checked_naming_the_layer() {
+        let bad = [
+            ("[[model.layers]]\nkind = \"conv\"\nout = 4\n[[model.layers]]\nkind = \"linear\"", "model.layers[1]", "flatten"),
+            ("[[model.layers]]\nkind = \"swish\"", "model.layers[0]", "unknown layer kind"),
+            ("[[model.layers]]\nkind = \"conv\"\nout = 4\nrate = 0.1", "model.layers[0]", "\"rate\""),
+            ("[[model.layers]]\nkind = \"conv\"\nout = 4\nfilters = 3", "", "filters"),
+            ("[model]\nchannels = [8]\n[[model.layers]]\nkind = \"flatten\"\n[[model.layers]]\nkind = \"linear\"", "model.channels", "not both"),
+            ("[[model.layers]]\nkind = \"conv\"\nout = 2\nkernel = 15\npadding = \"valid\"\n[[model.layers]]\nkind = \"maxpool\"\nkernel = 15\n[[model.layers]]\nkind = \"flatten\"\n[[model.layers]]\nkind = \"linear\"", "model.layers[1]", "2×14×14"),
+            ("[[model.layers]]\nkind = \"relu\"\n[[model.layers]]\nkind = \"crop\"\nsize = [2, 2]\n[[model.layers]]\nkind = \"flatten\"\n[[model.layers]]\nkind = \"linear\"", "model.layers[1]", "first layer"),
+            ("[train]\noptimizer = \"lion\"", "train.optimizer", "lion"),
+            ("[train]\nschedule = \"linear\"", "train.schedule", "linear"),
+            ("[train.augment]\nrotate = 400", "train.augment.rotate", "400"),
+        ];
+        for (text, key, want) in bad {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(want), "{text:?}: {e}");
+        }
+        let ok = "[[model.layers]]\nkind = \"conv\"\nname = \"stem\"\nout = 4\n[[model.layers]]\nkind = \"residual\"\nout = 8\nstride = 2\n[[model.layers]]\nkind = \"global_avgpool\"\n[[model.layers]]\nkind = \"linear\"\n[meta]\ngroups = [\"grad-block1\", \"grad-stem\", \"grad-block1.shortcut.1\"]";
+        let c = parse(ok).unwrap();
+        assert!(c.layer_names().contains(&"block1.shortcut.0".to_string()));
+        // the resolved config reads back to the same net
+        assert_eq!(parse(&c.to_toml()).unwrap().layer_specs(), c.layer_specs());
     }
 
     #[test]

@@ -135,7 +135,9 @@ pub fn build(specs: &[Spec], mut d: Dims, classes: usize, decls: &mut Vec<Decl>)
                     p: decls.len() - 1,
                 }
             }
-            Spec::Act { slope, .. } => Node::Act { slope: *slope },
+            Spec::Act { slope, .. } => Node::Act {
+                slope: *slope as f32,
+            },
             Spec::MaxPool { kernel, stride, .. } => {
                 Node::MaxPool(PoolGeom::new(c, h, w, *kernel, *stride))
             }
@@ -144,7 +146,7 @@ pub fn build(specs: &[Spec], mut d: Dims, classes: usize, decls: &mut Vec<Decl>)
             }
             Spec::GlobalAvgPool { .. } => Node::GlobalAvg { c, hw: h * w },
             Spec::Flatten { .. } => Node::Flatten,
-            Spec::Dropout { rate, .. } => Node::Dropout { rate: *rate },
+            Spec::Dropout { rate, .. } => Node::Dropout { rate: *rate as f32 },
             Spec::Linear { name, out, bias } => {
                 let inp = c * h * w;
                 let out = if *out == 0 { classes } else { *out };
