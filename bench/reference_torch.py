@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torch_net import build, paper_arch  # noqa: E402
+from torch_net import build  # noqa: E402
+from paper_arch import paper_arch  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--shape", default="1,28,28", help="C,H,W")

@@ -226,7 +226,7 @@ pub fn bench(a: &BenchArgs) -> Result<Vec<String>> {
         ("MC dropout (T=50)", r.mc_dropout),
         ("grad metrics, batched", r.grad_batched),
         ("grad metrics, naive batch-1 candle", r.grad_naive),
-        ("training step (batch 128)", r.train_step),
+        (&*format!("training step (batch {})", r.batch.min(128)), r.train_step),
     ] {
         lines.push(format!("  {k:<36} {v:>10.0}"));
     }
@@ -246,7 +246,8 @@ pub fn bench(a: &BenchArgs) -> Result<Vec<String>> {
             r.grad_batched / g
         ));
         lines.push(format!(
-            "  training step (batch 128)            {t:>10.0}   metaclf/{name} {:.2}×",
+            "  training step (batch {:<3})            {t:>10.0}   metaclf/{name} {:.2}×",
+            r.batch.min(128),
             r.train_step / t
         ));
     }

@@ -48,6 +48,11 @@ fn columns_is_a_leaf_and_data_does_not_read_the_config() {
         !source("columns.rs").contains("crate::"),
         "columns.rs imports from the crate"
     );
+    // the layer lists: the config validates them and the model builds its graph from them
+    assert!(
+        !source("arch.rs").contains("crate::"),
+        "arch.rs imports from the crate"
+    );
     let d = source("data");
     for m in [
         "config", "meta", "features", "model", "eval", "report", "pipeline",
