@@ -286,6 +286,10 @@ pub const MAX_STRIDE: usize = 15;
 pub const MAX_WIDTH: usize = 1 << 16;
 /// Most layers in a list.
 pub const MAX_LAYERS: usize = 256;
+/// Most values one layer may output per image (256 MB of f32), and most parameters of a net
+/// (1 GB of f32): bounds checked before anything is allocated.
+pub const MAX_ACTIVATION: usize = 1 << 26;
+pub const MAX_PARAMS: usize = 1 << 28;
 
 /// A layer name is 1–64 of `A-Z a-z 0-9 _ .`, not `all` (the whole net's columns) and not
 /// starting with a digit or dot: it becomes part of column names (`grad_<layer>_<stat>`) and
@@ -612,7 +616,7 @@ pub fn out_dims(s: &Spec, d: Dims, classes: usize) -> Result<Dims, String> {
             (c, oh, ow)
         }
         Spec::GlobalAvgPool { .. } => (c, 1, 1),
-        Spec::Flatten { .. } => (c * h * w, 1, 1),
+        Spec::Flatten { .. } => (c.saturating_mul(h).saturating_mul(w), 1, 1),
         Spec::Linear { out, .. } => {
             if h != 1 || w != 1 {
                 return Err(format!(
@@ -671,7 +675,10 @@ pub fn plan(specs: &[Spec], input: Dims, classes: usize) -> Result<Plan, (usize,
                 Spec::Conv {
                     name, kernel, bias, ..
                 } => {
-                    n_params += o.0 * d.0 * kernel * kernel + if *bias { o.0 } else { 0 };
+                    n_params = n_params.saturating_add(
+                        o.0.saturating_mul(d.0).saturating_mul(kernel * kernel)
+                            + if *bias { o.0 } else { 0 },
+                    );
                     params.push(name.clone());
                 }
                 Spec::BatchNorm { name, .. } => {
@@ -679,7 +686,8 @@ pub fn plan(specs: &[Spec], input: Dims, classes: usize) -> Result<Plan, (usize,
                     params.push(name.clone());
                 }
                 Spec::Linear { name, bias, .. } => {
-                    n_params += o.0 * d.0 + if *bias { o.0 } else { 0 };
+                    n_params = n_params
+                        .saturating_add(o.0.saturating_mul(d.0) + if *bias { o.0 } else { 0 });
                     params.push(name.clone());
                 }
                 _ => {}
@@ -728,6 +736,27 @@ pub fn plan(specs: &[Spec], input: Dims, classes: usize) -> Result<Plan, (usize,
                     ),
                 ));
             }
+        }
+        if o.0.saturating_mul(o.1).saturating_mul(o.2) > MAX_ACTIVATION {
+            return Err((
+                i,
+                format!(
+                    "{}: its output of {}×{}×{} values per image is more than the limit of {MAX_ACTIVATION}",
+                    label(i, s),
+                    o.0,
+                    o.1,
+                    o.2
+                ),
+            ));
+        }
+        if n_params > MAX_PARAMS {
+            return Err((
+                i,
+                format!(
+                    "{}: the net has {n_params} parameters up to here, more than the limit of {MAX_PARAMS}",
+                    label(i, s)
+                ),
+            ));
         }
         d = o;
         dims.push(o);
@@ -907,6 +936,24 @@ mod tests {
         }])
         .unwrap_err();
         assert!(m.contains("a-b"), "{m}");
+        // sizes that would not fit in memory are refused before anything is allocated
+        let s = parse_layers(&[
+            RawLayer {
+                out: Some(60000),
+                kernel: Some(15),
+                ..layer("conv")
+            },
+            RawLayer {
+                out: Some(60000),
+                kernel: Some(15),
+                ..layer("conv")
+            },
+            layer("flatten"),
+            layer("linear"),
+        ])
+        .unwrap();
+        let m = plan(&s, (1, 64, 64), 2).unwrap_err().1;
+        assert!(m.contains("more than the limit"), "{m}");
         // a last linear with the wrong number of outputs
         let s = parse_layers(&[
             layer("flatten"),

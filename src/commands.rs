@@ -226,7 +226,10 @@ pub fn bench(a: &BenchArgs) -> Result<Vec<String>> {
         ("MC dropout (T=50)", r.mc_dropout),
         ("grad metrics, batched", r.grad_batched),
         ("grad metrics, naive batch-1 candle", r.grad_naive),
-        (&*format!("training step (batch {})", r.batch.min(128)), r.train_step),
+        (
+            &*format!("training step (batch {})", r.batch.min(128)),
+            r.train_step,
+        ),
     ] {
         lines.push(format!("  {k:<36} {v:>10.0}"));
     }
