@@ -61,12 +61,19 @@ pub const NAMES: [&str; 5] = ["forward", "mc", "grad", "naive", "train"];
 
 /// Runs every benchmark of the paper's net at input `shape`.
 pub fn run(seed: u64, shape: Shape) -> crate::Result<BenchResult> {
-    run_only(seed, &Arch::paper_at(shape), 256, &NAMES)
+    run_only(seed, &Arch::paper_at(shape), None, 256, &NAMES)
 }
 
 /// Runs the benchmarks named in `only` (the others report 0) on a net of `arch` with random
-/// weights, `n` images per batch (the training step takes min(n, 128)).
-pub fn run_only(seed: u64, arch: &Arch, n: usize, only: &[&str]) -> crate::Result<BenchResult> {
+/// weights (or those of the checkpoint `weights`), `n` images per batch (the training step
+/// takes min(n, 128)).
+pub fn run_only(
+    seed: u64,
+    arch: &Arch,
+    weights: Option<&std::path::Path>,
+    n: usize,
+    only: &[&str],
+) -> crate::Result<BenchResult> {
     let on = |name: &str| only.contains(&name);
     let mut peaks = std::collections::BTreeMap::new();
     let mut rate = |name: &str, n: usize, f: &mut dyn FnMut()| {
@@ -81,7 +88,10 @@ pub fn run_only(seed: u64, arch: &Arch, n: usize, only: &[&str]) -> crate::Resul
         r
     };
     let mut rng = stage_rng(seed, "bench");
-    let net = Net::new(arch.clone(), &mut rng)?;
+    let net = match weights {
+        Some(p) => Net::load(arch.clone(), p)?,
+        None => Net::new(arch.clone(), &mut rng)?,
+    };
     let shape = arch.input;
     let k = arch.classes;
     let len = shape.len();

@@ -154,6 +154,8 @@ pub struct BenchArgs {
     pub only: Vec<String>,
     /// The net of this config's `[model]` (None: the paper's net).
     pub config: Option<PathBuf>,
+    /// A run folder: its config's net with its trained weights.
+    pub model: Option<PathBuf>,
     /// Images per batch of the forward, MC and gradient benchmarks.
     pub batch: usize,
 }
@@ -174,14 +176,26 @@ pub fn bench(a: &BenchArgs) -> Result<Vec<String>> {
     } else {
         a.only.iter().map(String::as_str).collect()
     };
-    let arch = match &a.config {
+    let config = match (&a.config, &a.model) {
+        (Some(_), Some(_)) => return Err(other("give --config or --model, not both")),
+        (c, None) => c.clone(),
+        (None, Some(run)) => Some(run.join("config.toml")),
+    };
+    let weights = a.model.as_ref().map(|r| r.join("model.safetensors"));
+    if weights.is_some() && a.shape.is_some() {
+        return Err(other(
+            "--shape: a trained model (--model) takes the shape it was trained at",
+        ));
+    }
+    let arch = match &config {
         None => crate::model::Arch::paper_at(a.shape.unwrap_or(data::Shape::MNIST)),
         Some(p) => {
             let cfg = Config::load(p)?;
-            let classes = if cfg.data.class_names.is_empty() {
-                10
-            } else {
-                cfg.data.class_names.len()
+            // a run's config names its classes in network order
+            let classes = match (cfg.data.class_names.is_empty(), cfg.data.classes.len()) {
+                (true, _) => 10,
+                (false, 0) => cfg.data.class_names.len() - cfg.data.unknown_classes.len(),
+                (false, k) => k,
             };
             let mut arch = crate::model::Arch::from_config(&cfg, classes);
             if let Some(s) = a.shape {
@@ -198,7 +212,7 @@ pub fn bench(a: &BenchArgs) -> Result<Vec<String>> {
             crate::config::MAX_BATCH
         )));
     }
-    let r = crate::bench::run_only(42, &arch, a.batch, &only)?;
+    let r = crate::bench::run_only(42, &arch, weights.as_deref(), a.batch, &only)?;
     let refs = a
         .reference
         .iter()
@@ -211,11 +225,12 @@ pub fn bench(a: &BenchArgs) -> Result<Vec<String>> {
         return Ok(vec![v.to_string()]);
     }
     let mut lines = vec![format!(
-        "images/s on {} threads ({}, {} parameters, random weights, {} input, batch {}):",
+        "images/s on {} threads ({}, {} parameters, {} input, batch {}):",
         r.threads,
-        match &a.config {
-            Some(p) => format!("the net of {}", p.display()),
-            None => "default net".into(),
+        match (&a.model, &config) {
+            (Some(m), _) => format!("the trained net of {}", m.display()),
+            (None, Some(p)) => format!("the net of {}", p.display()),
+            (None, None) => "default net".into(),
         },
         r.params,
         arch.input,

@@ -163,6 +163,10 @@ enum Cmd {
         /// paper's net.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Benchmark a finished run's network with its trained weights (RUN/config.toml and
+        /// RUN/model.safetensors).
+        #[arg(long)]
+        model: Option<PathBuf>,
         /// Images per batch (forward, MC dropout, gradient metrics; training takes ≤ 128).
         #[arg(long, default_value_t = 256)]
         batch: usize,
@@ -386,6 +390,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             python,
             only,
             config,
+            model,
             batch,
         } => c::bench(&c::BenchArgs {
             json,
@@ -394,6 +399,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             python,
             only,
             config,
+            model,
             batch,
         })?,
     };
