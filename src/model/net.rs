@@ -182,6 +182,21 @@ impl Net {
         }
     }
 
+    /// Most images per batch for a forward pass without a tape: the largest layer output times
+    /// the batch stays ≤ 2²⁴ values (64 MB), capped at `want`. (The paper's net at 28×28 takes
+    /// 1,337; DeepLoc at 60×60, 72.)
+    pub fn eval_batch(&self, want: usize) -> usize {
+        let s = self.arch.input;
+        let largest = self
+            .arch
+            .plan()
+            .map(|p| p.dims.iter().map(|(c, h, w)| c * h * w).max().unwrap_or(1))
+            .unwrap_or(1)
+            .max(s.len())
+            .max(1);
+        want.min((1usize << 24) / largest).max(1)
+    }
+
     /// Index of the first dropout node, if any.
     pub fn first_dropout(&self) -> Option<usize> {
         self.nodes

@@ -186,7 +186,9 @@ pub fn logits(net: &Net, ds: &Dataset, batch: usize) -> Result<Vec<f32>> {
     crate::features::check_shape(net, ds)?;
     let len = ds.shape.len();
     let mut out = Vec::with_capacity(ds.len() * net.arch.classes);
-    for start in (0..ds.len()).step_by(batch.max(1)) {
+    // rows are independent: a smaller batch for a large net bounds memory, not the values
+    let batch = net.eval_batch(batch.max(1));
+    for start in (0..ds.len()).step_by(batch) {
         let end = (start + batch).min(ds.len());
         let tape = net.forward(&ds.images[start * len..end * len], end - start, None, false);
         out.extend_from_slice(&tape.logits);
