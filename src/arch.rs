@@ -140,14 +140,6 @@ impl Spec {
             Spec::Crop { .. } => "crop",
         }
     }
-
-    /// Whether the layer has parameters of its own (a residual block's are its parts').
-    pub fn has_params(&self) -> bool {
-        matches!(
-            self,
-            Spec::Conv { .. } | Spec::BatchNorm { .. } | Spec::Linear { .. }
-        )
-    }
 }
 
 /// A layer as JSON (`kind`, `name` and its settings), the form `metaclf bench` hands the

@@ -445,11 +445,16 @@ pub fn masks_of(saved: &[Saved], out: &mut Vec<Vec<f32>>) {
     }
 }
 
-/// Batch-norm statistics of a training tape, by layer index, in forward order.
-pub fn bn_stats_of<'a>(nodes: &[Node], saved: &'a [Saved], out: &mut Vec<(usize, &'a BnStats)>) {
+/// Batch-norm layers of a tape with the statistics they normalised with: (layer index, its
+/// geometry, the statistics), in forward order.
+pub fn bn_stats_of<'a>(
+    nodes: &[Node],
+    saved: &'a [Saved],
+    out: &mut Vec<(usize, BnGeom, &'a BnStats)>,
+) {
     for (node, s) in nodes.iter().zip(saved) {
         match (node, s) {
-            (Node::Bn { p, .. }, Saved::Bn { stats, .. }) => out.push((*p, stats)),
+            (Node::Bn { p, g }, Saved::Bn { stats, .. }) => out.push((*p, *g, stats)),
             (Node::Residual(r), Saved::Residual { body, shortcut }) => {
                 bn_stats_of(&r.body, body, out);
                 bn_stats_of(&r.shortcut, shortcut, out);

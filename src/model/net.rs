@@ -335,10 +335,7 @@ impl Net {
         }
         let mut stats = Vec::new();
         graph::bn_stats_of(&self.nodes, &tape.saved, &mut stats);
-        let mut geoms = HashMap::new();
-        collect_bn(&self.nodes, &mut geoms);
-        for (p, st) in stats {
-            let g = geoms[&p];
+        for (p, g, st) in stats {
             let l = &mut self.layers[p];
             super::batchnorm::update_running(&g, st, &mut l.running_mean, &mut l.running_var);
         }
@@ -515,21 +512,6 @@ impl Net {
             take("running_var", &mut l.running_var);
         }
         Ok(net)
-    }
-}
-
-fn collect_bn(nodes: &[Node], out: &mut HashMap<usize, super::batchnorm::BnGeom>) {
-    for n in nodes {
-        match n {
-            Node::Bn { g, p } => {
-                out.insert(*p, *g);
-            }
-            Node::Residual(r) => {
-                collect_bn(&r.body, out);
-                collect_bn(&r.shortcut, out);
-            }
-            _ => {}
-        }
     }
 }
 

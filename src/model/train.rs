@@ -360,6 +360,19 @@ pub fn train_step(
 }
 
 impl TrainParams {
+    /// The learning rate of training step `step` of `total`: on the cosine schedule from `lr`
+    /// to `min_lr`; otherwise the current rate `lr` (cut by the plateau or step rule per epoch).
+    fn step_lr(&self, lr: f64, step: usize, total: usize) -> f64 {
+        match self.schedule {
+            Schedule::Cosine => {
+                let f = step as f64 / total as f64;
+                self.min_lr
+                    + (self.lr - self.min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * f).cos())
+            }
+            _ => lr,
+        }
+    }
+
     /// Trains `net` on `train`, selecting the checkpoint and cutting the rate on `val`.
     pub fn fit(&self, mut net: Net, train: &Dataset, val: &Dataset) -> Result<Trained> {
         let labels = train.labels.as_ref().ok_or_else(|| Error::Data {
@@ -403,6 +416,8 @@ impl TrainParams {
         for epoch in 1..=self.epochs {
             let t0 = std::time::Instant::now();
             order.shuffle(&mut rng);
+            // the rate the epoch starts at (history.csv)
+            let epoch_lr = self.step_lr(lr, step, total_steps);
             let (mut loss, mut hits) = (0f64, 0usize);
             for chunk in order.chunks(bs) {
                 xb.clear();
@@ -414,16 +429,7 @@ impl TrainParams {
                 if !self.augment.is_off() {
                     self.augment.apply(&mut xb, train.shape, &mut aug_rng);
                 }
-                let step_lr = match self.schedule {
-                    Schedule::Cosine => {
-                        let f = step as f64 / total_steps as f64;
-                        self.min_lr
-                            + (self.lr - self.min_lr)
-                                * 0.5
-                                * (1.0 + (std::f64::consts::PI * f).cos())
-                    }
-                    _ => lr,
-                };
+                let step_lr = self.step_lr(lr, step, total_steps);
                 step += 1;
                 let (l, h) = train_step(&mut net, &mut opt, &xb, &yb, step_lr as f32, &mut rng);
                 loss += l;
@@ -444,17 +450,7 @@ impl TrainParams {
             }
             let rec = EpochRecord {
                 epoch,
-                lr: match self.schedule {
-                    Schedule::Cosine => {
-                        let f =
-                            (step - train.len().div_ceil(bs.max(1))) as f64 / total_steps as f64;
-                        self.min_lr
-                            + (self.lr - self.min_lr)
-                                * 0.5
-                                * (1.0 + (std::f64::consts::PI * f).cos())
-                    }
-                    _ => lr,
-                },
+                lr: epoch_lr,
                 train_loss: loss / n,
                 train_acc: hits as f64 / n,
                 val_loss,
