@@ -796,6 +796,21 @@ pub fn plan(specs: &[Spec], input: Dims, classes: usize) -> Result<Plan, (usize,
     })
 }
 
+/// [`plan`] with the data's number of classes when known (`classes`), else with what the last
+/// linear layer asks for (its `out`, or 2 when it means "the classes"): checking a config
+/// before any data is read.
+pub fn plan_for(
+    specs: &[Spec],
+    input: Dims,
+    classes: Option<usize>,
+) -> Result<Plan, (usize, String)> {
+    let classes = classes.unwrap_or(match specs.last() {
+        Some(Spec::Linear { out, .. }) if *out > 0 => *out,
+        _ => 2,
+    });
+    plan(specs, input, classes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

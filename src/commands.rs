@@ -191,12 +191,7 @@ pub fn bench(a: &BenchArgs) -> Result<Vec<String>> {
         None => crate::model::Arch::paper_at(a.shape.unwrap_or(data::Shape::MNIST)),
         Some(p) => {
             let cfg = Config::load(p)?;
-            // a run's config names its classes in network order
-            let classes = match (cfg.data.class_names.is_empty(), cfg.data.classes.len()) {
-                (true, _) => 10,
-                (false, 0) => cfg.data.class_names.len() - cfg.data.unknown_classes.len(),
-                (false, k) => k,
-            };
+            let classes = cfg.known_class_count().unwrap_or(10);
             let mut arch = crate::model::Arch::from_config(&cfg, classes);
             if let Some(s) = a.shape {
                 arch.input = s;

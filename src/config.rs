@@ -519,6 +519,17 @@ impl Config {
         toml::to_string_pretty(&self.raw).expect("config serializes")
     }
 
+    /// The number of classes the network outputs, where the config says it without reading
+    /// data: `data.classes`, or `data.class_names` less `data.unknown_classes`.
+    pub fn known_class_count(&self) -> Option<usize> {
+        let d = &self.data;
+        match (d.class_names.is_empty(), d.classes.len()) {
+            (true, _) => None,
+            (false, 0) => Some(d.class_names.len().saturating_sub(d.unknown_classes.len())),
+            (false, k) => Some(k),
+        }
+    }
+
     /// The layer list of the net (validated).
     pub fn layer_specs(&self) -> Vec<crate::arch::Spec> {
         self.model.specs()
@@ -785,12 +796,8 @@ impl ModelSection {
 /// Shape inference through `specs` on images of `shape` (the input crop, if any, included);
 /// the parameterised layers' names, or the error naming `model.layers[i]` and the shapes.
 fn plan_names(specs: &[crate::arch::Spec], shape: crate::data::Shape) -> Result<Vec<String>> {
-    // the number of classes is the data's: plan with what the last linear layer asks for
-    let classes = match specs.last() {
-        Some(crate::arch::Spec::Linear { out, .. }) if *out > 0 => *out,
-        _ => 2,
-    };
-    crate::arch::plan(specs, (shape.c, shape.h, shape.w), classes)
+    // the number of classes is the data's
+    crate::arch::plan_for(specs, (shape.c, shape.h, shape.w), None)
         .map(|p| p.params)
         .map_err(|(i, msg)| cfg(&format!("model.layers[{i}]"), msg))
 }

@@ -252,29 +252,10 @@ pub fn check_lines(cfg: &Config) -> Result<Vec<String>> {
     }
     // the network on the run's input with the number of classes the data has (where known):
     // shapes, parameters and the layers whose gradient statistics become columns
-    let classes = if d.class_names.is_empty() {
-        None
-    } else {
-        let known = if d.classes.is_empty() {
-            d.class_names.len() - d.unknown_classes.len()
-        } else {
-            d.classes.len()
-        };
-        Some(known)
-    };
-    let arch = Arch::from_config(cfg, classes.unwrap_or(2));
-    let plan = if classes.is_some() {
-        arch.plan()?
-    } else {
-        // the label count is the data's: plan with the last layer's own size
-        crate::arch::plan(&arch.specs, (arch.input.c, arch.input.h, arch.input.w), {
-            match arch.specs.last() {
-                Some(crate::arch::Spec::Linear { out, .. }) if *out > 0 => *out,
-                _ => 2,
-            }
-        })
-        .map_err(|(i, m)| crate::error::cfg(&format!("model.layers[{i}]"), m))?
-    };
+    let arch = Arch::from_config(cfg, 2);
+    let i = arch.input;
+    let plan = crate::arch::plan_for(&arch.specs, (i.c, i.h, i.w), cfg.known_class_count())
+        .map_err(|(i, m)| crate::error::cfg(&format!("model.layers[{i}]"), m))?;
     let (c, h, w) = *plan.dims.last().unwrap_or(&(0, 0, 0));
     out.push(format!(
         "model: {} layers, {} parameters, output {c}×{h}×{w}; gradient statistics of {}",
