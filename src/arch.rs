@@ -784,9 +784,18 @@ pub fn plan(specs: &[Spec], input: Dims, classes: usize) -> Result<Plan, (usize,
             ));
         }
     }
+    // a residual block's parts are named `<block>.<part>`: one may meet a layer named so
+    let mut seen = std::collections::HashSet::new();
     for p in &params {
-        if !seen.insert(p.clone()) && !specs.iter().any(|s| s.name() == p) {
-            return Err((0, format!("two parameterised layers named {p:?}")));
+        if !seen.insert(p) {
+            let i = specs
+                .iter()
+                .rposition(|s| match s {
+                    Spec::Residual { name, .. } => p.starts_with(&format!("{name}.")),
+                    s => s.name() == p,
+                })
+                .unwrap_or(0);
+            return Err((i, format!("two parameterised layers named {p:?}")));
         }
     }
     Ok(Plan {
@@ -943,6 +952,25 @@ mod tests {
         }])
         .unwrap_err();
         assert!(m.contains("a-b"), "{m}");
+        // a layer named like a block's part
+        let s = parse_layers(&[
+            RawLayer {
+                out: Some(4),
+                name: Some("b.conv1".into()),
+                ..conv(4)
+            },
+            RawLayer {
+                out: Some(4),
+                name: Some("b".into()),
+                ..layer("residual")
+            },
+            layer("flatten"),
+            layer("linear"),
+        ])
+        .unwrap();
+        let (i, m) = plan(&s, (1, 8, 8), 2).unwrap_err();
+        assert_eq!(i, 1);
+        assert!(m.contains("\"b.conv1\""), "{m}");
         // sizes that would not fit in memory are refused before anything is allocated
         let s = parse_layers(&[
             RawLayer {
