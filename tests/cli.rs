@@ -7,18 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn toy_config(dir: &Path, extra: &str) -> PathBuf {
-    let (ti, tl) = toy(dir, "train", 400, 1);
-    let (vi, vl) = toy(dir, "test", 200, 2);
-    let text = format!(
-        r#"[run]
-name = "toy"
-seed = 3
-out_dir = "{out}"
-[data]
-data_dir = "{data}"
-train = "idx:{ti},{tl}"
-test = "idx:{vi},{vl}"
-[train]
+    toy_run_config(
+        dir,
+        "toy",
+        3,
+        200,
+        &format!(
+            r#"[train]
 epochs = 2
 batch_size = 32
 lr = 0.05
@@ -39,17 +34,9 @@ score_repetitions = 2
 [shift]
 sets = ["test@rotate=90", "test@thicken=1"]
 {extra}
-"#,
-        out = dir.join("reports").display(),
-        data = dir.join("data").display(),
-        ti = ti.display(),
-        tl = tl.display(),
-        vi = vi.display(),
-        vl = vl.display(),
-    );
-    let p = dir.join("toy.toml");
-    std::fs::write(&p, text).unwrap();
-    p
+"#
+        ),
+    )
 }
 
 #[test]

@@ -54,18 +54,13 @@ name = "fc"
 "#;
 
 fn config(dir: &Path, net: &str) -> std::path::PathBuf {
-    let (ti, tl) = toy(dir, "train", 400, 1);
-    let (vi, vl) = toy(dir, "test", 160, 2);
-    let text = format!(
-        r#"[run]
-name = "net"
-seed = 5
-out_dir = "{out}"
-[data]
-data_dir = "{data}"
-train = "idx:{ti},{tl}"
-test = "idx:{vi},{vl}"
-{net}
+    toy_run_config(
+        dir,
+        "net",
+        5,
+        160,
+        &format!(
+            r#"{net}
 [train]
 epochs = 1
 batch_size = 32
@@ -90,17 +85,9 @@ sets = ["test@rotate=30"]
 repetitions = 2
 models = ["glm", "ridge"]
 groups = ["softmax", "grad-block1", "grad-fc1", "grad-all", "grad+softmax"]
-"#,
-        out = dir.join("reports").display(),
-        data = dir.join("data").display(),
-        ti = ti.display(),
-        tl = tl.display(),
-        vi = vi.display(),
-        vl = vl.display(),
-    );
-    let p = dir.join("net.toml");
-    std::fs::write(&p, text).unwrap();
-    p
+"#
+        ),
+    )
 }
 
 #[test]

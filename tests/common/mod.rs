@@ -110,6 +110,26 @@ pub fn toy(dir: &Path, name: &str, n: usize, seed: u32) -> (PathBuf, PathBuf) {
     (ip, lp)
 }
 
+/// Writes `dir/<name>.toml`: a run `name` with `seed`, its folder and data cache under `dir`,
+/// trained on 400 [`toy`] images and tested on `test` more, then `body` (the other sections).
+pub fn toy_run_config(dir: &Path, name: &str, seed: u64, test: usize, body: &str) -> PathBuf {
+    let (ti, tl) = toy(dir, "train", 400, 1);
+    let (vi, vl) = toy(dir, "test", test, 2);
+    let text = format!(
+        "[run]\nname = \"{name}\"\nseed = {seed}\nout_dir = \"{out}\"\n[data]\ndata_dir = \"{data}\"\n\
+         train = \"idx:{ti},{tl}\"\ntest = \"idx:{vi},{vl}\"\n{body}",
+        out = dir.join("reports").display(),
+        data = dir.join("data").display(),
+        ti = ti.display(),
+        tl = tl.display(),
+        vi = vi.display(),
+        vl = vl.display(),
+    );
+    let p = dir.join(format!("{name}.toml"));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
 /// Every file under `dir` (recursively) with its bytes.
 pub fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut m = BTreeMap::new();
