@@ -40,6 +40,12 @@ pub struct RawLayer {
     /// Crop height and width.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<[usize; 2]>,
+    /// An add's two branches (`[[model.layers.body]]`, `[[model.layers.shortcut]]`; no
+    /// shortcut entries: the identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Vec<RawLayer>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shortcut: Option<Vec<RawLayer>>,
 }
 
 /// A validated layer, every default filled in.
@@ -105,6 +111,20 @@ pub enum Spec {
         h: usize,
         w: usize,
     },
+    /// Any two branches summed: body(x) + shortcut(x) (an empty shortcut is the identity); no
+    /// activation after it unless the list has one. Imported graphs' residual adds are these.
+    Add {
+        name: String,
+        body: Vec<Spec>,
+        shortcut: Vec<Spec>,
+    },
+    /// (x − mean[c]) / std[c] per channel: the normalisation `[data] normalize` puts in front
+    /// of the net (not a kind a layer list names).
+    Normalize {
+        name: String,
+        mean: Vec<f64>,
+        std: Vec<f64>,
+    },
 }
 
 impl Spec {
@@ -120,7 +140,9 @@ impl Spec {
             | Spec::Dropout { name, .. }
             | Spec::Linear { name, .. }
             | Spec::Residual { name, .. }
-            | Spec::Crop { name, .. } => name,
+            | Spec::Crop { name, .. }
+            | Spec::Add { name, .. }
+            | Spec::Normalize { name, .. } => name,
         }
     }
 
@@ -138,6 +160,8 @@ impl Spec {
             Spec::Linear { .. } => "linear",
             Spec::Residual { .. } => "residual",
             Spec::Crop { .. } => "crop",
+            Spec::Add { .. } => "add",
+            Spec::Normalize { .. } => "normalize",
         }
     }
 }
@@ -165,6 +189,11 @@ pub fn spec_json(s: &Spec) -> serde_json::Value {
         Spec::Linear { out, bias, .. } => json!({"out": out, "bias": bias}),
         Spec::Residual { out, stride, .. } => json!({"out": out, "stride": stride}),
         Spec::Crop { h, w, .. } => json!({"size": [h, w]}),
+        Spec::Add { body, shortcut, .. } => json!({
+            "body": body.iter().map(spec_json).collect::<Vec<_>>(),
+            "shortcut": shortcut.iter().map(spec_json).collect::<Vec<_>>(),
+        }),
+        Spec::Normalize { mean, std, .. } => json!({"mean": mean, "std": std}),
         Spec::GlobalAvgPool { .. } | Spec::Flatten { .. } => json!({}),
     };
     v["kind"] = json!(s.kind());
@@ -213,13 +242,17 @@ pub fn to_raw(s: &Spec) -> RawLayer {
             r.stride = Some(*stride);
         }
         Spec::Crop { h, w, .. } => r.size = Some([*h, *w]),
+        Spec::Add { body, shortcut, .. } => {
+            r.body = Some(body.iter().map(to_raw).collect());
+            r.shortcut = (!shortcut.is_empty()).then(|| shortcut.iter().map(to_raw).collect());
+        }
         _ => {}
     }
     r
 }
 
 /// The layer kinds a config may name.
-pub const KINDS: [&str; 12] = [
+pub const KINDS: [&str; 13] = [
     "conv",
     "batchnorm",
     "relu",
@@ -232,6 +265,7 @@ pub const KINDS: [&str; 12] = [
     "linear",
     "residual",
     "crop",
+    "add",
 ];
 
 /// The keys each kind takes besides `kind` and `name`.
@@ -245,6 +279,7 @@ fn keys_of(kind: &str) -> &'static [&'static str] {
         "linear" => &["out", "bias"],
         "residual" => &["out", "stride"],
         "crop" => &["size"],
+        "add" => &["body", "shortcut"],
         _ => &[],
     }
 }
@@ -252,7 +287,7 @@ fn keys_of(kind: &str) -> &'static [&'static str] {
 /// The keys an entry sets (besides `kind` and `name`).
 fn keys_set(r: &RawLayer) -> Vec<&'static str> {
     let mut k = Vec::new();
-    let set: [(&'static str, bool); 10] = [
+    let set: [(&'static str, bool); 12] = [
         ("out", r.out.is_some()),
         ("kernel", r.kernel.is_some()),
         ("stride", r.stride.is_some()),
@@ -263,6 +298,8 @@ fn keys_set(r: &RawLayer) -> Vec<&'static str> {
         ("eps", r.eps.is_some()),
         ("momentum", r.momentum.is_some()),
         ("size", r.size.is_some()),
+        ("body", r.body.is_some()),
+        ("shortcut", r.shortcut.is_some()),
     ];
     for (name, on) in set {
         if on {
@@ -278,6 +315,8 @@ pub const MAX_STRIDE: usize = 15;
 pub const MAX_WIDTH: usize = 1 << 16;
 /// Most layers in a list.
 pub const MAX_LAYERS: usize = 256;
+/// Deepest nesting of adds in adds.
+pub const MAX_DEPTH: usize = 16;
 /// Most values one layer may output per image (256 MB of f32), and most parameters of a net
 /// (1 GB of f32): bounds checked before anything is allocated.
 pub const MAX_ACTIVATION: usize = 1 << 26;
@@ -307,6 +346,12 @@ pub fn check_name(n: &str) -> Result<(), String> {
 /// Validates `[[model.layers]]` into specs. Errors are `(position, message)`; the message
 /// names the kind and the key.
 pub fn parse_layers(raw: &[RawLayer]) -> Result<Vec<Spec>, (usize, String)> {
+    parse_list(raw, 0)
+}
+
+/// [`parse_layers`] of a list at nesting `depth` (0: the net; an add's branches are 1 deeper,
+/// where a crop is refused and every linear layer names its `out`).
+fn parse_list(raw: &[RawLayer], depth: usize) -> Result<Vec<Spec>, (usize, String)> {
     if raw.len() > MAX_LAYERS {
         return Err((
             MAX_LAYERS,
@@ -442,7 +487,7 @@ pub fn parse_layers(raw: &[RawLayer]) -> Result<Vec<Spec>, (usize, String)> {
                 name,
             },
             "linear" => {
-                let last = raw[i + 1..].iter().all(|r| r.kind != "linear");
+                let last = depth == 0 && raw[i + 1..].iter().all(|r| r.kind != "linear");
                 let out = match r.out {
                     None if last => 0,
                     o => pos(o, "out", None, MAX_WIDTH)?,
@@ -458,6 +503,38 @@ pub fn parse_layers(raw: &[RawLayer]) -> Result<Vec<Spec>, (usize, String)> {
                 stride: pos(r.stride, "stride", Some(1), MAX_STRIDE)?,
                 name,
             },
+            "crop" if depth > 0 => {
+                return Err((
+                    i,
+                    format!(
+                        "crop {name:?}: a crop must be the net's first layer, not inside an add"
+                    ),
+                ))
+            }
+            "add" => {
+                if depth >= MAX_DEPTH {
+                    return Err((
+                        i,
+                        format!("add {name:?}: adds nest more than {MAX_DEPTH} deep"),
+                    ));
+                }
+                let branch = |key: &str, list: &Option<Vec<RawLayer>>| {
+                    parse_list(list.as_deref().unwrap_or(&[]), depth + 1)
+                        .map_err(|(j, m)| (i, format!("add {name:?}: {key}[{j}]: {m}")))
+                };
+                let body = branch("body", &r.body)?;
+                if body.is_empty() {
+                    return Err((
+                        i,
+                        format!("add {name:?}: key \"body\" needs at least one layer"),
+                    ));
+                }
+                Spec::Add {
+                    shortcut: branch("shortcut", &r.shortcut)?,
+                    body,
+                    name,
+                }
+            }
             "crop" => {
                 let Some([h, w]) = r.size else {
                     return Err((i, format!("crop {name:?}: key \"size\" is required")));
@@ -625,8 +702,13 @@ pub fn out_dims(s: &Spec, d: Dims, classes: usize) -> Result<Dims, String> {
             }
             (c, *ch, *cw)
         }
-        Spec::BatchNorm { .. } | Spec::Act { .. } | Spec::Dropout { .. } => d,
-        Spec::Residual { .. } => unreachable!("residual blocks are expanded by the caller"),
+        Spec::BatchNorm { .. }
+        | Spec::Act { .. }
+        | Spec::Dropout { .. }
+        | Spec::Normalize { .. } => d,
+        Spec::Residual { .. } | Spec::Add { .. } => {
+            unreachable!("residual blocks and adds are expanded by the caller")
+        }
     })
 }
 
@@ -638,8 +720,115 @@ pub fn out_dims_node(s: &Spec, d: Dims, classes: usize) -> Dims {
             window_out(d.1, 3, *stride, 1).unwrap_or(1),
             window_out(d.2, 3, *stride, 1).unwrap_or(1),
         ),
+        Spec::Add { body, .. } => body.iter().fold(d, |d, s| out_dims_node(s, d, classes)),
         s => out_dims(s, d, classes).unwrap_or(d),
     }
+}
+
+/// One layer of shape inference (a residual block's or an add's branches walked inside):
+/// its output shape, its parameterised layers' names pushed to `params`, their parameter
+/// count added to `n_params`; or why it does not fit.
+fn step(
+    s: &Spec,
+    d: Dims,
+    classes: usize,
+    params: &mut Vec<String>,
+    n_params: &mut usize,
+) -> Result<Dims, String> {
+    let branches = |body: &[Spec],
+                    short: &[Spec],
+                    params: &mut Vec<String>,
+                    n_params: &mut usize,
+                    named: bool|
+     -> Result<Dims, String> {
+        let mut out = [d, d];
+        for (k, (key, list)) in [("body", body), ("shortcut", short)]
+            .into_iter()
+            .enumerate()
+        {
+            for (j, b) in list.iter().enumerate() {
+                out[k] = step(b, out[k], classes, params, n_params).map_err(|m| {
+                    if named {
+                        format!("{}: {m}", b.name())
+                    } else {
+                        format!("{key}[{j}] {} {:?}: {m}", b.kind(), b.name())
+                    }
+                })?;
+            }
+        }
+        let [bd, sd] = out;
+        if bd != sd {
+            return Err(format!(
+                "its body gives {}×{}×{} and its shortcut {}×{}×{}; the shapes must agree",
+                bd.0, bd.1, bd.2, sd.0, sd.1, sd.2
+            ));
+        }
+        Ok(bd)
+    };
+    match s {
+        Spec::Residual { name, out, stride } => {
+            let (body, short) = residual_parts(name, d.0, *out, *stride);
+            return branches(&body, &short, params, n_params, true);
+        }
+        Spec::Add { body, shortcut, .. } => {
+            return branches(body, shortcut, params, n_params, false);
+        }
+        _ => {}
+    }
+    let o = out_dims(s, d, classes)?;
+    match s {
+        Spec::Conv {
+            name, kernel, bias, ..
+        } => {
+            *n_params = n_params.saturating_add(
+                o.0.saturating_mul(d.0).saturating_mul(kernel * kernel)
+                    + if *bias { o.0 } else { 0 },
+            );
+            params.push(name.clone());
+        }
+        Spec::BatchNorm { name, .. } => {
+            *n_params = n_params.saturating_add(2 * d.0);
+            params.push(name.clone());
+        }
+        Spec::Linear { name, bias, .. } => {
+            *n_params =
+                n_params.saturating_add(o.0.saturating_mul(d.0) + if *bias { o.0 } else { 0 });
+            params.push(name.clone());
+        }
+        Spec::Normalize { mean, std, .. } if mean.len() != d.0 || std.len() != d.0 => {
+            return Err(format!(
+                "{} means and {} standard deviations for an input of {} channels",
+                mean.len(),
+                std.len(),
+                d.0
+            ));
+        }
+        _ => {}
+    }
+    Ok(o)
+}
+
+/// The names of the parameterised layers inside a layer (itself, a block's parts, an add's).
+fn param_names_in(s: &Spec) -> Vec<String> {
+    fn walk(s: &Spec, v: &mut Vec<String>) {
+        match s {
+            Spec::Conv { name, .. } | Spec::BatchNorm { name, .. } | Spec::Linear { name, .. } => {
+                v.push(name.clone())
+            }
+            // channels 0: the projection's names are listed whether or not it exists
+            Spec::Residual { name, out, stride } => {
+                let (b, sc) = residual_parts(name, 0, *out, *stride);
+                b.iter().chain(&sc).for_each(|x| walk(x, v));
+            }
+            Spec::Add { body, shortcut, .. } => {
+                body.iter().chain(shortcut).for_each(|x| walk(x, v))
+            }
+            _ => {}
+        }
+    }
+    let mut v = Vec::new();
+    walk(s, &mut v);
+    v
 }
 
 /// What shape inference found: the output shape of each layer of the list and the names of
@@ -661,63 +850,8 @@ pub fn plan(specs: &[Spec], input: Dims, classes: usize) -> Result<Plan, (usize,
     let mut d = input;
     let label = |_: usize, s: &Spec| format!("{} {:?}", s.kind(), s.name());
     for (i, s) in specs.iter().enumerate() {
-        let mut one = |s: &Spec, d: Dims, params: &mut Vec<String>| -> Result<Dims, String> {
-            let o = out_dims(s, d, classes)?;
-            match s {
-                Spec::Conv {
-                    name, kernel, bias, ..
-                } => {
-                    n_params = n_params.saturating_add(
-                        o.0.saturating_mul(d.0).saturating_mul(kernel * kernel)
-                            + if *bias { o.0 } else { 0 },
-                    );
-                    params.push(name.clone());
-                }
-                Spec::BatchNorm { name, .. } => {
-                    n_params += 2 * d.0;
-                    params.push(name.clone());
-                }
-                Spec::Linear { name, bias, .. } => {
-                    n_params = n_params
-                        .saturating_add(o.0.saturating_mul(d.0) + if *bias { o.0 } else { 0 });
-                    params.push(name.clone());
-                }
-                _ => {}
-            }
-            Ok(o)
-        };
-        let o = match s {
-            Spec::Residual { name, out, stride } => {
-                let (body, short) = residual_parts(name, d.0, *out, *stride);
-                let mut bd = d;
-                for b in &body {
-                    bd = one(b, bd, &mut params)
-                        .map_err(|m| (i, format!("{}: {}: {m}", label(i, s), b.name())))?;
-                }
-                let mut sd = d;
-                for b in &short {
-                    sd = one(b, sd, &mut params)
-                        .map_err(|m| (i, format!("{}: {}: {m}", label(i, s), b.name())))?;
-                }
-                if bd != sd {
-                    return Err((
-                        i,
-                        format!(
-                            "{}: its body gives {}×{}×{} and its shortcut {}×{}×{}; the shapes must agree",
-                            label(i, s),
-                            bd.0,
-                            bd.1,
-                            bd.2,
-                            sd.0,
-                            sd.1,
-                            sd.2
-                        ),
-                    ));
-                }
-                bd
-            }
-            s => one(s, d, &mut params).map_err(|m| (i, format!("{}: {m}", label(i, s))))?,
-        };
+        let o = step(s, d, classes, &mut params, &mut n_params)
+            .map_err(|m| (i, format!("{}: {m}", label(i, s))))?;
         if let Spec::Crop { .. } = s {
             if i != 0 {
                 return Err((
@@ -790,10 +924,7 @@ pub fn plan(specs: &[Spec], input: Dims, classes: usize) -> Result<Plan, (usize,
         if !seen.insert(p) {
             let i = specs
                 .iter()
-                .rposition(|s| match s {
-                    Spec::Residual { name, .. } => p.starts_with(&format!("{name}.")),
-                    s => s.name() == p,
-                })
+                .rposition(|s| param_names_in(s).contains(p))
                 .unwrap_or(0);
             return Err((i, format!("two parameterised layers named {p:?}")));
         }

@@ -25,6 +25,7 @@ pub mod features;
 pub mod fuzzing;
 pub mod meta;
 pub mod model;
+pub mod onnx;
 pub mod pipeline;
 pub mod report;
 pub mod review;

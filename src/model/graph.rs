@@ -8,6 +8,7 @@ use super::batchnorm::{self, BnGeom, BnStats};
 use super::conv::{self, ConvGeom};
 use super::crop::{self, CropGeom};
 use super::dropout::{self, Masks};
+use super::normalize::{self, NormGeom};
 use super::pool::{self, PoolGeom};
 use super::residual::{self, Residual};
 use super::{activation, linear};
@@ -46,6 +47,7 @@ pub enum Node {
     },
     Residual(Residual),
     Crop(CropGeom),
+    Normalize(NormGeom),
 }
 
 /// What kind of parameters a layer has (how it is initialised, decayed and saved).
@@ -172,6 +174,16 @@ pub fn build(specs: &[Spec], mut d: Dims, classes: usize, decls: &mut Vec<Decl>)
                 // the block's ReLU after the sum
                 Node::Act { slope: 0.0 }
             }
+            Spec::Add { body, shortcut, .. } => Node::Residual(Residual {
+                body: build(body, d, classes, decls),
+                shortcut: build(shortcut, d, classes, decls),
+            }),
+            Spec::Normalize { mean, std, .. } => Node::Normalize(NormGeom {
+                c,
+                hw: h * w,
+                mean: mean.iter().map(|&v| v as f32).collect(),
+                std: std.iter().map(|&v| v as f32).collect(),
+            }),
             Spec::Crop { h: ch, w: cw, .. } => Node::Crop(CropGeom {
                 c,
                 h,
@@ -339,6 +351,11 @@ fn forward_node(
             };
             (Arc::new(y), Saved::None)
         }
+        Node::Normalize(g) => {
+            let mut v = owned(x);
+            normalize::forward(g, &mut v);
+            (Arc::new(v), Saved::None)
+        }
     }
 }
 
@@ -427,6 +444,10 @@ fn backward_node(
             residual::backward(r, layers, body, shortcut, dy, n, need_dx, sink)
         }
         (Node::Crop(_), _) => Vec::new(),
+        (Node::Normalize(g), _) => {
+            normalize::backward(g, &mut dy);
+            dy
+        }
         _ => unreachable!("the tape does not match the graph"),
     }
 }

@@ -13,6 +13,7 @@ pub mod graph;
 pub mod linear;
 pub mod moments;
 pub mod net;
+pub mod normalize;
 pub mod oracle;
 pub mod pool;
 pub mod residual;

@@ -429,19 +429,47 @@ impl Net {
     /// of the architecture must be there, with its shape, a float dtype and finite values, and
     /// no tensor of another architecture may be.
     pub fn from_safetensors(arch: Arch, bytes: &[u8], path: &Path) -> Result<Net> {
-        use rand::SeedableRng;
-        let mut net = Net::new(arch, &mut ChaCha8Rng::seed_from_u64(0))?;
         let map = candle_core::safetensors::load_buffer(bytes, &candle_core::Device::Cpu).map_err(
             |e| Error::Format {
                 path: path.into(),
                 msg: format!("not a readable safetensors file: {e}"),
             },
         )?;
+        let mut tensors = HashMap::new();
+        for (key, t) in map {
+            if key.ends_with(".num_batches_tracked") {
+                continue;
+            }
+            if !t.dtype().is_float() {
+                return Err(Error::Format {
+                    path: path.into(),
+                    msg: format!("tensor {key} has dtype {:?}; weights are floats", t.dtype()),
+                });
+            }
+            let v: Vec<f32> = t
+                .flatten_all()?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1()?;
+            tensors.insert(key, (t.dims().to_vec(), v));
+        }
+        Net::from_named(arch, tensors, path)
+    }
+
+    /// A net of `arch` with the weights of `tensors` (checkpoint name → shape and values):
+    /// every tensor the net needs present with its shape and none other, all finite, variances
+    /// ≥ 0; errors name `path` (the checkpoint or the imported model).
+    pub fn from_named(
+        arch: Arch,
+        mut tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+        path: &Path,
+    ) -> Result<Net> {
+        use rand::SeedableRng;
+        let mut net = Net::new(arch, &mut ChaCha8Rng::seed_from_u64(0))?;
         let want: Vec<(String, Vec<usize>)> =
             net.tensors().into_iter().map(|(n, s, _)| (n, s)).collect();
-        let mut extra: Vec<&String> = map
+        let mut extra: Vec<&String> = tensors
             .keys()
-            .filter(|k| !want.iter().any(|(n, _)| n == *k) && !k.ends_with(".num_batches_tracked"))
+            .filter(|k| !want.iter().any(|(n, _)| n == *k))
             .collect();
         extra.sort();
         if let Some(k) = extra.first() {
@@ -455,29 +483,18 @@ impl Net {
         }
         let mut values: HashMap<String, Vec<f32>> = HashMap::new();
         for (key, shape) in &want {
-            let t = map.get(key).ok_or_else(|| Error::Format {
+            let (dims, v) = tensors.remove(key).ok_or_else(|| Error::Format {
                 path: path.into(),
                 msg: format!("tensor {key} is missing"),
             })?;
-            if t.dims() != shape.as_slice() {
+            if dims != *shape {
                 return Err(Error::Format {
                     path: path.into(),
                     msg: format!(
-                        "tensor {key} has shape {:?}, the config's model needs {shape:?}",
-                        t.dims()
+                        "tensor {key} has shape {dims:?}, the config's model needs {shape:?}"
                     ),
                 });
             }
-            if !t.dtype().is_float() {
-                return Err(Error::Format {
-                    path: path.into(),
-                    msg: format!("tensor {key} has dtype {:?}; weights are floats", t.dtype()),
-                });
-            }
-            let v: Vec<f32> = t
-                .flatten_all()?
-                .to_dtype(candle_core::DType::F32)?
-                .to_vec1()?;
             if let Some(i) = v.iter().position(|v| !v.is_finite()) {
                 return Err(Error::Format {
                     path: path.into(),
@@ -512,6 +529,17 @@ impl Net {
             take("running_var", &mut l.running_var);
         }
         Ok(net)
+    }
+
+    /// The net of an ONNX import (its layers, with the config's normalisation and MC-dropout
+    /// sites, in `arch`) holding the import's weights.
+    pub fn from_import(arch: Arch, imported: &crate::onnx::Imported, path: &Path) -> Result<Net> {
+        let tensors = imported
+            .tensors
+            .iter()
+            .map(|(n, s, v)| (n.clone(), (s.clone(), v.clone())))
+            .collect();
+        Net::from_named(arch, tensors, path)
     }
 }
 

@@ -179,6 +179,11 @@ impl<'a> CandleNet<'a> {
                     let (oy, ox) = ((g.h - g.ch) / 2, (g.w - g.cw) / 2);
                     t.narrow(2, oy, g.ch)?.narrow(3, ox, g.cw)?
                 }
+                Node::Normalize(g) => {
+                    let m = self.konst(&g.mean, &[1, g.c, 1, 1])?;
+                    let sd = self.konst(&g.std, &[1, g.c, 1, 1])?;
+                    t.broadcast_sub(&m)?.broadcast_div(&sd)?
+                }
             };
         }
         Ok(t)

@@ -1,0 +1,154 @@
+//! The ONNX import against PyTorch: tests/fixtures/onnx/ holds a small residual CNN trained
+//! by PyTorch on MNIST and exported three ways (the default exporter, which folds every batch
+//! norm into its conv; the TorchScript exporter; and the unfolded graph written node by node,
+//! batch norms, dropout and a final LogSoftmax kept), the same architecture trained by metaclf,
+//! and what torch.func says about each in float64 (tests/fixtures/onnx/make_onnx_fixtures.py).
+//! Per image: predictions equal, logits within 1e-5, all 7 gradient statistics of every layer
+//! and of the net within 1e-4 relative (confident rows included).
+
+use metaclf::arch::Spec;
+use metaclf::data::Shape;
+use metaclf::model::{argmax_rows, Arch, Net};
+use std::path::{Path, PathBuf};
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx")
+}
+
+fn fixtures() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir().join("fixtures.json")).unwrap()).unwrap()
+}
+
+fn floats(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+/// The fixtures' images as metaclf's MNIST reader gives them (bytes / 255).
+fn images(f: &serde_json::Value) -> Vec<f32> {
+    f["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as f32 / 255.0)
+        .collect()
+}
+
+fn normalize(f: &serde_json::Value) -> Spec {
+    Spec::Normalize {
+        name: "normalize".into(),
+        mean: floats(&f["normalize"]["mean"]),
+        std: floats(&f["normalize"]["std"]),
+    }
+}
+
+/// Compares a net with one fixture set: logits, predictions, every statistic.
+fn check(net: &Net, f: &serde_json::Value, set: &str) {
+    let x = images(f);
+    let n = 64;
+    let k = net.arch.classes;
+    let want = &f[set];
+    let names: Vec<String> = want["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        net.layer_names(),
+        names,
+        "{set}: the layers of PyTorch's net, in its order"
+    );
+    let logits = net.forward(&x, n, None, false).logits;
+    let (_, stats, _) = metaclf::features::grad_stats_batch(net, &x, n);
+    let nl = net.layers.len() + 1;
+    let rows = want["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), n);
+    let mut confident = 0;
+    for (i, r) in rows.iter().enumerate() {
+        let z = floats(&r["logits"]);
+        for (a, b) in logits[i * k..(i + 1) * k].iter().zip(&z) {
+            assert!(
+                (*a as f64 - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                "{set} row {i}: logit {a} vs PyTorch {b}"
+            );
+        }
+        assert_eq!(
+            argmax_rows(&logits[i * k..(i + 1) * k], k)[0] as u64,
+            r["pred"].as_u64().unwrap(),
+            "{set} row {i}: prediction"
+        );
+        confident += (r["one_minus_msp"].as_f64().unwrap() < 1e-4) as usize;
+        for (l, s) in r["stats"].as_array().unwrap().iter().enumerate() {
+            let s: [f64; 7] = std::array::from_fn(|j| s[j].as_f64().unwrap());
+            let len = if l + 1 < nl {
+                net.layers[l].len()
+            } else {
+                net.num_params()
+            };
+            for j in 0..7 {
+                let got = stats[i * nl + l][j];
+                assert!(
+                    (got - s[j]).abs() <= metaclf::model::oracle::tolerance(j, &s, len),
+                    "{set} row {i} layer {} stat {}: {got} vs torch.func {}",
+                    names.get(l).map_or("all", |s| s.as_str()),
+                    metaclf::features::GRAD_STATS[j],
+                    s[j]
+                );
+            }
+        }
+    }
+    assert!(confident >= 5, "{set}: {confident} confident rows");
+}
+
+fn imported_net(f: &serde_json::Value, file: &str) -> Net {
+    let path = dir().join(file);
+    let imp = metaclf::onnx::load(&path).unwrap();
+    assert_eq!(imp.input, (1, 28, 28));
+    assert_eq!(imp.classes, 10);
+    let mut specs = vec![normalize(f)];
+    specs.extend(imp.specs.iter().cloned());
+    let arch = Arch {
+        input: Shape::new(1, 28, 28),
+        classes: 10,
+        specs,
+    };
+    Net::from_import(arch, &imp, &path).unwrap()
+}
+
+/// The default exporter's graph (batch norms folded into the convs, ReduceMean + Reshape for
+/// the pooling): against torch.func on the folded net with the file's own weights.
+#[test]
+fn the_default_export_equals_torch_func() {
+    let f = fixtures();
+    check(&imported_net(&f, "small_resnet.onnx"), &f, "folded");
+}
+
+/// The TorchScript exporter's graph (names only in the node names).
+#[test]
+fn the_torchscript_export_equals_torch_func() {
+    let f = fixtures();
+    let net = imported_net(&f, "small_resnet_ts.onnx");
+    check(&net, &f, "folded_ts");
+}
+
+/// The unfolded graph: batch norms (their γ and β as layers), dropout, a final LogSoftmax.
+#[test]
+fn the_unfolded_graph_equals_torch_func() {
+    let f = fixtures();
+    let path = dir().join("small_resnet_bn.onnx");
+    let imp = metaclf::onnx::load(&path).unwrap();
+    assert!(
+        imp.notes.iter().any(|n| n.contains("LogSoftmax")),
+        "{:?}",
+        imp.notes
+    );
+    assert!(imp
+        .specs
+        .iter()
+        .any(|s| matches!(s, Spec::Dropout { rate, .. } if (*rate - 0.2).abs() < 1e-6)));
+    check(&imported_net(&f, "small_resnet_bn.onnx"), &f, "unfolded");
+}
