@@ -3,7 +3,7 @@
 
 Only the standard library: IDX files plain and gzip (3 and 4 dimensions), a safetensors model
 of the default architecture, a features CSV, PNG (gray, RGBA, 16-bit) and TIFF-stack image
-folders, NumPy arrays, and the shipped configs."""
+folders, NumPy arrays, the shipped configs, and the ONNX models of tests/fixtures/onnx/."""
 import gzip, json, os, random, shutil, struct, zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -125,6 +125,11 @@ def main():
     put("npy", "u8.npy", npy("|u1", (2, 4, 3), bytes(rng.randrange(256) for _ in range(24))))
     put("npy", "f32.npy", npy("<f4", (1, 3, 2, 2), struct.pack("<12f", *(rng.random() for _ in range(12)))))
     put("npy", "labels.npy", npy("<i8", (3,), struct.pack("<3q", 1, 0, 9)))
+    # onnx: the committed models of the import's fixtures (tests/fixtures/onnx/)
+    fx = os.path.join(HERE, "..", "tests", "fixtures", "onnx")
+    for f in ("small_resnet.onnx", "small_resnet_ts.onnx", "small_resnet_bn.onnx"):
+        with open(os.path.join(fx, f), "rb") as src:
+            put("onnx", f, src.read())
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # fuzz/run.sh SECONDS [TARGET...]: builds metaclf's fuzz targets with libFuzzer on *stable* Rust
-# and runs each for SECONDS (all six when none is named), one after the other.
+# and runs each for SECONDS (all seven when none is named), one after the other.
 #
 # Why not `cargo fuzz`: it needs nightly (-Zsanitizer), and this project builds on stable only.
 # libFuzzer itself (the libfuzzer-sys crate) works on stable when the code is compiled with
@@ -18,7 +18,7 @@ secs=${1:?usage: fuzz/run.sh SECONDS [TARGET...]}
 shift
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(idx config safetensors features_csv image_folder npy)
+  targets=(idx config safetensors features_csv image_folder npy onnx)
 fi
 host=$(rustc -vV | sed -n 's/^host: //p')
 export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
@@ -32,7 +32,7 @@ status=0
 for t in "${targets[@]}"; do
   mkdir -p "corpus/$t" "artifacts/$t"
   case $t in
-    safetensors | image_folder) max_len=65536 ;;
+    safetensors | image_folder | onnx) max_len=65536 ;;
     *) max_len=16384 ;;
   esac
   echo "== $t: ${secs}s"

@@ -831,6 +831,54 @@ fn param_names_in(s: &Spec) -> Vec<String> {
     v
 }
 
+/// The layer list as lines of `kind name → C×H×W`, an add's branches indented under it.
+pub fn outline(specs: &[Spec], input: Dims, classes: usize) -> Vec<String> {
+    fn walk(specs: &[Spec], mut d: Dims, classes: usize, depth: usize, out: &mut Vec<String>) {
+        for s in specs {
+            let o = out_dims_node(s, d, classes);
+            out.push(format!(
+                "  {}{} {} → {}×{}×{}",
+                "    ".repeat(depth),
+                s.kind(),
+                s.name(),
+                o.0,
+                o.1,
+                o.2
+            ));
+            if let Spec::Add { body, shortcut, .. } = s {
+                out.push(format!("  {}  body:", "    ".repeat(depth)));
+                walk(body, d, classes, depth + 1, out);
+                out.push(format!(
+                    "  {}  shortcut:{}",
+                    "    ".repeat(depth),
+                    if shortcut.is_empty() {
+                        " the identity"
+                    } else {
+                        ""
+                    }
+                ));
+                walk(shortcut, d, classes, depth + 1, out);
+            }
+            d = o;
+        }
+    }
+    let mut out = Vec::new();
+    walk(specs, input, classes, 0, &mut out);
+    out
+}
+
+/// Dropout layers of a list, adds' branches included (the MC-dropout sites).
+pub fn count_dropout(specs: &[Spec]) -> usize {
+    specs
+        .iter()
+        .map(|s| match s {
+            Spec::Dropout { .. } => 1,
+            Spec::Add { body, shortcut, .. } => count_dropout(body) + count_dropout(shortcut),
+            _ => 0,
+        })
+        .sum()
+}
+
 /// What shape inference found: the output shape of each layer of the list and the names of
 /// the parameterised layers in graph order (a block's body, then its shortcut).
 #[derive(Debug, Clone, PartialEq)]

@@ -142,6 +142,19 @@ pub struct DataSection {
     /// `emnist-*` sources are transposed when loaded, wherever they are loaded, so this stays
     /// false for them.
     pub transpose: bool,
+    /// Per-channel normalisation the network expects, (x − mean) / std on pixels in [0, 1]
+    /// (PyTorch's transforms.Normalize); applied as the net's first layer, so images, plots
+    /// and shifts stay in [0, 1]. Absent: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub normalize: Option<NormalizeSection>,
+}
+
+/// `[data] normalize = {mean = [...], std = [...]}`, one value per channel.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NormalizeSection {
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
 }
 
 impl Default for DataSection {
@@ -160,6 +173,7 @@ impl Default for DataSection {
             train_limit: 0,
             test_limit: 0,
             transpose: false,
+            normalize: None,
         }
     }
 }
@@ -185,6 +199,11 @@ pub struct ModelSection {
     /// keys above stay at their defaults and mean nothing.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub layers: Vec<crate::arch::RawLayer>,
+    /// A trained classifier to import instead (README "Bring your own model"): an ONNX file,
+    /// relative to the config file's folder or absolute. Training is skipped
+    /// (`train.epochs` = 0); the run's folder keeps a copy as `model.onnx`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub onnx: String,
 }
 
 impl Default for ModelSection {
@@ -198,6 +217,7 @@ impl Default for ModelSection {
             pool_after: vec!["conv1".into(), "conv2".into()],
             pool: 2,
             layers: Vec::new(),
+            onnx: String::new(),
         }
     }
 }
@@ -277,6 +297,12 @@ pub struct FeaturesSection {
     pub mc_samples: usize,
     /// Images per batch when scoring.
     pub batch_size: usize,
+    /// An imported model (`model.onnx`) without dropout layers: layers after which MC dropout
+    /// (rate `mc_rate`) is inserted, by their imported names (`metaclf check` lists them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mc_dropout_after: Vec<String>,
+    /// Dropout rate of the layers `mc_dropout_after` inserts.
+    pub mc_rate: f64,
 }
 
 impl Default for FeaturesSection {
@@ -284,6 +310,8 @@ impl Default for FeaturesSection {
         Self {
             mc_samples: 50,
             batch_size: 256,
+            mc_dropout_after: Vec::new(),
+            mc_rate: 0.25,
         }
     }
 }
@@ -448,6 +476,8 @@ pub const THRESHOLDS: [&str; 3] = ["keep95", "reject_fraction", "target_accuracy
 #[derive(Debug, Clone)]
 pub struct Config {
     pub raw: RawConfig,
+    /// The imported model of `model.onnx` (read and checked when the config is validated).
+    pub onnx: Option<std::sync::Arc<crate::onnx::Imported>>,
 }
 
 impl std::ops::Deref for Config {
@@ -473,10 +503,16 @@ impl Config {
 
     /// Parses and validates TOML text; `file` only names the source in errors.
     pub fn parse(text: &str, file: &Path) -> Result<Config> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| Error::ConfigParse {
+        let mut raw: RawConfig = toml::from_str(text).map_err(|e| Error::ConfigParse {
             file: file.to_path_buf(),
             msg: e.to_string().trim().replace('\n', " "),
         })?;
+        // an ONNX path is relative to the config file's folder
+        if !raw.model.onnx.is_empty() && Path::new(&raw.model.onnx).is_relative() {
+            if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+                raw.model.onnx = dir.join(&raw.model.onnx).to_string_lossy().into_owned();
+            }
+        }
         Self::validate(raw)
     }
 
@@ -486,18 +522,45 @@ impl Config {
         raw.run.check()?;
         let (shape, resize, transpose) = raw.data.check()?;
         raw.verdicts.check()?;
-        let layers = raw.model.check(shape)?;
-        raw.train.check()?;
-        raw.features.check()?;
+        let onnx = raw.model.import()?.map(std::sync::Arc::new);
+        let specs = raw.model.check(shape, onnx.as_deref())?;
+        let specs = raw.features.check(specs, onnx.is_some())?;
+        let layers = plan_names(&raw.data.with_normalize(specs, shape)?, shape)?;
+        raw.train.check(onnx.is_some())?;
         raw.ood.check()?;
         raw.shift.check()?;
         raw.known_unknowns.check()?;
         raw.meta.check(&layers)?;
         raw.score.check(&layers)?;
+        if let Some(imp) = &onnx {
+            if raw.meta.cnn_seeds > 1 {
+                return Err(cfg(
+                    "meta.cnn_seeds",
+                    format!(
+                        "{}: an imported model is one trained CNN (more seeds would mean training it again); set 1",
+                        raw.meta.cnn_seeds
+                    ),
+                ));
+            }
+            if let Some(k) = known_classes(&raw.data) {
+                if k != imp.classes {
+                    return Err(cfg(
+                        "data.classes",
+                        format!(
+                            "the config names {k} classes; the ONNX model {} outputs {}",
+                            raw.model.onnx, imp.classes
+                        ),
+                    ));
+                }
+            }
+        }
         let mut raw = raw;
         raw.data.resize = resize.name().to_string();
         raw.data.transpose = transpose;
-        Ok(Config { raw })
+        if onnx.is_some() {
+            raw.train.epochs = 0;
+        }
+        Ok(Config { raw, onnx })
     }
 
     /// The image shape (C, H, W) of the run.
@@ -522,17 +585,28 @@ impl Config {
     /// The number of classes the network outputs, where the config says it without reading
     /// data: `data.classes`, or `data.class_names` less `data.unknown_classes`.
     pub fn known_class_count(&self) -> Option<usize> {
-        let d = &self.data;
-        match (d.class_names.is_empty(), d.classes.len()) {
-            (true, _) => None,
-            (false, 0) => Some(d.class_names.len().saturating_sub(d.unknown_classes.len())),
-            (false, k) => Some(k),
-        }
+        known_classes(&self.data).or(self.onnx.as_ref().map(|i| i.classes))
     }
 
-    /// The layer list of the net (validated).
+    /// The layer list of the net (validated): the config's or the imported one, with the
+    /// MC-dropout sites `features.mc_dropout_after` inserts and `data.normalize` in front.
     pub fn layer_specs(&self) -> Vec<crate::arch::Spec> {
-        self.model.specs()
+        let specs = match &self.onnx {
+            Some(imp) => imp.specs.clone(),
+            None => self.model.specs(),
+        };
+        let specs = self
+            .features
+            .check(specs, self.onnx.is_some())
+            .expect("validated");
+        self.data
+            .with_normalize(specs, self.shape())
+            .expect("validated")
+    }
+
+    /// The path of the imported ONNX model (`model.onnx`), if there is one.
+    pub fn onnx_path(&self) -> Option<&Path> {
+        (!self.model.onnx.is_empty()).then(|| Path::new(&self.model.onnx))
     }
 
     /// The shape of the net's input: the images' (an input crop is the net's first layer).
@@ -562,6 +636,53 @@ impl RunSection {
 }
 
 impl DataSection {
+    /// `specs` with `normalize` (checked here: one finite mean and one positive std per
+    /// channel) as the net's first layer, after an input crop if there is one.
+    pub fn with_normalize(
+        &self,
+        mut specs: Vec<crate::arch::Spec>,
+        shape: crate::data::Shape,
+    ) -> Result<Vec<crate::arch::Spec>> {
+        let Some(n) = &self.normalize else {
+            return Ok(specs);
+        };
+        for (key, v) in [
+            ("data.normalize.mean", &n.mean),
+            ("data.normalize.std", &n.std),
+        ] {
+            if v.len() != shape.c {
+                return Err(cfg(
+                    key,
+                    format!(
+                        "{} values for images of {} channel{}: give one per channel",
+                        v.len(),
+                        shape.c,
+                        if shape.c == 1 { "" } else { "s" }
+                    ),
+                ));
+            }
+        }
+        if let Some(m) = n.mean.iter().find(|m| !m.is_finite()) {
+            return Err(cfg("data.normalize.mean", format!("{m} is not finite")));
+        }
+        if let Some(v) = n.std.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+            return Err(cfg("data.normalize.std", format!("{v}: must be > 0")));
+        }
+        let at = usize::from(matches!(
+            specs.first(),
+            Some(crate::arch::Spec::Crop { .. })
+        ));
+        specs.insert(
+            at,
+            crate::arch::Spec::Normalize {
+                name: "normalize".into(),
+                mean: n.mean.clone(),
+                std: n.std.clone(),
+            },
+        );
+        Ok(specs)
+    }
+
     /// Checks `[data]`; returns the image shape, the resize rule and the resolved transpose.
     pub fn check(&self) -> Result<(crate::data::Shape, crate::data::Resize, bool)> {
         let r = self;
@@ -666,8 +787,62 @@ impl ModelSection {
     /// Checks `[model]`: the layer list (every entry's keys, then the shapes through the net
     /// on images of `shape`), or the legacy keys of the paper's net. Returns the names of the
     /// parameterised layers (the gradient columns' layers).
-    pub fn check(&self, shape: crate::data::Shape) -> Result<Vec<String>> {
+    /// The ONNX model of `onnx`, read and checked (None without one).
+    pub fn import(&self) -> Result<Option<crate::onnx::Imported>> {
+        if self.onnx.is_empty() {
+            return Ok(None);
+        }
+        let p = Path::new(&self.onnx);
+        if !p.is_file() {
+            return Err(cfg("model.onnx", format!("{}: no such file", p.display())));
+        }
+        crate::onnx::load(p)
+            .map(Some)
+            .map_err(|e| cfg("model.onnx", e.to_string()))
+    }
+
+    pub fn check(
+        &self,
+        shape: crate::data::Shape,
+        onnx: Option<&crate::onnx::Imported>,
+    ) -> Result<Vec<crate::arch::Spec>> {
         let m = self;
+        if let Some(imp) = onnx {
+            let d = ModelSection::default();
+            if !m.layers.is_empty() {
+                return Err(cfg(
+                    "model.layers",
+                    "is set beside model.onnx: the imported model is the network",
+                ));
+            }
+            for (key, same) in [
+                ("model.channels", m.channels == d.channels),
+                ("model.kernel", m.kernel == d.kernel),
+                ("model.leaky_slope", m.leaky_slope == d.leaky_slope),
+                ("model.dropout", m.dropout == d.dropout),
+                ("model.dropout_after", m.dropout_after == d.dropout_after),
+                ("model.pool_after", m.pool_after == d.pool_after),
+                ("model.pool", m.pool == d.pool),
+            ] {
+                if !same {
+                    return Err(cfg(
+                        key,
+                        "is set beside model.onnx: the imported model is the network",
+                    ));
+                }
+            }
+            let (c, h, w) = imp.input;
+            if (c, h, w) != (shape.c, shape.h, shape.w) {
+                return Err(cfg(
+                    "data.image_size",
+                    format!(
+                        "the ONNX model {} takes {c}×{h}×{w} images (C×H×W); the config brings images to {}×{}×{}: set data.channels = {c} and data.image_size = [{h}, {w}]",
+                        m.onnx, shape.c, shape.h, shape.w
+                    ),
+                ));
+            }
+            return Ok(imp.specs.clone());
+        }
         if !m.layers.is_empty() {
             let d = ModelSection::default();
             for (key, same) in [
@@ -688,7 +863,8 @@ impl ModelSection {
             }
             let specs = crate::arch::parse_layers(&m.layers)
                 .map_err(|(i, msg)| cfg(&format!("model.layers[{i}]"), msg))?;
-            return plan_names(&specs, shape);
+            plan_names(&specs, shape)?;
+            return Ok(specs);
         }
         if m.channels.is_empty() || m.channels.contains(&0) {
             return Err(cfg(
@@ -763,7 +939,9 @@ impl ModelSection {
                 format!("{c} channels is more than the limit of {MAX_CHANNELS}"),
             ));
         }
-        plan_names(&m.specs(), shape)
+        let specs = m.specs();
+        plan_names(&specs, shape)?;
+        Ok(specs)
     }
 
     /// The layer list: `layers` validated, or the paper's net from the legacy keys.
@@ -795,6 +973,16 @@ impl ModelSection {
 
 /// Shape inference through `specs` on images of `shape` (the input crop, if any, included);
 /// the parameterised layers' names, or the error naming `model.layers[i]` and the shapes.
+/// The number of classes `[data]` names without reading data: `data.classes`, or
+/// `data.class_names` less `data.unknown_classes`.
+fn known_classes(d: &DataSection) -> Option<usize> {
+    match (d.class_names.is_empty(), d.classes.len()) {
+        (true, _) => None,
+        (false, 0) => Some(d.class_names.len().saturating_sub(d.unknown_classes.len())),
+        (false, k) => Some(k),
+    }
+}
+
 fn plan_names(specs: &[crate::arch::Spec], shape: crate::data::Shape) -> Result<Vec<String>> {
     // the number of classes is the data's
     crate::arch::plan_for(specs, (shape.c, shape.h, shape.w), None)
@@ -804,10 +992,14 @@ fn plan_names(specs: &[crate::arch::Spec], shape: crate::data::Shape) -> Result<
 
 impl TrainSection {
     /// Checks `[train]`.
-    pub fn check(&self) -> Result<()> {
+    /// Checks `[train]`; an imported model (`imported`) is not trained, so any epochs do.
+    pub fn check(&self, imported: bool) -> Result<()> {
         let t = self;
-        if t.epochs == 0 {
-            return Err(cfg("train.epochs", "0: must be ≥ 1"));
+        if t.epochs == 0 && !imported {
+            return Err(cfg(
+                "train.epochs",
+                "0: must be ≥ 1 (only an imported model, model.onnx, runs untrained)",
+            ));
         }
         if t.batch_size == 0 {
             return Err(cfg("train.batch_size", "0: must be ≥ 1"));
@@ -888,8 +1080,13 @@ impl TrainSection {
 }
 
 impl FeaturesSection {
-    /// Checks `[features]`.
-    pub fn check(&self) -> Result<()> {
+    /// Checks `[features]` for the net's layers `specs`; returns them with the MC-dropout
+    /// layers of `mc_dropout_after` inserted (an imported model only).
+    pub fn check(
+        &self,
+        specs: Vec<crate::arch::Spec>,
+        imported: bool,
+    ) -> Result<Vec<crate::arch::Spec>> {
         if self.mc_samples < 2 {
             return Err(cfg(
                 "features.mc_samples",
@@ -918,7 +1115,69 @@ impl FeaturesSection {
                 ),
             ));
         }
-        Ok(())
+        if self.mc_dropout_after.is_empty() {
+            return Ok(specs);
+        }
+        if !imported {
+            return Err(cfg(
+                "features.mc_dropout_after",
+                "is for an imported model (model.onnx); in a layer list, put dropout layers where they belong",
+            ));
+        }
+        if !(self.mc_rate.is_finite() && self.mc_rate > 0.0 && self.mc_rate < 1.0) {
+            return Err(cfg(
+                "features.mc_rate",
+                format!("{} is outside (0, 1)", self.mc_rate),
+            ));
+        }
+        let mut specs = specs;
+        for name in &self.mc_dropout_after {
+            if !insert_dropout_after(&mut specs, name, self.mc_rate) {
+                let mut all = Vec::new();
+                layer_names_nested(&specs, &mut all);
+                return Err(cfg(
+                    "features.mc_dropout_after",
+                    format!(
+                        "{name:?} is not a layer of the imported model (its layers: {})",
+                        all.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(specs)
+    }
+}
+
+/// Inserts dropout (`mc_drop_<layer>`) right after the layer `name`, at any depth; false if
+/// there is no such layer.
+fn insert_dropout_after(specs: &mut Vec<crate::arch::Spec>, name: &str, rate: f64) -> bool {
+    use crate::arch::Spec;
+    if let Some(i) = specs.iter().position(|s| s.name() == name) {
+        specs.insert(
+            i + 1,
+            Spec::Dropout {
+                name: format!("mc_drop_{name}"),
+                rate,
+            },
+        );
+        return true;
+    }
+    specs.iter_mut().any(|s| match s {
+        Spec::Add { body, shortcut, .. } => {
+            insert_dropout_after(body, name, rate) || insert_dropout_after(shortcut, name, rate)
+        }
+        _ => false,
+    })
+}
+
+/// Every layer's name, adds' branches included, in order.
+fn layer_names_nested(specs: &[crate::arch::Spec], out: &mut Vec<String>) {
+    for s in specs {
+        out.push(s.name().to_string());
+        if let crate::arch::Spec::Add { body, shortcut, .. } = s {
+            layer_names_nested(body, out);
+            layer_names_nested(shortcut, out);
+        }
     }
 }
 
@@ -1206,6 +1465,80 @@ mod tests {
 
     fn parse(s: &str) -> Result<Config> {
         Config::parse(s, Path::new("t.toml"))
+    }
+
+    /// `[model] onnx`: resolved against the config's folder; the checks of what goes with it.
+    #[test]
+    fn onnx_configs() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let at = |text: &str| Config::parse(text, &root.join("configs/x.toml"));
+        let base = "[model]\nonnx = \"../tests/fixtures/onnx/small_resnet.onnx\"\n";
+        let c = at(base).unwrap();
+        assert!(
+            Path::new(&c.model.onnx).is_absolute()
+                || c.model.onnx.starts_with(root.to_str().unwrap())
+        );
+        assert_eq!(c.train.epochs, 0, "an imported model is not trained");
+        assert_eq!(c.layer_names()[0], "stem");
+        assert_eq!(c.known_class_count(), Some(10));
+        let err = |text: &str| at(text).unwrap_err().to_string();
+        let e = err("[model]\nonnx = \"nope.onnx\"\n");
+        assert!(e.contains("model.onnx") && e.contains("nope.onnx"), "{e}");
+        let e = err(&format!("{base}[data]\nimage_size = [32, 32]\n"));
+        assert!(
+            e.contains("data.image_size") && e.contains("1×28×28"),
+            "{e}"
+        );
+        let e = err(&format!("{base}channels = [8]\n"));
+        assert!(
+            e.contains("model.channels") && e.contains("beside model.onnx"),
+            "{e}"
+        );
+        let e = err(&format!("{base}[features]\nmc_dropout_after = [\"fc9\"]\n"));
+        assert!(
+            e.contains("features.mc_dropout_after") && e.contains("block1.conv1"),
+            "{e}"
+        );
+        let e = err(&format!("{base}[meta]\ncnn_seeds = 2\n"));
+        assert!(e.contains("meta.cnn_seeds"), "{e}");
+        let e = err(&format!("{base}[data]\nclass_names = [\"a\", \"b\"]\n"));
+        assert!(
+            e.contains("data.classes") && e.contains("outputs 10"),
+            "{e}"
+        );
+        // MC dropout inserted after a named layer, in front of it the normalisation
+        let c = at(&format!(
+            "{base}[features]\nmc_dropout_after = [\"fc1\", \"block2.conv1\"]\n[data]\nnormalize = {{ mean = [0.5], std = [0.25] }}\n"
+        ))
+        .unwrap();
+        let specs = c.layer_specs();
+        assert_eq!(specs[0].kind(), "normalize");
+        assert_eq!(crate::arch::count_dropout(&specs), 2);
+        // without an import
+        let e = parse("[features]\nmc_dropout_after = [\"conv1\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("features.mc_dropout_after") && e.contains("imported model"),
+            "{e}"
+        );
+        let e = parse("[train]\nepochs = 0\n").unwrap_err().to_string();
+        assert!(e.contains("train.epochs"), "{e}");
+        let e = parse("[data]\nnormalize = { mean = [0.5, 0.5], std = [1.0, 1.0] }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("data.normalize.mean") && e.contains("one per channel"),
+            "{e}"
+        );
+        let e = parse("[data]\nnormalize = { mean = [0.5], std = [0.0] }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("data.normalize.std"), "{e}");
+        // the paper's net with normalisation: the first layer
+        let c = parse("[data]\nnormalize = { mean = [0.1307], std = [0.3081] }\n").unwrap();
+        assert_eq!(c.layer_specs()[0].kind(), "normalize");
+        assert_eq!(c.layer_names(), ["conv1", "conv2", "conv3", "fc"]);
     }
 
     #[test]

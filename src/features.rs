@@ -338,8 +338,15 @@ pub fn is_ood_set(set: &str) -> bool {
 }
 
 /// Column names of a net's feature table.
+/// A net without dropout layers has no MC-dropout columns (`mc_*`): its T passes would all be
+/// the plain forward pass.
 pub fn columns(net: &Net) -> Vec<String> {
-    let mut cols: Vec<String> = SCORE_COLUMNS.iter().map(|s| s.to_string()).collect();
+    let mc = net.dropout_layers() > 0;
+    let mut cols: Vec<String> = SCORE_COLUMNS
+        .iter()
+        .filter(|s| mc || !s.starts_with("mc_"))
+        .map(|s| s.to_string())
+        .collect();
     let mut layers = net.layer_names();
     layers.push("all".into());
     for l in layers {
@@ -728,6 +735,13 @@ pub fn score_with_probs(
     }
     let bs = p.batch_size.max(1);
     let nl = net.layers.len() + 1;
+    // without dropout layers the 4 MC columns are left out and the later ones move up
+    let has_mc = net.dropout_layers() > 0;
+    let (lf_at, grad_at) = if has_mc {
+        (6, GRAD_START)
+    } else {
+        (2, GRAD_START - 4)
+    };
     for start in (0..n_total).step_by(bs) {
         let end = (start + bs).min(n_total);
         let n = end - start;
@@ -735,7 +749,7 @@ pub fn score_with_probs(
         let (probs, gstats, lf) = grad_stats_batch(net, x, n);
         all_probs.extend_from_slice(&probs);
         let t = p.mc_samples;
-        let mc = if p.mc {
+        let mc = if p.mc && has_mc {
             mc_dropout_probs(net, x, n, t, &mc_keys(p.seed, x, n), &probs)
         } else {
             Vec::new()
@@ -747,20 +761,22 @@ pub fn score_with_probs(
             let row = &mut values[(start + i) * nc..(start + i + 1) * nc];
             row[0] = pi[pred as usize];
             row[1] = entropy(pi) as f32;
-            let m = if p.mc {
-                mc_stats(&mc[i * t * k..(i + 1) * t * k], k)
-            } else {
-                [0.0; 4]
-            };
-            for (j, v) in m.iter().enumerate() {
-                row[2 + j] = *v as f32;
+            if has_mc {
+                let m = if p.mc {
+                    mc_stats(&mc[i * t * k..(i + 1) * t * k], k)
+                } else {
+                    [0.0; 4]
+                };
+                for (j, v) in m.iter().enumerate() {
+                    row[2 + j] = *v as f32;
+                }
             }
             for (j, v) in lf[i].iter().enumerate() {
-                row[6 + j] = *v as f32;
+                row[lf_at + j] = *v as f32;
             }
             for l in 0..nl {
                 for (j, v) in gstats[i * nl + l].iter().enumerate() {
-                    row[GRAD_START + l * 7 + j] = *v as f32;
+                    row[grad_at + l * 7 + j] = *v as f32;
                 }
             }
             if let Some(c) = row.iter().position(|v| !v.is_finite()) {

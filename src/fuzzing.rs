@@ -45,6 +45,25 @@ pub fn safetensors(data: &[u8]) {
     }
 }
 
+/// The ONNX import; what it accepts builds its net with exactly its weights, and a small one
+/// runs a forward pass.
+pub fn onnx(data: &[u8]) {
+    if let Ok(imp) = crate::onnx::import(data) {
+        let (c, h, w) = imp.input;
+        let arch = Arch {
+            input: crate::data::Shape::new(c, h, w),
+            classes: imp.classes,
+            specs: imp.specs.clone(),
+        };
+        let net = Net::from_import(arch, &imp, Path::new("fuzz.onnx"))
+            .expect("an accepted import builds its net");
+        assert_eq!(net.num_params(), imp.n_params());
+        if c * h * w <= 1 << 14 && net.num_params() <= 1 << 20 {
+            let _ = net.forward(&vec![0.5; c * h * w], 1, None, false);
+        }
+    }
+}
+
 /// features.csv; what it accepts is finite and survives a write and a read.
 pub fn features_csv(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -538,6 +538,11 @@ pub fn sanitize(raw: &str) -> Option<String> {
 /// a part that repeats its predecessor's name with an index (`shortcut.0` after `shortcut`)
 /// taking its place.
 pub fn node_path(name: &str, op: &str) -> Option<String> {
+    // the torch.export-based exporter names nodes `node_<target>` (`node_relu_3`)
+    let name = match name.strip_prefix("node_") {
+        Some(rest) if !name.contains('/') && !rest.is_empty() => rest,
+        _ => name,
+    };
     let mut parts: Vec<&str> = name.split('/').filter(|p| !p.is_empty()).collect();
     if parts.len() > 1 && parts.last().is_some_and(|l| l.starts_with(op)) {
         parts.pop();
@@ -1382,15 +1387,253 @@ mod tests {
             node_path("/block1/Relu_1", "Relu").as_deref(),
             Some("block1")
         );
-        assert_eq!(
-            node_path("node_Conv_96", "Conv").as_deref(),
-            Some("node_Conv_96")
-        );
         assert_eq!(sanitize("onnx::Conv_66").as_deref(), Some("onnx__Conv_66"));
         assert_eq!(sanitize("0.weight").as_deref(), Some("l0.weight"));
         assert_eq!(sanitize("a..b.").as_deref(), Some("a.b"));
         assert_eq!(sanitize("///"), None);
         assert_eq!(sanitize("all"), None);
+    }
+
+    use prost::Message;
+    use proto::*;
+
+    fn tensor(name: &str, dims: &[i64], v: Vec<f32>) -> TensorProto {
+        TensorProto {
+            name: name.into(),
+            dims: dims.to_vec(),
+            data_type: 1,
+            float_data: v,
+            ..Default::default()
+        }
+    }
+
+    fn ints(name: &str, v: &[i64]) -> AttributeProto {
+        AttributeProto {
+            name: name.into(),
+            ints: v.to_vec(),
+            r#type: 7,
+            ..Default::default()
+        }
+    }
+
+    fn int(name: &str, v: i64) -> AttributeProto {
+        AttributeProto {
+            name: name.into(),
+            i: v,
+            r#type: 2,
+            ..Default::default()
+        }
+    }
+
+    fn node(op: &str, name: &str, i: &[&str], o: &str, attrs: Vec<AttributeProto>) -> NodeProto {
+        NodeProto {
+            op_type: op.into(),
+            name: name.into(),
+            input: i.iter().map(|s| s.to_string()).collect(),
+            output: vec![o.into()],
+            attribute: attrs,
+            ..Default::default()
+        }
+    }
+
+    fn value(name: &str, dims: &[Dimension]) -> ValueInfoProto {
+        ValueInfoProto {
+            name: name.into(),
+            r#type: Some(TypeProto {
+                tensor_type: Some(TypeTensor {
+                    elem_type: 1,
+                    shape: Some(TensorShapeProto { dim: dims.to_vec() }),
+                }),
+            }),
+        }
+    }
+
+    fn fixed(v: i64) -> Dimension {
+        Dimension {
+            dim_value: Some(v),
+            dim_param: None,
+        }
+    }
+
+    fn batch() -> Dimension {
+        Dimension {
+            dim_value: None,
+            dim_param: Some("batch".into()),
+        }
+    }
+
+    type Edit = dyn FnOnce(&mut Vec<NodeProto>, &mut Vec<TensorProto>, &mut Vec<Dimension>);
+
+    /// image 1×4×4 → conv 3×3 (2 channels, pads 1) → relu → flatten → gemm 32 → 3, with
+    /// `edit` applied to the nodes and initializers first.
+    fn model(
+        edit: impl FnOnce(&mut Vec<NodeProto>, &mut Vec<TensorProto>, &mut Vec<Dimension>),
+    ) -> Vec<u8> {
+        let mut nodes = vec![
+            node(
+                "Conv",
+                "/conv1/Conv",
+                &["image", "conv1.weight", "conv1.bias"],
+                "c",
+                vec![ints("kernel_shape", &[3, 3]), ints("pads", &[1, 1, 1, 1])],
+            ),
+            node("Relu", "/relu/Relu", &["c"], "r", vec![]),
+            node(
+                "Flatten",
+                "/flatten/Flatten",
+                &["r"],
+                "f",
+                vec![int("axis", 1)],
+            ),
+            node(
+                "Gemm",
+                "/fc/Gemm",
+                &["f", "fc.weight", "fc.bias"],
+                "logits",
+                vec![int("transB", 1)],
+            ),
+        ];
+        let mut inits = vec![
+            tensor("conv1.weight", &[2, 1, 3, 3], vec![0.1; 18]),
+            tensor("conv1.bias", &[2], vec![0.0, 0.1]),
+            tensor(
+                "fc.weight",
+                &[3, 32],
+                (0..96).map(|i| i as f32 / 96.0).collect(),
+            ),
+            tensor("fc.bias", &[3], vec![0.0; 3]),
+        ];
+        let mut dims = vec![batch(), fixed(1), fixed(4), fixed(4)];
+        edit(&mut nodes, &mut inits, &mut dims);
+        ModelProto {
+            ir_version: 8,
+            producer_name: "test".into(),
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: 17,
+            }],
+            graph: Some(GraphProto {
+                node: nodes,
+                name: "g".into(),
+                initializer: inits,
+                input: vec![value("image", &dims)],
+                output: vec![value("logits", &[batch(), fixed(3)])],
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn a_small_graph_imports() {
+        let imp = import(&model(|_, _, _| {})).unwrap();
+        assert_eq!(imp.input, (1, 4, 4));
+        assert_eq!(imp.classes, 3);
+        let kinds: Vec<&str> = imp.specs.iter().map(|s| s.kind()).collect();
+        assert_eq!(kinds, ["conv", "relu", "flatten", "linear"]);
+        let names: Vec<&str> = imp.specs.iter().map(|s| s.name()).collect();
+        assert_eq!(names, ["conv1", "relu", "flatten", "fc"]);
+        assert_eq!(imp.n_params(), 18 + 2 + 96 + 3);
+    }
+
+    /// Each refusal names the node, its op and what would do.
+    #[test]
+    fn unsupported_graphs_are_refused_by_name() {
+        let cases: Vec<(&str, Box<Edit>, &[&str])> = vec![
+            (
+                "an unknown op",
+                Box::new(|n, _, _| n[1].op_type = "Sigmoid".into()),
+                &[
+                    "\"/relu/Relu\"",
+                    "op Sigmoid is not supported",
+                    "Conv, BatchNormalization",
+                ],
+            ),
+            (
+                "groups",
+                Box::new(|n, _, _| n[0].attribute.push(int("group", 2))),
+                &["/conv1/Conv", "group = 2"],
+            ),
+            (
+                "dilation",
+                Box::new(|n, _, _| n[0].attribute.push(ints("dilations", &[2, 2]))),
+                &["dilations [2, 2]"],
+            ),
+            (
+                "asymmetric padding",
+                Box::new(|n, _, _| n[0].attribute[1] = ints("pads", &[1, 1, 0, 0])),
+                &["asymmetric padding [1, 1, 0, 0]"],
+            ),
+            (
+                "a dynamic height",
+                Box::new(|_, _, d| {
+                    d[2] = Dimension {
+                        dim_value: None,
+                        dim_param: Some("h".into()),
+                    }
+                }),
+                &["height", "dynamic \"h\"", "fixed C×H×W"],
+            ),
+            (
+                "external data",
+                Box::new(|_, t, _| {
+                    t[0].float_data.clear();
+                    t[0].data_location = 1;
+                    t[0].external_data.push(StringStringEntryProto {
+                        key: "location".into(),
+                        value: "w.bin".into(),
+                    })
+                }),
+                &["conv1.weight", "external data file (\"w.bin\")"],
+            ),
+            (
+                "float16",
+                Box::new(|_, t, _| {
+                    t[0].float_data.clear();
+                    t[0].data_type = 10;
+                    t[0].raw_data = vec![0; 36]
+                }),
+                &["float16"],
+            ),
+            (
+                "not logits",
+                Box::new(|n, _, _| {
+                    n[3].output[0] = "z".into();
+                    n.push(node("Relu", "/out/Relu", &["z"], "logits", vec![]))
+                }),
+                &["relu", "must be the logits"],
+            ),
+            (
+                "a softmax inside",
+                Box::new(|n, _, _| n[1].op_type = "Softmax".into()),
+                &["Softmax", "only as the last node"],
+            ),
+            (
+                "a wrong weight shape",
+                Box::new(|_, t, _| {
+                    t[2].dims = vec![3, 30];
+                    t[2].float_data.truncate(90)
+                }),
+                &["fc.weight", "takes 30 inputs; its input has 32"],
+            ),
+            (
+                "a computed weight",
+                Box::new(|n, t, _| {
+                    t.remove(0);
+                    n.insert(
+                        0,
+                        node("Identity", "id", &["image"], "conv1.weight", vec![]),
+                    )
+                }),
+                &["its weight (\"conv1.weight\") is computed in the graph"],
+            ),
+        ];
+        for (what, edit, want) in cases {
+            let e = import(&model(edit)).expect_err(what);
+            for w in want {
+                assert!(e.contains(w), "{what}: {e:?} should say {w:?}");
+            }
+        }
     }
 
     #[test]

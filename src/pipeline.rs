@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::data::{self, stage_rng, Dataset, LoadCtx, Source};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::eval::{self, MetaParams};
 use crate::features::{self, FeatureParams, FeatureTable};
 use crate::meta::nn::NnParams;
@@ -237,7 +237,10 @@ pub fn check_lines(cfg: &Config) -> Result<Vec<String>> {
             .iter()
             .map(|&c| crate::config::ClassRef::Index(c))
             .collect();
-        let shown = Config { raw };
+        let shown = Config {
+            raw,
+            onnx: cfg.onnx.clone(),
+        };
         out.push(format!(
             "classes (network output = name): {}",
             class_map_line(&shown, known.len())
@@ -263,6 +266,28 @@ pub fn check_lines(cfg: &Config) -> Result<Vec<String>> {
         plan.n_params,
         plan.params.join(", ")
     ));
+    if let (Some(imp), Some(p)) = (&cfg.onnx, cfg.onnx_path()) {
+        out.push(format!(
+            "imported from {} ({}; input {:?}, output {:?}), as these layers:",
+            p.display(),
+            imp.producer,
+            imp.input_name,
+            imp.output_name
+        ));
+        out.extend(crate::arch::outline(
+            &arch.specs,
+            (i.c, i.h, i.w),
+            plan.dims.last().map_or(2, |d| d.0),
+        ));
+        out.extend(imp.notes.iter().cloned());
+    }
+    if crate::arch::count_dropout(&arch.specs) == 0 {
+        out.push(
+            "MC dropout: the net has no dropout layer, so the MC-dropout features are left out \
+             (an imported model can have some inserted: features.mc_dropout_after)"
+                .into(),
+        );
+    }
     Ok(out)
 }
 
@@ -624,6 +649,18 @@ pub fn meta_params(cfg: &Config) -> Result<MetaParams> {
         .iter()
         .map(|g| FeatureGroup::parse(g, &convs).map_err(|e| crate::error::cfg("meta.groups", e)))
         .collect::<Result<Vec<_>>>()?;
+    // a net without dropout has no MC-dropout columns: the groups go without them
+    let groups = if crate::arch::count_dropout(&cfg.layer_specs()) > 0 {
+        groups
+    } else {
+        groups
+            .into_iter()
+            .filter_map(|mut g| {
+                g.columns.retain(|c| !c.starts_with("mc_"));
+                (!g.columns.is_empty()).then_some(g)
+            })
+            .collect()
+    };
     Ok(MetaParams {
         repetitions: m.repetitions,
         test_fraction: m.test_fraction,
@@ -907,7 +944,7 @@ fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary
     } else {
         cfg
     };
-    folder.write("config.toml", cfg.to_toml())?;
+    folder.write("config.toml", run_config_toml(cfg, folder)?)?;
     let run_json = json!({
         "metaclf_version": env!("CARGO_PKG_VERSION"),
         "seed": cfg.run.seed,
@@ -934,13 +971,50 @@ fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary
 
     let t = Instant::now();
     let arch = Arch::from_config(cfg, classes);
-    let net = Net::new(arch, &mut stage_rng(cfg.run.seed, "init"))?;
-    tracing::info!(
-        "model: {} parameters, layers {}",
-        net.num_params(),
-        net.describe()
-    );
-    let trained = TrainParams::from_config(cfg).fit(net, &splits.train, &splits.val)?;
+    let trained = match (&cfg.onnx, cfg.onnx_path()) {
+        (Some(imp), Some(path)) => {
+            if classes != imp.classes {
+                return Err(crate::error::cfg(
+                    "data.classes",
+                    format!(
+                        "the data has {classes} classes; the ONNX model {} outputs {} (name the classes it was trained on, in its output order, with data.classes or data.class_names)",
+                        path.display(),
+                        imp.classes
+                    ),
+                ));
+            }
+            let net = Net::from_import(arch, imp, path)?;
+            tracing::info!(
+                "model: imported from {} ({}): {} parameters, layers {}; not trained",
+                path.display(),
+                imp.producer,
+                net.num_params(),
+                net.describe()
+            );
+            for n in &imp.notes {
+                tracing::info!("import: {n}");
+            }
+            Trained {
+                net,
+                history: Vec::new(),
+                best_epoch: 0,
+            }
+        }
+        _ => {
+            let net = Net::new(arch, &mut stage_rng(cfg.run.seed, "init"))?;
+            tracing::info!(
+                "model: {} parameters, layers {}",
+                net.num_params(),
+                net.describe()
+            );
+            TrainParams::from_config(cfg).fit(net, &splits.train, &splits.val)?
+        }
+    };
+    if trained.net.dropout_layers() == 0 {
+        tracing::info!(
+            "MC dropout: the net has no dropout layer, so the MC-dropout features are left out"
+        );
+    }
     times.push(("train".into(), t.elapsed().as_secs_f64()));
     finish_run(
         cfg,
@@ -956,6 +1030,27 @@ fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary
             extra_json: serde_json::Map::new(),
         },
     )
+}
+
+/// The run's resolved config as written to its folder. With an imported model, the ONNX file
+/// is copied into the folder as `model.onnx` and the config names that copy (relative to the
+/// folder), so the run stays usable when the original moves.
+pub fn run_config_toml(cfg: &Config, folder: &RunFolder) -> Result<String> {
+    let Some(src) = cfg.onnx_path() else {
+        return Ok(cfg.to_toml());
+    };
+    let dst = folder.file("model.onnx");
+    let same = match (std::fs::canonicalize(src), std::fs::canonicalize(&dst)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if !same {
+        let bytes = std::fs::read(src).at(src)?;
+        crate::runfolder::write_atomic(&dst, &bytes)?;
+    }
+    let mut raw = cfg.raw.clone();
+    raw.model.onnx = "model.onnx".into();
+    Ok(toml::to_string_pretty(&raw).expect("config serializes"))
 }
 
 /// What [`finish_run`] needs beside the data and the trained CNN.
@@ -1061,6 +1156,16 @@ pub fn finish_run(
         "class_names": class_names(cfg, classes),
         "input": format!("{} (C×H×W {}×{}×{}), resize {}", cfg.shape(), cfg.shape().c, cfg.shape().h, cfg.shape().w, cfg.data.resize),
         "parameters": trained.net.num_params(),
+        "model_source": match (&cfg.onnx, cfg.onnx_path()) {
+            (Some(imp), Some(p)) => format!(
+                "imported from {} ({}), not trained{}",
+                p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+                imp.producer,
+                imp.notes.iter().map(|n| format!("; {n}")).collect::<String>()
+            ),
+            _ => "trained by metaclf".to_string(),
+        },
+        "dropout_layers": trained.net.dropout_layers(),
         "epochs": trained.history.len(),
         "best_epoch": trained.best_epoch,
         "test_accuracy": test_acc,

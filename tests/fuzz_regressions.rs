@@ -62,6 +62,11 @@ fn npy_inputs() {
     replay("npy", |b| metaclf::fuzzing::npy(b, &d.path().join("n")));
 }
 
+#[test]
+fn onnx_inputs() {
+    replay("onnx", metaclf::fuzzing::onnx);
+}
+
 /// The seeds are real inputs: each reader accepts its main seed (so the fuzzers start from
 /// valid files, and a reader that rejected everything would show here).
 #[test]
@@ -97,6 +102,15 @@ fn main_seeds_are_accepted() {
             .len(),
         4
     );
+    for f in [
+        "small_resnet.onnx",
+        "small_resnet_ts.onnx",
+        "small_resnet_bn.onnx",
+    ] {
+        let imp =
+            metaclf::onnx::import(&std::fs::read(seeds.join("onnx").join(f)).unwrap()).unwrap();
+        assert_eq!((imp.input, imp.classes), ((1, 28, 28), 10), "{f}");
+    }
     let t = std::fs::read_to_string(seeds.join("config/small.toml")).unwrap();
     metaclf::Config::parse(&t, Path::new("s")).unwrap();
     let d = tempfile::tempdir().unwrap();

@@ -53,6 +53,14 @@ fn columns_is_a_leaf_and_data_does_not_read_the_config() {
         !source("arch.rs").contains("crate::"),
         "arch.rs imports from the crate"
     );
+    // the ONNX import: the config validates it before anything runs
+    let o = source("onnx.rs");
+    for line in o.lines().filter(|l| l.contains("crate::")) {
+        assert!(
+            line.contains("crate::arch") || line.contains("crate::error"),
+            "onnx.rs imports more than arch and error: {line}"
+        );
+    }
     let d = source("data");
     for m in [
         "config", "meta", "features", "model", "eval", "report", "pipeline",

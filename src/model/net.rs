@@ -166,6 +166,11 @@ impl Net {
     }
 
     /// Names of the parameterised layers in graph order (`conv1`, ..., `fc`).
+    /// Dropout layers anywhere in the graph (the MC-dropout sites).
+    pub fn dropout_layers(&self) -> usize {
+        crate::arch::count_dropout(&self.arch.specs)
+    }
+
     pub fn layer_names(&self) -> Vec<String> {
         self.layers.iter().map(|l| l.name.clone()).collect()
     }
@@ -197,11 +202,16 @@ impl Net {
         want.min((1usize << 24) / largest).max(1)
     }
 
-    /// Index of the first dropout node, if any.
+    /// Index of the first node that is a dropout layer or holds one (an add's branch), if any.
     pub fn first_dropout(&self) -> Option<usize> {
-        self.nodes
-            .iter()
-            .position(|s| matches!(s, Node::Dropout { .. }))
+        fn has(n: &Node) -> bool {
+            match n {
+                Node::Dropout { .. } => true,
+                Node::Residual(r) => r.body.iter().chain(&r.shortcut).any(has),
+                _ => false,
+            }
+        }
+        self.nodes.iter().position(has)
     }
 
     /// Whether the net has batch norm (whose running statistics training must update).

@@ -143,7 +143,7 @@ pub fn build(dir: &Path) -> Result<()> {
             .unwrap_or_else(|| run[k].to_string())
     };
     html.push_str(&format!(
-        "<h2>Run summary</h2><table><tr><th>metaclf version</th><td>{}</td></tr><tr><th>seed</th><td>{}</td></tr><tr><th>test accuracy</th><td>{}</td></tr><tr><th>epochs (best)</th><td>{} ({})</td></tr><tr><th>parameters</th><td>{}</td></tr><tr><th>wall time per stage (s)</th><td>{}</td></tr></table>",
+        "<h2>Run summary</h2><table><tr><th>metaclf version</th><td>{}</td></tr><tr><th>seed</th><td>{}</td></tr><tr><th>test accuracy</th><td>{}</td></tr><tr><th>epochs (best)</th><td>{} ({})</td></tr><tr><th>parameters</th><td>{}</td></tr><tr><th>model</th><td>{}</td></tr><tr><th>wall time per stage (s)</th><td>{}</td></tr></table>",
         esc(&g("metaclf_version")),
         esc(&g("seed")),
         run["test_accuracy"].as_f64().map(|a| match run["test_accuracy_ci"].as_array() {
@@ -153,6 +153,15 @@ pub fn build(dir: &Path) -> Result<()> {
         esc(&g("epochs")),
         esc(&g("best_epoch")),
         esc(&g("parameters")),
+        esc(&format!(
+            "{}{}",
+            run["model_source"].as_str().unwrap_or("trained by metaclf"),
+            if run["dropout_layers"].as_u64() == Some(0) {
+                ". The net has no dropout layer, so the MC-dropout features are left out (an imported model can have dropout inserted for MC passes: features.mc_dropout_after)"
+            } else {
+                ""
+            }
+        )),
         esc(&run["stage_seconds"].as_object().map(|o| o.iter().map(|(k, v)| format!("{k} {:.1}", v.as_f64().unwrap_or(0.0))).collect::<Vec<_>>().join(", ")).unwrap_or_default()),
     ));
     html.push_str(&format!(
