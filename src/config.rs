@@ -973,6 +973,24 @@ impl ModelSection {
 
 /// Shape inference through `specs` on images of `shape` (the input crop, if any, included);
 /// the parameterised layers' names, or the error naming `model.layers[i]` and the shapes.
+/// The `[model]` section of a run with an imported model written as the layer list of that
+/// model (MC-dropout sites included, the last linear layer meaning "the classes"): for a run
+/// whose net grows away from the ONNX file (`metaclf extend`).
+pub fn imported_as_layers(cfg: &Config) -> Result<ModelSection> {
+    let Some(imp) = &cfg.onnx else {
+        return Ok(cfg.model.clone());
+    };
+    let specs = cfg.features.check(imp.specs.clone(), true)?;
+    let mut layers: Vec<crate::arch::RawLayer> = specs.iter().map(crate::arch::to_raw).collect();
+    if let Some(last) = layers.last_mut() {
+        last.out = None;
+    }
+    Ok(ModelSection {
+        layers,
+        ..ModelSection::default()
+    })
+}
+
 /// The number of classes `[data]` names without reading data: `data.classes`, or
 /// `data.class_names` less `data.unknown_classes`.
 fn known_classes(d: &DataSection) -> Option<usize> {

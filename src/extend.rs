@@ -501,6 +501,12 @@ pub fn extend(opts: &ExtendOptions) -> Result<ExtendSummary> {
     if let Some(n) = opts.out.file_name() {
         raw.run.name = n.to_string_lossy().to_string();
     }
+    if cfg.onnx.is_some() {
+        // the grown net is no longer the ONNX file's: the extended run names its layers
+        raw.model = crate::config::imported_as_layers(cfg)?;
+        raw.features.mc_dropout_after.clear();
+        raw.train.epochs = opts.epochs.max(1);
+    }
     let new_cfg = Config::validate(raw)?;
 
     let t_data = t_all.elapsed().as_secs_f64();
