@@ -6,6 +6,8 @@
 //! Per image: predictions equal, logits within 1e-5, all 7 gradient statistics of every layer
 //! and of the net within 1e-4 relative (confident rows included).
 
+mod common;
+
 use metaclf::arch::Spec;
 use metaclf::data::Shape;
 use metaclf::model::{argmax_rows, Arch, Net};
@@ -194,4 +196,105 @@ fn an_import_round_trips_as_a_layer_list() {
             "{file}"
         );
     }
+}
+
+/// `metaclf check`, `run`, `score` and `features` on an imported model, from its config alone:
+/// the run is not trained, keeps its own copy of the model (the original is removed after the
+/// run and scoring still works), has the imported layers' gradient columns and MC columns from
+/// the inserted dropout, and says in its report where the model came from.
+#[test]
+fn an_imported_model_runs_end_to_end() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let d = tempfile::tempdir().unwrap();
+    std::fs::copy(dir().join("small_resnet.onnx"), d.path().join("model.onnx")).unwrap();
+    let cfg = d.path().join("imported.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[run]\nname = \"imported\"\nseed = 3\nout_dir = \"{out}\"\n\
+             [data]\ndata_dir = \"{data}\"\ntrain = \"mnist:train\"\ntest = \"mnist:test\"\n\
+             train_limit = 600\ntest_limit = 400\nval_fraction = 0.5\n\
+             normalize = {{ mean = [0.1307], std = [0.3081] }}\n\
+             [model]\nonnx = \"model.onnx\"\n\
+             [features]\nmc_samples = 8\nmc_dropout_after = [\"fc1\"]\nmc_rate = 0.2\n\
+             [ood]\nsets = [\"uniform-noise\"]\ncount = 100\n\
+             [meta]\nrepetitions = 2\nmodels = [\"glm\"]\n\
+             groups = [\"softmax\", \"mc\", \"grad-block1\", \"grad-all\"]\n",
+            out = d.path().join("reports").display(),
+            data = root.join("data").display(),
+        ),
+    )
+    .unwrap();
+    let cfg_s = cfg.to_str().unwrap();
+    let text = common::succeeds(&common::run(&["check", cfg_s], root));
+    for want in ["imported from", "block1.shortcut.0", "dropout mc_drop_fc1"] {
+        assert!(text.contains(want), "check should say {want:?}: {text}");
+    }
+    common::succeeds(&common::run(&["run", cfg_s], root));
+    std::fs::remove_file(d.path().join("model.onnx")).unwrap();
+    let run = d.path().join("reports/imported");
+    let run_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("run.json")).unwrap()).unwrap();
+    assert!(
+        run_json["test_accuracy"].as_f64().unwrap() > 0.9,
+        "{run_json}"
+    );
+    assert_eq!(run_json["epochs"], 0);
+    assert!(run_json["model_source"]
+        .as_str()
+        .unwrap()
+        .starts_with("imported from model.onnx"));
+    let resolved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(resolved.contains("onnx = \"model.onnx\""), "{resolved}");
+    assert!(run.join("model.onnx").is_file());
+    let header = std::fs::read_to_string(run.join("features.csv"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    for col in ["grad_block1.conv1_l2", "grad_fc1_kurt", "mc_std", "msp"] {
+        assert!(header.split(',').any(|c| c == col), "{col} in {header}");
+    }
+    let report = std::fs::read_to_string(run.join("report.html")).unwrap();
+    assert!(report.contains("imported from model.onnx"));
+    let score = d.path().join("score");
+    let run_s = run.to_str().unwrap();
+    common::succeeds(&common::run(
+        &[
+            "score",
+            "--run",
+            run_s,
+            "--data",
+            "uniform-noise",
+            "--count",
+            "40",
+            "--out",
+            score.to_str().unwrap(),
+        ],
+        root,
+    ));
+    let rows = std::fs::read_to_string(score.join("scores.csv"))
+        .unwrap()
+        .lines()
+        .count();
+    assert_eq!(rows, 41);
+    let feats = d.path().join("f.csv");
+    common::succeeds(&common::run(
+        &[
+            "features",
+            "--run",
+            run_s,
+            "--data",
+            "uniform-noise",
+            "--count",
+            "20",
+            "--out",
+            feats.to_str().unwrap(),
+        ],
+        root,
+    ));
+    // one row per drawn image
+    let f = std::fs::read_to_string(&feats).unwrap();
+    assert_eq!(f.lines().count(), 21);
 }
