@@ -1465,8 +1465,8 @@ pub fn default_toml() -> String {
     text.push_str(
         "\n# The [model] keys above (channels, kernel, …) mean the paper's net. The same net as a\n\
          # layer list, the form for any other (kinds: conv, batchnorm, relu, leaky_relu, maxpool,\n\
-         # avgpool, global_avgpool, flatten, dropout, linear, residual, crop; see the README);\n\
-         # with model.layers, leave the keys above unset:\n#\n",
+         # avgpool, global_avgpool, flatten, dropout, linear, residual, crop, add; see the\n\
+         # README); with model.layers, leave the keys above unset:\n#\n",
     );
     for line in toml::to_string_pretty(&m)
         .expect("layers serialize")
@@ -1474,6 +1474,14 @@ pub fn default_toml() -> String {
     {
         text.push_str(&format!("# {line}\n").replace("# \n", "#\n"));
     }
+    text.push_str(
+        "#\n# Or a classifier trained elsewhere, imported (README \"Bring your own model\"; not\n\
+         # trained, so train.epochs is 0), with the normalisation it expects and, when its export\n\
+         # has no dropout, MC-dropout sites after named layers:\n#\n\
+         # [model]\n# onnx = \"model.onnx\"             # relative to this file\n\
+         # [data]\n# normalize = { mean = [0.1307], std = [0.3081] }\n\
+         # [features]\n# mc_dropout_after = [\"fc1\"]\n# mc_rate = 0.25\n",
+    );
     text
 }
 
@@ -1566,11 +1574,38 @@ mod tests {
         let layers: Vec<&str> = text
             .lines()
             .skip_while(|l| !l.starts_with("# [[model.layers]]"))
+            .take_while(|l| !l.starts_with("# Or a classifier"))
             .map(|l| l.trim_start_matches('#').trim_start())
             .collect();
         let c = parse(&layers.join("\n")).unwrap();
         assert_eq!(c.layer_specs(), ModelSection::default().specs());
         assert_eq!(c.layer_names(), ["conv1", "conv2", "conv3", "fc"]);
+    }
+
+    /// An add written in TOML: its branches as nested tables, an empty shortcut the identity.
+    #[test]
+    fn an_add_layer_in_toml() {
+        let c = parse(
+            "[[model.layers]]\nkind = \"conv\"\nname = \"stem\"\nout = 4\n\
+             [[model.layers]]\nkind = \"add\"\nname = \"res\"\n\
+             [[model.layers.body]]\nkind = \"conv\"\nname = \"res.a\"\nout = 4\n\
+             [[model.layers.body]]\nkind = \"relu\"\n\
+             [[model.layers.body]]\nkind = \"conv\"\nname = \"res.b\"\nout = 4\n\
+             [[model.layers]]\nkind = \"add\"\nname = \"down\"\n\
+             [[model.layers.body]]\nkind = \"conv\"\nname = \"down.a\"\nout = 8\nstride = 2\n\
+             [[model.layers.shortcut]]\nkind = \"conv\"\nname = \"down.proj\"\nout = 8\nkernel = 1\nstride = 2\n\
+             [[model.layers]]\nkind = \"global_avgpool\"\n[[model.layers]]\nkind = \"linear\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.layer_names(),
+            ["stem", "res.a", "res.b", "down.a", "down.proj", "fc"]
+        );
+        let plan = crate::arch::plan_for(&c.layer_specs(), (1, 28, 28), Some(3)).unwrap();
+        assert_eq!(plan.dims[2], (8, 14, 14));
+        // the resolved config round-trips
+        let again = parse(&c.to_toml()).unwrap();
+        assert_eq!(again.layer_specs(), c.layer_specs());
     }
 
     #[test]
@@ -1583,6 +1618,9 @@ mod tests {
             ("[model]\nchannels = [8]\n[[model.layers]]\nkind = \"flatten\"\n[[model.layers]]\nkind = \"linear\"", "model.channels", "not both"),
             ("[[model.layers]]\nkind = \"conv\"\nout = 2\nkernel = 15\npadding = \"valid\"\n[[model.layers]]\nkind = \"maxpool\"\nkernel = 15\n[[model.layers]]\nkind = \"flatten\"\n[[model.layers]]\nkind = \"linear\"", "model.layers[1]", "2×14×14"),
             ("[[model.layers]]\nkind = \"relu\"\n[[model.layers]]\nkind = \"crop\"\nsize = [2, 2]\n[[model.layers]]\nkind = \"flatten\"\n[[model.layers]]\nkind = \"linear\"", "model.layers[1]", "first layer"),
+            ("[[model.layers]]\nkind = \"add\"\n[[model.layers.body]]\nkind = \"conv\"\nout = 1\n[[model.layers.body]]\nkind = \"pool\"", "model.layers[0]", "body[1]: unknown layer kind \"pool\""),
+            ("[[model.layers]]\nkind = \"add\"\n[[model.layers.body]]\nkind = \"conv\"\nout = 3\nstride = 2\n[[model.layers]]\nkind = \"flatten\"\n[[model.layers]]\nkind = \"linear\"", "model.layers[0]", "its body gives 3×14×14 and its shortcut 1×28×28"),
+            ("[[model.layers]]\nkind = \"add\"", "model.layers[0]", "\"body\" needs at least one layer"),
             ("[train]\noptimizer = \"lion\"", "train.optimizer", "lion"),
             ("[train]\nschedule = \"linear\"", "train.schedule", "linear"),
             ("[train.augment]\nrotate = 400", "train.augment.rotate", "400"),

@@ -1,7 +1,8 @@
-//! The residual block: out = body(x) + shortcut(x) (the ReLU after it is the next node). Its
-//! body and shortcut are node lists run by the graph runner; the shortcut is the identity when
-//! empty. Its parameters are its parts' (conv, batch norm): each part is its own layer in the
-//! gradient statistics.
+//! The residual block and the add: out = body(x) + shortcut(x) (after a residual block, its
+//! ReLU is the next node; after an add, whatever the list says). Body and shortcut are node
+//! lists run by the graph runner; the shortcut is the identity when empty. The parameters are
+//! the parts' (conv, batch norm, linear): each part is its own layer in the gradient
+//! statistics.
 
 use super::graph::{backward_seq, forward_seq, Ctx, Layer, Node, Saved, Sink};
 use std::sync::Arc;
@@ -117,6 +118,74 @@ mod tests {
                 },
             ],
             crate::data::Shape::new(1, 10, 9),
+            3,
+        );
+    }
+
+    /// Adds as imports give them: a body with dropout and a leaky ReLU, a conv + batch norm
+    /// shortcut, an add nested in a body, an identity shortcut, and an add of dense layers
+    /// after flatten; no activation after the sums.
+    #[test]
+    fn adds_match_candle() {
+        let conv = |n: &str, out, k, s| Spec::Conv {
+            name: n.into(),
+            out,
+            kernel: k,
+            stride: s,
+            same: true,
+            bias: true,
+        };
+        let lin = |n: &str, out| Spec::Linear {
+            name: n.into(),
+            out,
+            bias: true,
+        };
+        super::super::oracle::check_specs(
+            vec![
+                conv("stem", 3, 3, 1),
+                Spec::Add {
+                    name: "a1".into(),
+                    body: vec![
+                        conv("a1.c1", 5, 3, 2),
+                        Spec::Dropout {
+                            name: "a1.d".into(),
+                            rate: 0.3,
+                        },
+                        Spec::Act {
+                            name: "a1.r".into(),
+                            slope: 0.1,
+                        },
+                        Spec::Add {
+                            name: "a1.inner".into(),
+                            body: vec![conv("a1.inner.c", 5, 3, 1)],
+                            shortcut: vec![],
+                        },
+                    ],
+                    shortcut: vec![
+                        conv("a1.proj", 5, 1, 2),
+                        Spec::BatchNorm {
+                            name: "a1.bn".into(),
+                            eps: 1e-5,
+                            momentum: 0.1,
+                        },
+                    ],
+                },
+                Spec::Flatten { name: "f".into() },
+                lin("fc1", 7),
+                Spec::Add {
+                    name: "a2".into(),
+                    body: vec![
+                        Spec::Act {
+                            name: "a2.r".into(),
+                            slope: 0.0,
+                        },
+                        lin("a2.fc", 7),
+                    ],
+                    shortcut: vec![],
+                },
+                lin("fc", 0),
+            ],
+            crate::data::Shape::new(2, 7, 6),
             3,
         );
     }
