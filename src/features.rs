@@ -29,6 +29,10 @@ pub struct FeatureParams {
     /// Run the MC-dropout passes (off when only other features are needed: their columns are
     /// then 0).
     pub mc: bool,
+    /// Run the backward for the per-sample gradient statistics (off when only other features
+    /// are needed: the `grad_*` columns are then 0; the logit features, GradNorm and ExGrad
+    /// included, need the forward alone).
+    pub grads: bool,
 }
 
 impl FeatureParams {
@@ -38,6 +42,7 @@ impl FeatureParams {
             batch_size: c.features.batch_size,
             seed: c.run.seed,
             mc: true,
+            grads: true,
         }
     }
 }
@@ -476,6 +481,17 @@ pub fn grad_stats_batch(
     x: &[f32],
     n: usize,
 ) -> (Vec<f32>, Vec<[f64; 7]>, Vec<[f64; 4]>) {
+    grad_stats_batch_if(net, x, n, true)
+}
+
+/// [`grad_stats_batch`]; without `grads` the backward is skipped and the statistics are 0
+/// (the probabilities and logit features are the same either way).
+pub fn grad_stats_batch_if(
+    net: &Net,
+    x: &[f32],
+    n: usize,
+    grads: bool,
+) -> (Vec<f32>, Vec<[f64; 7]>, Vec<[f64; 4]>) {
     let k = net.arch.classes;
     let tape = net.forward(x, n, None, true);
     let p = softmax(&tape.logits, k);
@@ -507,6 +523,9 @@ pub fn grad_stats_batch(
             )
         })
         .collect();
+    if !grads {
+        return (p, vec![[0.0; 7]; n * (net.layers.len() + 1)], lf);
+    }
     let (d, scale) = output_grad_scaled(&logits64, &pred, k);
     let nl = net.layers.len();
     let last = nl - 1;
@@ -746,7 +765,7 @@ pub fn score_with_probs(
         let end = (start + bs).min(n_total);
         let n = end - start;
         let x = &ds.images[start * len..end * len];
-        let (probs, gstats, lf) = grad_stats_batch(net, x, n);
+        let (probs, gstats, lf) = grad_stats_batch_if(net, x, n, p.grads);
         all_probs.extend_from_slice(&probs);
         let t = p.mc_samples;
         let mc = if p.mc && has_mc {
@@ -992,6 +1011,7 @@ mod score_tests {
             batch_size: bs,
             seed: 3,
             mc: true,
+            grads: true,
         };
         let a = score(&net, &ds, "s", &p(2, 7)).unwrap();
         let b = score(&net, &ds, "s", &p(40, 7)).unwrap();
@@ -1035,6 +1055,25 @@ mod score_tests {
         .unwrap();
         assert_eq!(no_mc.column("grad_all_l2"), a.column("grad_all_l2"));
         assert_eq!(no_mc.column("mc_std").unwrap(), vec![0.0; 30]);
+        // without the backward: every column but the gradient statistics unchanged
+        let no_grads = score(
+            &net,
+            &ds,
+            "s",
+            &FeatureParams {
+                grads: false,
+                ..p(2, 7)
+            },
+        )
+        .unwrap();
+        for (c, name) in a.columns.iter().enumerate() {
+            let (x, y) = (a.column(name).unwrap(), no_grads.column(name).unwrap());
+            if name.starts_with("grad_") {
+                assert_eq!(y, vec![0.0; 30], "{name}");
+            } else {
+                assert_eq!(x, y, "column {c} {name}");
+            }
+        }
         // msp is the probability of pred; entropy is bounded by ln 10
         for r in 0..a.len() {
             let row = a.row(r);

@@ -313,6 +313,8 @@ impl Scorer {
         let fp = FeatureParams {
             // MC passes only when the trust model reads their columns
             mc: self.trust.columns().iter().any(|c| c.starts_with("mc_")),
+            // and the backward only when it reads a gradient statistic
+            grads: self.trust.columns().iter().any(|c| c.starts_with("grad_")),
             ..FeatureParams::from_config(&self.cfg)
         };
         let mut ds = crate::data::Dataset::unhashed(
