@@ -794,7 +794,12 @@ impl ModelSection {
         }
         let p = Path::new(&self.onnx);
         if !p.is_file() {
-            return Err(cfg("model.onnx", format!("{}: no such file", p.display())));
+            let why = if p.exists() {
+                "not a regular file"
+            } else {
+                "no such file"
+            };
+            return Err(cfg("model.onnx", format!("{}: {why}", p.display())));
         }
         crate::onnx::load(p)
             .map(Some)
