@@ -62,8 +62,32 @@ pub(crate) fn num(
 }
 
 /// Rows of meta_scores.csv grouped by scorer (model, features, known unknowns, transform):
-/// (rep 0 only) → (set, target, score) lists.
-pub(crate) type Scores = BTreeMap<(String, String, bool, String), Vec<(String, u8, f64)>>;
+/// (rep 0 only) → (set, target, score) lists, compactly: the set as an index into `sets` (16
+/// bytes a row, where a String per row took ~70: meta_scores.csv holds millions of rows). The
+/// score stays f64: f32 would tie trust scores within 6e-8 of 1 and change the curves.
+#[derive(Debug, Default)]
+pub(crate) struct Scores {
+    pub sets: Vec<String>,
+    pub by: BTreeMap<(String, String, bool, String), Vec<ScoreRow>>,
+}
+
+/// One scored row: set (index into [`Scores::sets`]), target (0/1), score.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ScoreRow {
+    pub score: f64,
+    pub set: u16,
+    pub target: u8,
+}
+
+impl Scores {
+    pub fn get(&self, key: &(String, String, bool, String)) -> Option<&Vec<ScoreRow>> {
+        self.by.get(key)
+    }
+    /// The index of set `name`, if any row has it.
+    pub fn set_index(&self, name: &str) -> Option<u16> {
+        self.sets.iter().position(|s| s == name).map(|i| i as u16)
+    }
+}
 
 /// Reads meta_scores.csv record by record (the file can be hundreds of MB: only repetition 0's
 /// rows are kept), strictly: a bad field names its line and column. Files from before
@@ -88,8 +112,10 @@ pub(crate) fn read_scores(dir: &Path) -> Result<Scores> {
     if head.len() < 8 {
         return Err(bad(1, format!("{} columns, need at least 8", head.len())));
     }
-    let mut out: Scores = BTreeMap::new();
+    let mut out = Scores::default();
     let mut rec = csv::StringRecord::new();
+    // the scorer of the previous row: rows come grouped, so its key is rarely built anew
+    let mut last: Option<(String, String, bool, String)> = None;
     loop {
         match rd.read_record(&mut rec) {
             Ok(false) => break,
@@ -114,15 +140,41 @@ pub(crate) fn read_scores(dir: &Path) -> Result<Scores> {
         if target != 0.0 && target != 1.0 {
             return Err(bad(line, format!("target {target} is neither 0 nor 1")));
         }
-        let tr = rec.get(8).unwrap_or("none").to_string();
-        out.entry((
-            rec[1].to_string(),
-            rec[2].to_string(),
-            &rec[3] == "true",
-            tr,
-        ))
-        .or_default()
-        .push((rec[4].to_string(), target as u8, score));
+        let tr = rec.get(8).unwrap_or("none");
+        let set = match out.sets.iter().position(|s| s == &rec[4]) {
+            Some(i) => i,
+            None if out.sets.len() < u16::MAX as usize => {
+                out.sets.push(rec[4].to_string());
+                out.sets.len() - 1
+            }
+            None => return Err(bad(line, format!("more than {} sets", u16::MAX))),
+        };
+        let row = ScoreRow {
+            score,
+            set: set as u16,
+            target: target as u8,
+        };
+        let same = last.as_ref().is_some_and(|k| {
+            k.0 == rec[1] && k.1 == rec[2] && k.2 == (&rec[3] == "true") && k.3 == tr
+        });
+        if !same {
+            last = Some((
+                rec[1].to_string(),
+                rec[2].to_string(),
+                &rec[3] == "true",
+                tr.to_string(),
+            ));
+        }
+        let key = last.as_ref().expect("set above");
+        match out.by.get_mut(key) {
+            Some(v) => v.push(row),
+            None => {
+                out.by.insert(key.clone(), vec![row]);
+            }
+        }
+    }
+    for v in out.by.values_mut() {
+        v.shrink_to_fit();
     }
     Ok(out)
 }

@@ -502,22 +502,21 @@ fn curve_section(i: &Inputs) -> Result<(String, Vec<Plot>)> {
             let Some(rows) = scores.get(&(model.clone(), feats.clone(), *ku, tr.clone())) else {
                 continue;
             };
-            let sel: Vec<&(String, u8, f64)> = rows
+            let id = scores.set_index("id-test");
+            let oi = ood
+                .as_ref()
+                .and_then(|o| scores.set_index(&format!("ood-{o}")));
+            let (pos, s): (Vec<bool>, Vec<f64>) = rows
                 .iter()
-                .filter(|(set, _, _)| {
-                    set == "id-test" || ood.as_ref().is_some_and(|o| set == &format!("ood-{o}"))
-                })
-                .collect();
-            let (pos, s): (Vec<bool>, Vec<f64>) = sel
-                .iter()
-                .map(|(set, t, s)| {
+                .filter(|r| Some(r.set) == id || (oi.is_some() && Some(r.set) == oi))
+                .map(|r| {
                     (
                         if ood.is_some() {
-                            set == "id-test"
+                            Some(r.set) == id
                         } else {
-                            *t == 1
+                            r.target == 1
                         },
-                        *s,
+                        r.score,
                     )
                 })
                 .unzip();
@@ -691,10 +690,11 @@ fn calibration_section(i: &Inputs) -> Result<(String, Vec<Plot>)> {
     for (m, g, tr, _) in best_err.into_iter().take(3) {
         {
             if let Some(rows) = scores.get(&(m.clone(), g.clone(), false, tr.clone())) {
+                let id = scores.set_index("id-test");
                 let (ok, s): (Vec<bool>, Vec<f64>) = rows
                     .iter()
-                    .filter(|r| r.0 == "id-test")
-                    .map(|r| (r.1 == 1, r.2))
+                    .filter(|r| Some(r.set) == id)
+                    .map(|r| (r.target == 1, r.score))
                     .unzip();
                 rej.push((
                     format!("{m} on {g}{} (meta-test half)", tr_note(&tr)),
