@@ -867,6 +867,52 @@ pub fn outline(specs: &[Spec], input: Dims, classes: usize) -> Vec<String> {
     out
 }
 
+/// Floating-point operations of one image's forward pass through `specs` on `input`:
+/// (all layers, the layers from the first top-level node holding a dropout on: what each MC
+/// pass repeats). A multiply-add counts 2 (conv: 2·out·in·k²·oh·ow, linear: 2·in·out); batch
+/// norm and normalisation 2 per value, activations, dropout and adds 1, pooling one per window
+/// element.
+pub fn forward_flops(specs: &[Spec], input: Dims, classes: usize) -> (f64, f64) {
+    fn walk(specs: &[Spec], mut d: Dims, classes: usize) -> (f64, Vec<f64>) {
+        let mut per = Vec::with_capacity(specs.len());
+        for s in specs {
+            let o = out_dims_node(s, d, classes);
+            let (ci, n_in, n_out) = (
+                d.0 as f64,
+                (d.0 * d.1 * d.2) as f64,
+                (o.0 * o.1 * o.2) as f64,
+            );
+            let f = match s {
+                Spec::Conv { kernel, .. } => 2.0 * n_out * ci * (kernel * kernel) as f64,
+                Spec::Linear { .. } => 2.0 * n_in * o.0 as f64,
+                Spec::BatchNorm { .. } | Spec::Normalize { .. } => 2.0 * n_in,
+                Spec::Act { .. } | Spec::Dropout { .. } => n_in,
+                Spec::MaxPool { kernel, .. } | Spec::AvgPool { kernel, .. } => {
+                    n_out * (kernel * kernel) as f64
+                }
+                Spec::GlobalAvgPool { .. } => n_in,
+                Spec::Residual { name, out, stride } => {
+                    let (b, sc) = residual_parts(name, d.0, *out, *stride);
+                    walk(&b, d, classes).0 + walk(&sc, d, classes).0 + 2.0 * n_out
+                }
+                Spec::Add { body, shortcut, .. } => {
+                    walk(body, d, classes).0 + walk(shortcut, d, classes).0 + n_out
+                }
+                Spec::Flatten { .. } | Spec::Crop { .. } => 0.0,
+            };
+            per.push(f);
+            d = o;
+        }
+        (per.iter().sum(), per)
+    }
+    let (all, per) = walk(specs, input, classes);
+    let first = specs
+        .iter()
+        .position(|s| count_dropout(std::slice::from_ref(s)) > 0);
+    let suffix = first.map_or(0.0, |i| per[i..].iter().sum());
+    (all, suffix)
+}
+
 /// Dropout layers of a list, adds' branches included (the MC-dropout sites).
 pub fn count_dropout(specs: &[Spec]) -> usize {
     specs
@@ -1026,6 +1072,26 @@ mod tests {
         // 160 + 2320 + 2320 + 7850
         assert_eq!(p.n_params, 160 + 2320 + 2320 + 16 * 7 * 7 * 10 + 10);
         assert_eq!(*p.dims.last().unwrap(), (10, 1, 1));
+    }
+
+    /// The paper's net on 28×28, by hand: conv1 2·16·9·784 = 225,792, its leaky ReLU and
+    /// 2×2 pooling 12,544 each, dropout 3,136; conv2 2·16·16·9·196 = 903,168, ReLU 3,136, pool
+    /// 3,136; conv3 225,792, ReLU 784, dropout 784; fc 2·784·10 = 15,680. The MC suffix
+    /// starts at the first dropout (after conv1's ReLU and pooling).
+    #[test]
+    fn forward_flops_of_the_paper_net() {
+        let s = legacy(
+            &[16, 16, 16],
+            3,
+            0.01,
+            0.25,
+            &[true, true, false],
+            &[true, false, true],
+            2,
+        );
+        let (all, suffix) = forward_flops(&s, (1, 28, 28), 10);
+        assert_eq!(all, 1_406_496.0);
+        assert_eq!(suffix, 1_406_496.0 - 225_792.0 - 2.0 * 12_544.0);
     }
 
     #[test]

@@ -30,6 +30,12 @@ pub struct BenchResult {
     /// Peak resident memory (MB) of the process during each benchmark (the high-water mark
     /// reset before it), by name.
     pub peak_mb: std::collections::BTreeMap<String, f64>,
+    /// Achieved GFLOP/s of each benchmark, by name: images/s × the floating-point operations
+    /// one image costs ([`crate::arch::forward_flops`] F of the forward pass; MC dropout: F
+    /// once + T = 50 × the part from the first dropout on; gradient metrics and the naive
+    /// loop: 3F (forward, input gradients, weight gradients) + 8 per parameter (the moments);
+    /// a training step: 3F).
+    pub gflops: std::collections::BTreeMap<String, f64>,
 }
 
 /// Resets the process's peak-RSS mark (Linux: `/proc/self/clear_refs`); false if it cannot.
@@ -120,7 +126,23 @@ pub fn run_only(
     let train = rate("train", tb, &mut || {
         train_step(&mut tnet, &mut opt, &x[..tb * len], &y, 0.01, &mut rng);
     });
+    let (f, suffix) =
+        crate::arch::forward_flops(&arch.specs, (shape.c, shape.h, shape.w), arch.classes);
+    let p = net.num_params() as f64;
+    let mut gflops = std::collections::BTreeMap::new();
+    for (name, r, per) in [
+        ("forward", forward, f),
+        ("mc", mc_dropout, f + 50.0 * suffix),
+        ("grad", t_grad, 3.0 * f + 8.0 * p),
+        ("naive", grad_naive, 3.0 * f + 8.0 * p),
+        ("train", train, 3.0 * f),
+    ] {
+        if r > 0.0 {
+            gflops.insert(name.to_string(), r * per / 1e9);
+        }
+    }
     Ok(BenchResult {
+        gflops,
         forward,
         mc_dropout,
         grad_batched: t_grad,

@@ -231,17 +231,21 @@ pub fn bench(a: &BenchArgs) -> Result<Vec<String>> {
         arch.input,
         r.batch
     )];
-    for (k, v) in [
-        ("forward (batch 256)", r.forward),
-        ("MC dropout (T=50)", r.mc_dropout),
-        ("grad metrics, batched", r.grad_batched),
-        ("grad metrics, naive batch-1 candle", r.grad_naive),
+    for (k, name, v) in [
+        ("forward (batch 256)", "forward", r.forward),
+        ("MC dropout (T=50)", "mc", r.mc_dropout),
+        ("grad metrics, batched", "grad", r.grad_batched),
+        ("grad metrics, naive batch-1 candle", "naive", r.grad_naive),
         (
             &*format!("training step (batch {})", r.batch.min(128)),
+            "train",
             r.train_step,
         ),
     ] {
-        lines.push(format!("  {k:<36} {v:>10.0}"));
+        lines.push(match r.gflops.get(name) {
+            Some(g) => format!("  {k:<36} {v:>10.0}   {g:6.1} GFLOP/s"),
+            None => format!("  {k:<36} {v:>10.0}"),
+        });
     }
     if r.grad_batched > 0.0 && r.grad_naive > 0.0 {
         lines.push(format!(
