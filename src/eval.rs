@@ -314,15 +314,22 @@ pub struct Scorer {
     pub transform: String,
 }
 
-/// One scored row of one scorer. Millions of these are kept for meta_scores.csv (every
-/// evaluated row × every scorer of the kept repetitions), so the scorer is shared, not copied.
+/// The scored rows of one scorer in one repetition. Millions of rows are kept for
+/// meta_scores.csv (every evaluated row × every scorer of the kept repetitions), so the scorer
+/// and repetition are held once per block and each row takes 16 bytes.
 #[derive(Debug, Clone)]
-pub struct ScoreRow {
-    pub scorer: std::sync::Arc<Scorer>,
+pub struct ScoreBlock {
+    pub scorer: Scorer,
     pub rep: u32,
+    pub rows: Vec<ScoreRow>,
+}
+
+/// One scored row: the feature table's row, its target and the score.
+#[derive(Debug, Clone, Copy)]
+pub struct ScoreRow {
+    pub score: f64,
     pub row: u32,
     pub target: u8,
-    pub score: f64,
 }
 
 /// One coefficient line.
@@ -377,7 +384,7 @@ pub const BASELINES: [(&str, &str, f64); 9] = [
 #[derive(Debug, Clone, Default)]
 pub struct MetaResults {
     pub records: Vec<Record>,
-    pub scores: Vec<ScoreRow>,
+    pub scores: Vec<ScoreBlock>,
     pub coefs: Vec<CoefRow>,
     pub warnings: Vec<String>,
     /// The single-metric table: every feature column as a threshold classifier (model
@@ -394,7 +401,7 @@ struct RepOut {
     values: Vec<(Key, f64)>,
     /// The same for the single-metric threshold classifiers.
     single: Vec<(Key, f64)>,
-    scores: Vec<ScoreRow>,
+    scores: Vec<ScoreBlock>,
     coefs: Vec<CoefRow>,
     warnings: Vec<String>,
 }
@@ -756,21 +763,24 @@ fn one_rep(
         }
         out.values.extend(vals);
         if rep < p.keep_scores {
-            let scorer = std::sync::Arc::new(Scorer {
-                model: model.into(),
-                features: feats.into(),
-                known_unknowns: ku,
-                transform: tr.into(),
+            out.scores.push(ScoreBlock {
+                scorer: Scorer {
+                    model: model.into(),
+                    features: feats.into(),
+                    known_unknowns: ku,
+                    transform: tr.into(),
+                },
+                rep: rep as u32,
+                rows: eval_rows
+                    .iter()
+                    .zip(s_eval)
+                    .map(|(&r, &s)| ScoreRow {
+                        score: s,
+                        row: r as u32,
+                        target: target(r),
+                    })
+                    .collect(),
             });
-            for (&r, &s) in eval_rows.iter().zip(s_eval) {
-                out.scores.push(ScoreRow {
-                    scorer: scorer.clone(),
-                    rep: rep as u32,
-                    row: r as u32,
-                    target: target(r),
-                    score: s,
-                });
-            }
         }
     };
     // baselines: fixed signs, no fitting

@@ -615,7 +615,7 @@ pub fn extend(opts: &ExtendOptions) -> Result<ExtendSummary> {
         pipeline::finish_run(
             &new_cfg,
             folder,
-            &splits,
+            splits,
             trained,
             Finish {
                 classes: k_new,

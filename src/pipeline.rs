@@ -778,20 +778,23 @@ pub fn write_meta(folder: &RunFolder, t: &FeatureTable, r: &eval::MetaResults) -
             "score",
             "transform",
         ],
-        r.scores.iter().map(|x| {
-            let (sc, row) = (&x.scorer, x.row as usize);
-            vec![
-                x.rep.to_string(),
-                sc.model.clone(),
-                sc.features.clone(),
-                sc.known_unknowns.to_string(),
-                t.set[row].clone(),
-                t.index[row].to_string(),
-                x.target.to_string(),
-                x.score.to_string(),
-                sc.transform.clone(),
-            ]
-        }),
+        r.scores
+            .iter()
+            .flat_map(|b| b.rows.iter().map(move |x| (b, x)))
+            .map(|(b, x)| {
+                let (sc, row) = (&b.scorer, x.row as usize);
+                vec![
+                    b.rep.to_string(),
+                    sc.model.clone(),
+                    sc.features.clone(),
+                    sc.known_unknowns.to_string(),
+                    t.set[row].clone(),
+                    t.index[row].to_string(),
+                    x.target.to_string(),
+                    x.score.to_string(),
+                    sc.transform.clone(),
+                ]
+            }),
     )?;
     let c = crate::runfolder::csv_text(
         &[
@@ -1019,7 +1022,7 @@ fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary
     finish_run(
         cfg,
         folder,
-        &splits,
+        splits,
         trained,
         Finish {
             classes,
@@ -1071,7 +1074,7 @@ pub struct Finish {
 pub fn finish_run(
     cfg: &Config,
     folder: &RunFolder,
-    splits: &Splits,
+    splits: Splits,
     trained: Trained,
     f: Finish,
 ) -> Result<RunSummary> {
@@ -1090,7 +1093,7 @@ pub fn finish_run(
         "test accuracy {test_acc:.4} (loss {test_loss:.4}), best epoch {}",
         trained.best_epoch
     );
-    let calibration = calibrate(&trained.net, splits)?;
+    let calibration = calibrate(&trained.net, &splits)?;
     folder.write(
         "calibration.json",
         serde_json::to_string_pretty(&calibration).unwrap_or_default() + "\n",
@@ -1102,7 +1105,10 @@ pub fn finish_run(
         json!({"role": "validation", "spec": cfg.data.train, "images": splits.val.len(), "sha256": splits.val.sha256, "prep": prep_note(cfg, &cfg.data.train)}),
         json!({"role": "id-test", "spec": cfg.data.test, "images": splits.test.len(), "sha256": splits.test.sha256, "prep": prep_note(cfg, &cfg.data.test)}),
     ];
-    let table = score_all(cfg, &trained.net, splits, &mut sets)?;
+    let table = score_all(cfg, &trained.net, &splits, &mut sets)?;
+    // the images are not needed past here: the meta stage holds only the feature table
+    let n_test = splits.test.len();
+    drop(splits);
     folder.write("features.csv", table.to_csv())?;
     times.push(("features".into(), t.elapsed().as_secs_f64()));
 
@@ -1142,8 +1148,8 @@ pub fn finish_run(
     times.push(("meta".into(), t.elapsed().as_secs_f64()));
 
     let acc_ci = {
-        let k = (test_acc * splits.test.len() as f64).round() as usize;
-        let (lo, hi) = crate::stats::wilson(k, splits.test.len());
+        let k = (test_acc * n_test as f64).round() as usize;
+        let (lo, hi) = crate::stats::wilson(k, n_test);
         vec![lo, hi]
     };
     let mut run_json = json!({
@@ -1169,7 +1175,7 @@ pub fn finish_run(
         "epochs": trained.history.len(),
         "best_epoch": trained.best_epoch,
         "test_accuracy": test_acc,
-        "test_images": splits.test.len(),
+        "test_images": n_test,
         "test_accuracy_ci": acc_ci,
         "temperature": calibration["temperature"],
         "ece_before": calibration["before"]["ece"],
