@@ -274,7 +274,9 @@ impl ImageStream for MemStream {
             index: self.ds.index[r.clone()].to_vec(),
             pos: r.collect(),
             paths: vec![String::new(); k],
-            native: vec![self.ds.shape; k],
+            // a set loaded whole is already brought to the run's shape: its native shape is
+            // not known here, and the post-preprocessing one would read as a mismatch
+            native: Vec::new(),
         }))
     }
     fn skip(&mut self, k: usize) -> Result<()> {
