@@ -787,6 +787,24 @@ impl ModelSection {
     /// Checks `[model]`: the layer list (every entry's keys, then the shapes through the net
     /// on images of `shape`), or the legacy keys of the paper's net. Returns the names of the
     /// parameterised layers (the gradient columns' layers).
+    /// The first of the paper net's keys (channels, kernel, …) set to other than its default:
+    /// they mean nothing beside a layer list or an import.
+    fn paper_key_set(&self) -> Option<&'static str> {
+        let (m, d) = (self, ModelSection::default());
+        [
+            ("model.channels", m.channels == d.channels),
+            ("model.kernel", m.kernel == d.kernel),
+            ("model.leaky_slope", m.leaky_slope == d.leaky_slope),
+            ("model.dropout", m.dropout == d.dropout),
+            ("model.dropout_after", m.dropout_after == d.dropout_after),
+            ("model.pool_after", m.pool_after == d.pool_after),
+            ("model.pool", m.pool == d.pool),
+        ]
+        .into_iter()
+        .find(|(_, same)| !same)
+        .map(|(key, _)| key)
+    }
+
     /// The ONNX model of `onnx`, read and checked (None without one).
     pub fn import(&self) -> Result<Option<crate::onnx::Imported>> {
         if self.onnx.is_empty() {
@@ -813,28 +831,16 @@ impl ModelSection {
     ) -> Result<Vec<crate::arch::Spec>> {
         let m = self;
         if let Some(imp) = onnx {
-            let d = ModelSection::default();
-            if !m.layers.is_empty() {
+            let key = if m.layers.is_empty() {
+                m.paper_key_set()
+            } else {
+                Some("model.layers")
+            };
+            if let Some(key) = key {
                 return Err(cfg(
-                    "model.layers",
+                    key,
                     "is set beside model.onnx: the imported model is the network",
                 ));
-            }
-            for (key, same) in [
-                ("model.channels", m.channels == d.channels),
-                ("model.kernel", m.kernel == d.kernel),
-                ("model.leaky_slope", m.leaky_slope == d.leaky_slope),
-                ("model.dropout", m.dropout == d.dropout),
-                ("model.dropout_after", m.dropout_after == d.dropout_after),
-                ("model.pool_after", m.pool_after == d.pool_after),
-                ("model.pool", m.pool == d.pool),
-            ] {
-                if !same {
-                    return Err(cfg(
-                        key,
-                        "is set beside model.onnx: the imported model is the network",
-                    ));
-                }
             }
             let (c, h, w) = imp.input;
             if (c, h, w) != (shape.c, shape.h, shape.w) {
@@ -849,22 +855,11 @@ impl ModelSection {
             return Ok(imp.specs.clone());
         }
         if !m.layers.is_empty() {
-            let d = ModelSection::default();
-            for (key, same) in [
-                ("model.channels", m.channels == d.channels),
-                ("model.kernel", m.kernel == d.kernel),
-                ("model.leaky_slope", m.leaky_slope == d.leaky_slope),
-                ("model.dropout", m.dropout == d.dropout),
-                ("model.dropout_after", m.dropout_after == d.dropout_after),
-                ("model.pool_after", m.pool_after == d.pool_after),
-                ("model.pool", m.pool == d.pool),
-            ] {
-                if !same {
-                    return Err(cfg(
-                        key,
-                        "is set beside model.layers: give the net either as a layer list or with the paper net's keys (channels, kernel, …), not both",
-                    ));
-                }
+            if let Some(key) = m.paper_key_set() {
+                return Err(cfg(
+                    key,
+                    "is set beside model.layers: give the net either as a layer list or with the paper net's keys (channels, kernel, …), not both",
+                ));
             }
             let specs = crate::arch::parse_layers(&m.layers)
                 .map_err(|(i, msg)| cfg(&format!("model.layers[{i}]"), msg))?;

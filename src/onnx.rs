@@ -382,60 +382,27 @@ fn decode(t: &TensorProto, what: &str) -> Result<Const, String> {
     };
     let v = match t.data_type {
         1 => {
-            if raw.is_empty() {
-                count(t.float_data.len())?;
-                Values::F(t.float_data.clone())
-            } else {
-                count(raw.len() / 4)?;
-                if !raw.len().is_multiple_of(4) {
-                    return Err(format!("{what}: raw data of {} bytes", raw.len()));
-                }
-                Values::F(
-                    raw.chunks_exact(4)
-                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                        .collect(),
-                )
-            }
+            let v = le(raw, || t.float_data.clone(), f32::from_le_bytes, what)?;
+            count(v.len())?;
+            Values::F(v)
         }
         11 => {
-            let v: Vec<f64> = if raw.is_empty() {
-                t.double_data.clone()
-            } else {
-                if !raw.len().is_multiple_of(8) {
-                    return Err(format!("{what}: raw data of {} bytes", raw.len()));
-                }
-                raw.chunks_exact(8)
-                    .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
-                    .collect()
-            };
+            let v = le(raw, || t.double_data.clone(), f64::from_le_bytes, what)?;
             count(v.len())?;
             Values::F(v.into_iter().map(|x| x as f32).collect())
         }
         7 => {
-            let v: Vec<i64> = if raw.is_empty() {
-                t.int64_data.clone()
-            } else {
-                if !raw.len().is_multiple_of(8) {
-                    return Err(format!("{what}: raw data of {} bytes", raw.len()));
-                }
-                raw.chunks_exact(8)
-                    .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
-                    .collect()
-            };
+            let v = le(raw, || t.int64_data.clone(), i64::from_le_bytes, what)?;
             count(v.len())?;
             Values::I(v)
         }
         6 => {
-            let v: Vec<i64> = if raw.is_empty() {
-                t.int32_data.iter().map(|&x| x as i64).collect()
-            } else {
-                if !raw.len().is_multiple_of(4) {
-                    return Err(format!("{what}: raw data of {} bytes", raw.len()));
-                }
-                raw.chunks_exact(4)
-                    .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64)
-                    .collect()
-            };
+            let v = le(
+                raw,
+                || t.int32_data.iter().map(|&x| x as i64).collect(),
+                |b| i32::from_le_bytes(b) as i64,
+                what,
+            )?;
             count(v.len())?;
             Values::I(v)
         }
@@ -452,6 +419,29 @@ fn decode(t: &TensorProto, what: &str) -> Result<Const, String> {
         }
     }
     Ok(Const { dims, v })
+}
+
+/// A tensor's values: its raw data as little-endian values of `N` bytes each, or its typed
+/// field (`typed`) when it has no raw data.
+fn le<const N: usize, T>(
+    raw: &[u8],
+    typed: impl FnOnce() -> Vec<T>,
+    from: fn([u8; N]) -> T,
+    what: &str,
+) -> Result<Vec<T>, String> {
+    if raw.is_empty() {
+        return Ok(typed());
+    }
+    if !raw.len().is_multiple_of(N) {
+        return Err(format!(
+            "{what}: raw data of {} bytes is not a whole number of {N}-byte values",
+            raw.len()
+        ));
+    }
+    Ok(raw
+        .chunks_exact(N)
+        .map(|b| from(b.try_into().expect("N bytes")))
+        .collect())
 }
 
 /// What a walk along the graph gives: the layers, the tensor and shape it ends at, whether that
