@@ -513,6 +513,20 @@ impl Config {
                 raw.model.onnx = dir.join(&raw.model.onnx).to_string_lossy().into_owned();
             }
         }
+        // an imported model's input shape comes from its graph where [data] does not say
+        if let Some(imp) = raw.model.import()? {
+            let data = toml::from_str::<toml::Table>(text)
+                .ok()
+                .and_then(|t| t.get("data").and_then(|d| d.as_table()).cloned())
+                .unwrap_or_default();
+            let (c, h, w) = imp.input;
+            if !data.contains_key("channels") {
+                raw.data.channels = c;
+            }
+            if !data.contains_key("image_size") {
+                raw.data.image_size = [h, w];
+            }
+        }
         Self::validate(raw)
     }
 
@@ -1513,6 +1527,22 @@ mod tests {
         let e = err(&format!("{base}[data]\nimage_size = [32, 32]\n"));
         assert!(
             e.contains("data.image_size") && e.contains("1×28×28"),
+            "{e}"
+        );
+        // unsaid, the shape is the graph's
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("m.onnx"), crate::onnx::tiny_model(3, 12, 10)).unwrap();
+        let c = Config::parse("[model]\nonnx = \"m.onnx\"\n", &d.path().join("c.toml")).unwrap();
+        assert_eq!((c.data.channels, c.data.image_size), (3, [12, 10]));
+        assert_eq!(c.data.resize, "fit");
+        let e = Config::parse(
+            "[data]\nchannels = 1\n[model]\nonnx = \"m.onnx\"\n",
+            &d.path().join("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("3×12×10") && e.contains("data.channels = 3"),
             "{e}"
         );
         let e = err(&format!("{base}channels = [8]\n"));

@@ -1362,6 +1362,13 @@ impl<'a> Walker<'a> {
     }
 }
 
+/// A tiny valid classifier (conv 3×3 → ReLU → flatten → linear to 3 classes) on C×H×W
+/// input, for tests elsewhere.
+#[cfg(test)]
+pub fn tiny_model(c: usize, h: usize, w: usize) -> Vec<u8> {
+    tests::model_at(c, h, w, |_, _, _| {})
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1459,6 +1466,17 @@ mod tests {
     fn model(
         edit: impl FnOnce(&mut Vec<NodeProto>, &mut Vec<TensorProto>, &mut Vec<Dimension>),
     ) -> Vec<u8> {
+        model_at(1, 4, 4, edit)
+    }
+
+    /// [`model`] on a C×H×W input.
+    pub fn model_at(
+        c: usize,
+        h: usize,
+        w: usize,
+        edit: impl FnOnce(&mut Vec<NodeProto>, &mut Vec<TensorProto>, &mut Vec<Dimension>),
+    ) -> Vec<u8> {
+        let (ci, flat) = (c as i64, 2 * h * w);
         let mut nodes = vec![
             node(
                 "Conv",
@@ -1484,16 +1502,18 @@ mod tests {
             ),
         ];
         let mut inits = vec![
-            tensor("conv1.weight", &[2, 1, 3, 3], vec![0.1; 18]),
+            tensor("conv1.weight", &[2, ci, 3, 3], vec![0.1; 18 * c]),
             tensor("conv1.bias", &[2], vec![0.0, 0.1]),
             tensor(
                 "fc.weight",
-                &[3, 32],
-                (0..96).map(|i| i as f32 / 96.0).collect(),
+                &[3, flat as i64],
+                (0..3 * flat)
+                    .map(|i| i as f32 / (3 * flat) as f32)
+                    .collect(),
             ),
             tensor("fc.bias", &[3], vec![0.0; 3]),
         ];
-        let mut dims = vec![batch(), fixed(1), fixed(4), fixed(4)];
+        let mut dims = vec![batch(), fixed(ci), fixed(h as i64), fixed(w as i64)];
         edit(&mut nodes, &mut inits, &mut dims);
         ModelProto {
             ir_version: 8,
