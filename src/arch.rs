@@ -913,16 +913,29 @@ pub fn forward_flops(specs: &[Spec], input: Dims, classes: usize) -> (f64, f64) 
     (all, suffix)
 }
 
+/// Every layer of a list at any depth, in order: an add, then its body's layers, then its
+/// shortcut's.
+pub fn all_layers(specs: &[Spec]) -> Vec<&Spec> {
+    fn walk<'a>(specs: &'a [Spec], out: &mut Vec<&'a Spec>) {
+        for s in specs {
+            out.push(s);
+            if let Spec::Add { body, shortcut, .. } = s {
+                walk(body, out);
+                walk(shortcut, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(specs, &mut out);
+    out
+}
+
 /// Dropout layers of a list, adds' branches included (the MC-dropout sites).
 pub fn count_dropout(specs: &[Spec]) -> usize {
-    specs
+    all_layers(specs)
         .iter()
-        .map(|s| match s {
-            Spec::Dropout { .. } => 1,
-            Spec::Add { body, shortcut, .. } => count_dropout(body) + count_dropout(shortcut),
-            _ => 0,
-        })
-        .sum()
+        .filter(|s| matches!(s, Spec::Dropout { .. }))
+        .count()
 }
 
 /// What shape inference found: the output shape of each layer of the list and the names of

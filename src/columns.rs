@@ -15,8 +15,6 @@ pub const SCORE_COLUMNS: [&str; 10] = [
     "gradnorm",
     "exgrad_fc",
 ];
-/// Position of the first gradient-statistic column among the feature columns.
-pub const GRAD_START: usize = SCORE_COLUMNS.len();
 /// Statistics of each layer's gradient, in CSV order.
 pub const GRAD_STATS: [&str; 7] = ["l1", "l2", "min", "max", "mean", "skew", "kurt"];
 

@@ -514,7 +514,8 @@ impl Config {
             }
         }
         // an imported model's input shape comes from its graph where [data] does not say
-        if let Some(imp) = raw.model.import()? {
+        let onnx = raw.model.import()?.map(std::sync::Arc::new);
+        if let Some(imp) = &onnx {
             let data = toml::from_str::<toml::Table>(text)
                 .ok()
                 .and_then(|t| t.get("data").and_then(|d| d.as_table()).cloned())
@@ -527,16 +528,34 @@ impl Config {
                 raw.data.image_size = [h, w];
             }
         }
-        Self::validate(raw)
+        Self::validate_with(raw, onnx)
     }
 
     /// Checks every value, each section its own keys; errors name the dotted key and the bad
     /// value.
     pub fn validate(raw: RawConfig) -> Result<Config> {
+        let onnx = raw.model.import()?.map(std::sync::Arc::new);
+        Self::validate_with(raw, onnx)
+    }
+
+    /// [`Config::validate`] of `raw`, a changed copy of this config's: the imported model is
+    /// this config's (the file is not read again) while `raw` names the same one.
+    pub fn revalidate(&self, raw: RawConfig) -> Result<Config> {
+        if raw.model.onnx == self.model.onnx {
+            Self::validate_with(raw, self.onnx.clone())
+        } else {
+            Self::validate(raw)
+        }
+    }
+
+    /// [`Config::validate`] with the import of `raw.model.onnx` already read.
+    fn validate_with(
+        raw: RawConfig,
+        onnx: Option<std::sync::Arc<crate::onnx::Imported>>,
+    ) -> Result<Config> {
         raw.run.check()?;
         let (shape, resize, transpose) = raw.data.check()?;
         raw.verdicts.check()?;
-        let onnx = raw.model.import()?.map(std::sync::Arc::new);
         let specs = raw.model.check(shape, onnx.as_deref())?;
         let specs = raw.features.check(specs, onnx.is_some())?;
         let layers = plan_names(&raw.data.with_normalize(specs, shape)?, shape)?;
@@ -618,9 +637,11 @@ impl Config {
             .expect("validated")
     }
 
-    /// The path of the imported ONNX model (`model.onnx`), if there is one.
-    pub fn onnx_path(&self) -> Option<&Path> {
-        (!self.model.onnx.is_empty()).then(|| Path::new(&self.model.onnx))
+    /// The imported model and the ONNX file it was read from (`model.onnx`), if there is one.
+    pub fn imported(&self) -> Option<(&crate::onnx::Imported, &Path)> {
+        self.onnx
+            .as_deref()
+            .map(|imp| (imp, Path::new(&self.model.onnx)))
     }
 
     /// The shape of the net's input: the images' (an input crop is the net's first layer).
@@ -798,9 +819,6 @@ impl VerdictsSection {
 }
 
 impl ModelSection {
-    /// Checks `[model]`: the layer list (every entry's keys, then the shapes through the net
-    /// on images of `shape`), or the legacy keys of the paper's net. Returns the names of the
-    /// parameterised layers (the gradient columns' layers).
     /// The first of the paper net's keys (channels, kernel, …) set to other than its default:
     /// they mean nothing beside a layer list or an import.
     fn paper_key_set(&self) -> Option<&'static str> {
@@ -838,6 +856,9 @@ impl ModelSection {
             .map_err(|e| cfg("model.onnx", e.to_string()))
     }
 
+    /// Checks `[model]`: the imported model `onnx` (its input against `shape`, no other net
+    /// keys beside it), the layer list (every entry's keys, then the shapes through the net on
+    /// images of `shape`), or the legacy keys of the paper's net. Returns the net's layers.
     pub fn check(
         &self,
         shape: crate::data::Shape,
@@ -985,8 +1006,6 @@ impl ModelSection {
     }
 }
 
-/// Shape inference through `specs` on images of `shape` (the input crop, if any, included);
-/// the parameterised layers' names, or the error naming `model.layers[i]` and the shapes.
 /// The `[model]` section of a run with an imported model written as the layer list of that
 /// model (MC-dropout sites included, the last linear layer meaning "the classes"): for a run
 /// whose net grows away from the ONNX file (`metaclf extend`).
@@ -1015,6 +1034,8 @@ fn known_classes(d: &DataSection) -> Option<usize> {
     }
 }
 
+/// Shape inference through `specs` on images of `shape` (the input crop, if any, included);
+/// the parameterised layers' names, or the error naming `model.layers[i]` and the shapes.
 fn plan_names(specs: &[crate::arch::Spec], shape: crate::data::Shape) -> Result<Vec<String>> {
     // the number of classes is the data's
     crate::arch::plan_for(specs, (shape.c, shape.h, shape.w), None)
@@ -1023,7 +1044,6 @@ fn plan_names(specs: &[crate::arch::Spec], shape: crate::data::Shape) -> Result<
 }
 
 impl TrainSection {
-    /// Checks `[train]`.
     /// Checks `[train]`; an imported model (`imported`) is not trained, so any epochs do.
     pub fn check(&self, imported: bool) -> Result<()> {
         let t = self;
@@ -1165,8 +1185,10 @@ impl FeaturesSection {
         let mut specs = specs;
         for name in &self.mc_dropout_after {
             if !insert_dropout_after(&mut specs, name, self.mc_rate) {
-                let mut all = Vec::new();
-                layer_names_nested(&specs, &mut all);
+                let all: Vec<&str> = crate::arch::all_layers(&specs)
+                    .iter()
+                    .map(|s| s.name())
+                    .collect();
                 return Err(cfg(
                     "features.mc_dropout_after",
                     format!(
@@ -1200,17 +1222,6 @@ fn insert_dropout_after(specs: &mut Vec<crate::arch::Spec>, name: &str, rate: f6
         }
         _ => false,
     })
-}
-
-/// Every layer's name, adds' branches included, in order.
-fn layer_names_nested(specs: &[crate::arch::Spec], out: &mut Vec<String>) {
-    for s in specs {
-        out.push(s.name().to_string());
-        if let crate::arch::Spec::Add { body, shortcut, .. } = s {
-            layer_names_nested(body, out);
-            layer_names_nested(shortcut, out);
-        }
-    }
 }
 
 impl OodSection {

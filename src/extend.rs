@@ -13,7 +13,7 @@
 //! that each new class weighs about as much as an old one (at most 50 times), and the learning
 //! rate is 0.3 × `train.lr`. Early stopping and plateau cuts watch RUN's validation images.
 
-use crate::config::{ClassRef, Config};
+use crate::config::ClassRef;
 use crate::data::stream::{self, OnError, TrainStats};
 use crate::data::{stage_rng, Dataset};
 use crate::error::{Error, IoContext, Result};
@@ -507,7 +507,7 @@ pub fn extend(opts: &ExtendOptions) -> Result<ExtendSummary> {
         raw.features.mc_dropout_after.clear();
         raw.train.epochs = opts.epochs.max(1);
     }
-    let new_cfg = Config::validate(raw)?;
+    let new_cfg = cfg.revalidate(raw)?;
 
     let t_data = t_all.elapsed().as_secs_f64();
     let staged = crate::runfolder::Staged::new(&opts.out, opts.force)?;

@@ -12,7 +12,7 @@ use crate::model::{Node, Saved};
 use rayon::prelude::*;
 use std::path::Path;
 
-pub use crate::columns::{GRAD_START, GRAD_STATS, SCORE_COLUMNS};
+pub use crate::columns::{GRAD_STATS, SCORE_COLUMNS};
 /// Leading identification columns. `label` and `correct` are about the known concept: empty
 /// for rows of out-of-distribution sets, whose own class (if their source has one) is in
 /// `source_label`.
@@ -754,13 +754,11 @@ pub fn score_with_probs(
     }
     let bs = p.batch_size.max(1);
     let nl = net.layers.len() + 1;
-    // without dropout layers the 4 MC columns are left out and the later ones move up
+    // where `columns` put them: the gradient statistics last, the 4 logit features before
+    // them, the 4 MC columns after msp and entropy when the net has dropout
     let has_mc = net.dropout_layers() > 0;
-    let (lf_at, grad_at) = if has_mc {
-        (6, GRAD_START)
-    } else {
-        (2, GRAD_START - 4)
-    };
+    let grad_at = nc - 7 * nl;
+    let lf_at = grad_at - 4;
     for start in (0..n_total).step_by(bs) {
         let end = (start + bs).min(n_total);
         let n = end - start;

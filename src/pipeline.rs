@@ -144,7 +144,7 @@ pub fn resolve_classes(cfg: &Config) -> Result<Config> {
         return Ok(cfg.clone());
     }
     // validated again: a class named once by name and once by index is listed twice
-    Config::validate(raw)
+    cfg.revalidate(raw)
 }
 
 /// What `metaclf check` says beyond the config's own validity: the input shape, the classes
@@ -266,7 +266,7 @@ pub fn check_lines(cfg: &Config) -> Result<Vec<String>> {
         plan.n_params,
         plan.params.join(", ")
     ));
-    if let (Some(imp), Some(p)) = (&cfg.onnx, cfg.onnx_path()) {
+    if let Some((imp, p)) = cfg.imported() {
         out.push(format!(
             "imported from {} ({}; input {:?}, output {:?}), as these layers:",
             p.display(),
@@ -942,7 +942,7 @@ fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary
             .iter()
             .map(|&c| crate::config::ClassRef::Index(c))
             .collect();
-        resolved = Config::validate(raw)?;
+        resolved = cfg.revalidate(raw)?;
         &resolved
     } else {
         cfg
@@ -974,8 +974,8 @@ fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary
 
     let t = Instant::now();
     let arch = Arch::from_config(cfg, classes);
-    let trained = match (&cfg.onnx, cfg.onnx_path()) {
-        (Some(imp), Some(path)) => {
+    let trained = match cfg.imported() {
+        Some((imp, path)) => {
             if classes != imp.classes {
                 return Err(crate::error::cfg(
                     "data.classes",
@@ -1039,7 +1039,7 @@ fn run_in(cfg: &Config, folder: &RunFolder, t_all: Instant) -> Result<RunSummary
 /// is copied into the folder as `model.onnx` and the config names that copy (relative to the
 /// folder), so the run stays usable when the original moves.
 pub fn run_config_toml(cfg: &Config, folder: &RunFolder) -> Result<String> {
-    let Some(src) = cfg.onnx_path() else {
+    let Some((_, src)) = cfg.imported() else {
         return Ok(cfg.to_toml());
     };
     let dst = folder.file("model.onnx");
@@ -1053,7 +1053,11 @@ pub fn run_config_toml(cfg: &Config, folder: &RunFolder) -> Result<String> {
     }
     let mut raw = cfg.raw.clone();
     raw.model.onnx = "model.onnx".into();
-    Ok(toml::to_string_pretty(&raw).expect("config serializes"))
+    Ok(Config {
+        raw,
+        onnx: cfg.onnx.clone(),
+    }
+    .to_toml())
 }
 
 /// What [`finish_run`] needs beside the data and the trained CNN.
@@ -1121,7 +1125,7 @@ pub fn finish_run(
     for k in 1..if extra_seeds { cfg.meta.cnn_seeds } else { 1 } {
         let mut raw = cfg.raw.clone();
         raw.run.seed = cfg.run.seed.wrapping_add(k as u64);
-        let c2 = Config::validate(raw)?;
+        let c2 = cfg.revalidate(raw)?;
         tracing::info!(
             "CNN {} of {}: seed {}",
             k + 1,
@@ -1162,8 +1166,8 @@ pub fn finish_run(
         "class_names": class_names(cfg, classes),
         "input": format!("{} (C×H×W {}×{}×{}), resize {}", cfg.shape(), cfg.shape().c, cfg.shape().h, cfg.shape().w, cfg.data.resize),
         "parameters": trained.net.num_params(),
-        "model_source": match (&cfg.onnx, cfg.onnx_path()) {
-            (Some(imp), Some(p)) => format!(
+        "model_source": match cfg.imported() {
+            Some((imp, p)) => format!(
                 "imported from {} ({}), not trained{}",
                 p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
                 imp.producer,
