@@ -51,11 +51,11 @@ pub fn peak_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-fn rate(n: usize, f: &mut dyn FnMut()) -> f64 {
+fn rate(n: usize, secs: f64, f: &mut dyn FnMut()) -> f64 {
     f(); // warm-up
     let t = Instant::now();
     let mut reps = 0;
-    while t.elapsed().as_secs_f64() < 1.5 || reps < 2 {
+    while t.elapsed().as_secs_f64() < secs || reps < 2 {
         f();
         reps += 1;
     }
@@ -67,7 +67,7 @@ pub const NAMES: [&str; 5] = ["forward", "mc", "grad", "naive", "train"];
 
 /// Runs every benchmark of the paper's net at input `shape`.
 pub fn run(seed: u64, shape: Shape) -> crate::Result<BenchResult> {
-    run_only(seed, &Arch::paper_at(shape), None, 256, &NAMES)
+    run_only(seed, &Arch::paper_at(shape), None, 256, &NAMES, 1.5)
 }
 
 /// Runs the benchmarks named in `only` (the others report 0) on a net of `arch` with random
@@ -79,6 +79,7 @@ pub fn run_only(
     weights: Option<&std::path::Path>,
     n: usize,
     only: &[&str],
+    secs: f64,
 ) -> crate::Result<BenchResult> {
     let on = |name: &str| only.contains(&name);
     let mut peaks = std::collections::BTreeMap::new();
@@ -87,7 +88,7 @@ pub fn run_only(
             return 0.0;
         }
         let reset = reset_peak();
-        let r = rate(n, f);
+        let r = rate(n, secs, f);
         if let (true, Some(p)) = (reset, peak_mb()) {
             peaks.insert(name.to_string(), p);
         }

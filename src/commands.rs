@@ -158,6 +158,8 @@ pub struct BenchArgs {
     pub model: Option<PathBuf>,
     /// Images per batch of the forward, MC and gradient benchmarks.
     pub batch: usize,
+    /// Seconds each benchmark is timed for (after one warm-up call).
+    pub seconds: f64,
 }
 
 /// `metaclf bench`: the throughput table (or one JSON object), with the reference scripts'
@@ -207,7 +209,13 @@ pub fn bench(a: &BenchArgs) -> Result<Vec<String>> {
             crate::config::MAX_BATCH
         )));
     }
-    let r = crate::bench::run_only(42, &arch, weights.as_deref(), a.batch, &only)?;
+    if !(a.seconds.is_finite() && a.seconds > 0.0 && a.seconds <= 3600.0) {
+        return Err(other(format!(
+            "--seconds {}: must be above 0 and at most 3600",
+            a.seconds
+        )));
+    }
+    let r = crate::bench::run_only(42, &arch, weights.as_deref(), a.batch, &only, a.seconds)?;
     let refs = a
         .reference
         .iter()

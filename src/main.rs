@@ -170,6 +170,10 @@ enum Cmd {
         /// Images per batch (forward, MC dropout, gradient metrics; training takes ≤ 128).
         #[arg(long, default_value_t = 256)]
         batch: usize,
+        /// Seconds each benchmark is timed for, after one warm-up call (longer: steadier
+        /// figures, and a profile of the steady state under `perf`).
+        #[arg(long, default_value_t = 1.5)]
+        seconds: f64,
         /// Python interpreter for the reference scripts.
         #[arg(long, default_value = "python3")]
         python: String,
@@ -392,6 +396,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             config,
             model,
             batch,
+            seconds,
         } => c::bench(&c::BenchArgs {
             json,
             reference,
@@ -401,6 +406,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             config,
             model,
             batch,
+            seconds,
         })?,
     };
     for l in lines {

@@ -26,27 +26,60 @@ impl<'a> From<Option<&'a mut ChaCha8Rng>> for Masks<'a> {
     }
 }
 
-/// Applies dropout of rate `p` to `x` ([n, per] in place); returns the mask (None when off).
-pub fn forward(p: f32, x: &mut [f32], n: usize, masks: &mut Masks<'_>) -> Option<Vec<f32>> {
+/// Applies dropout of rate `p` to `x` ([n, per] in place); returns the mask when `keep`
+/// (None when off or not kept: an MC pass applies the mask without storing it).
+pub fn forward(
+    p: f32,
+    x: &mut [f32],
+    n: usize,
+    masks: &mut Masks<'_>,
+    keep: bool,
+) -> Option<Vec<f32>> {
     let scale = 1.0 / (1.0 - p);
-    let draw = |r: &mut ChaCha8Rng| if r.gen::<f32>() < p { 0.0 } else { scale };
-    let mask: Vec<f32> = match masks {
+    let mut mask = if keep {
+        vec![0f32; x.len()]
+    } else {
+        Vec::new()
+    };
+    match masks {
         Masks::Off => return None,
-        Masks::Stream(r) => (0..x.len()).map(|_| draw(r)).collect(),
+        Masks::Stream(r) => apply(r, p, scale, x, keep.then_some(&mut mask[..])),
         Masks::PerRow(rows) => {
             assert_eq!(rows.len(), n, "one mask stream per row");
             let per = x.len() / n.max(1);
-            let mut m = Vec::with_capacity(x.len());
-            for r in rows.iter_mut() {
-                m.extend((0..per).map(|_| draw(r)));
+            for (i, r) in rows.iter_mut().enumerate() {
+                let row = i * per..(i + 1) * per;
+                let m = keep.then(|| &mut mask[row.clone()]);
+                apply(r, p, scale, &mut x[row], m);
             }
-            m
         }
-    };
-    for (v, m) in x.iter_mut().zip(&mask) {
-        *v *= m;
     }
-    Some(mask)
+    keep.then_some(mask)
+}
+
+/// Draws the mask of `x` from `r` (element by element, in order) and multiplies it in, writing
+/// it to `mask` when given. The draws are `rand`'s `gen::<f32>()` taken in blocks: the top 24
+/// bits of each `next_u32`, times 2⁻²⁴ (`fill` yields the same words as `next_u32` calls), so
+/// the masks are those of drawing one element at a time, and the comparison runs vectorised.
+fn apply(r: &mut ChaCha8Rng, p: f32, scale: f32, x: &mut [f32], mut mask: Option<&mut [f32]>) {
+    const BLOCK: usize = 256;
+    let mut words = [0u32; BLOCK];
+    let mut m = [0f32; BLOCK];
+    for (b, xs) in x.chunks_mut(BLOCK).enumerate() {
+        let w = &mut words[..xs.len()];
+        r.fill(w);
+        let m = &mut m[..xs.len()];
+        for (m, &u) in m.iter_mut().zip(w.iter()) {
+            let draw = (u >> 8) as f32 * (1.0 / (1u32 << 24) as f32);
+            *m = if draw < p { 0.0 } else { scale };
+        }
+        for (v, m) in xs.iter_mut().zip(m.iter()) {
+            *v *= m;
+        }
+        if let Some(out) = mask.as_deref_mut() {
+            out[b * BLOCK..b * BLOCK + xs.len()].copy_from_slice(m);
+        }
+    }
 }
 
 /// Backward: dy ⊙ mask in place (an empty mask: dropout was off).
@@ -59,6 +92,39 @@ pub fn backward(mask: &[f32], dy: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use crate::arch::Spec;
+    use rand::{Rng, RngCore, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// The block draws give the masks of one `gen::<f32>()` per element, in order, for both
+    /// streams, with the stream left where one-at-a-time drawing leaves it.
+    #[test]
+    fn block_draws_equal_single_draws() {
+        for (p, len) in [(0.25f32, 1000usize), (0.5, 256), (0.1, 3), (0.9, 777)] {
+            let scale = 1.0 / (1.0 - p);
+            let mut one = ChaCha8Rng::seed_from_u64(7);
+            one.set_stream(3);
+            let want: Vec<f32> = (0..len)
+                .map(|_| if one.gen::<f32>() < p { 0.0 } else { scale })
+                .collect();
+            let mut blk = ChaCha8Rng::seed_from_u64(7);
+            blk.set_stream(3);
+            let mut x = vec![2.0f32; len];
+            let mask = super::forward(p, &mut x, 1, &mut super::Masks::Stream(&mut blk), true)
+                .expect("a mask");
+            assert_eq!(mask, want);
+            assert!(x.iter().zip(&want).all(|(v, w)| *v == 2.0 * w));
+            assert_eq!(blk.next_u32(), one.next_u32());
+            // not kept: the same values applied, no mask
+            let mut blk = ChaCha8Rng::seed_from_u64(7);
+            blk.set_stream(3);
+            let mut y = vec![2.0f32; len];
+            let mut rows = [blk];
+            assert!(
+                super::forward(p, &mut y, 1, &mut super::Masks::PerRow(&mut rows), false).is_none()
+            );
+            assert_eq!(x, y);
+        }
+    }
 
     /// Dropout in three places (after a conv, after a pool, between dense layers), its masks
     /// replayed in candle.

@@ -317,7 +317,7 @@ fn forward_node(
         }
         Node::Dropout { rate } => {
             let mut v = owned(x);
-            let mask = dropout::forward(*rate, &mut v, n, &mut ctx.masks);
+            let mask = dropout::forward(*rate, &mut v, n, &mut ctx.masks, keep);
             (
                 Arc::new(v),
                 if keep {
