@@ -8,6 +8,11 @@ random weights, random input of shape C,H,W, this machine's CPU with 2 threads:
   prediction); the 7 statistics (L1, L2, min, max, mean, skewness, kurtosis) per layer and
   for all layers are then computed on the stacked [B, P] per-sample gradients with batched
   reductions along dim 1 (not vmap-ed); batch norm in evaluation mode;
+- mc: MC-dropout probabilities, T = 50 passes, in the prefix-once formulation: the layers
+  before the first dropout run once on the batch (they are deterministic), the rest on the
+  batch repeated for several passes at a time (at most 4096 rows a slice, as metaclf), dropout
+  active and batch norm in evaluation mode, under `torch.inference_mode`; the result the
+  [T, B, K] softmax probabilities (what metaclf's MC benchmark computes);
 - train: one eager training step (SGD with momentum, dropout and batch norm in training
   mode, batch min(B, 128)).
 
@@ -109,9 +114,43 @@ def train_step():
     opt.step()
 
 
+T = 50
+order = net.order
+# the first top-level module that is or holds a dropout: everything before it runs once
+first = next(
+    (i for i, m in enumerate(order) if any(isinstance(s, torch.nn.Dropout) for s in m.modules())),
+    None,
+)
+
+
+def mc_batch(x):
+    with torch.inference_mode():
+        net.eval()
+        if first is None:  # no dropout: every pass is the plain forward
+            return torch.softmax(net(x), 1).expand(T, -1, -1)
+        for m in net.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.train()
+        h = x
+        for m in order[:first]:
+            h = m(h)
+        per = max(1, min(T, 4096 // x.shape[0]))
+        out, done = [], 0
+        while done < T:
+            tc = min(per, T - done)
+            z = h.repeat(tc, *([1] * (h.dim() - 1)))
+            for m in order[first:]:
+                z = m(z)
+            out.append(torch.softmax(z, 1).view(tc, x.shape[0], -1))
+            done += tc
+        net.eval()
+        return torch.cat(out, 0)
+
+
 out = {
     "name": "torch.func" + (" compiled" if args.compile else ""),
     "grad": rate(B, lambda: grad_batch(x)),
+    "mc": rate(B, lambda: mc_batch(x)),
     "train": rate(TB, train_step),
     "params": sum(p.numel() for p in params.values()),
     "version": torch.__version__,

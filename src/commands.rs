@@ -270,6 +270,13 @@ pub fn bench(a: &BenchArgs) -> Result<Vec<String>> {
             "  grad metrics, per-sample vmap(grad)  {g:>10.0}   metaclf/{name} {:.2}×",
             r.grad_batched / g
         ));
+        // the JAX reference has no MC benchmark
+        if let Some(mc) = rv["mc"].as_f64() {
+            lines.push(format!(
+                "  MC dropout (T=50), prefix once       {mc:>10.0}   metaclf/{name} {:.2}×",
+                r.mc_dropout / mc
+            ));
+        }
         lines.push(format!(
             "  training step (batch {:<3})            {t:>10.0}   metaclf/{name} {:.2}×",
             r.batch.min(128),
