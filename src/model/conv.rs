@@ -71,8 +71,72 @@ impl ConvGeom {
         self.cout * self.ckk()
     }
 
+    /// Stride 1 with "same" padding: every row of the unfolded input is the input plane
+    /// shifted by one offset, so it is copied as one span (see [`Self::im2col`]).
+    fn shifts_whole_planes(&self) -> bool {
+        self.stride == 1 && self.oh == self.h && self.ow == self.w
+    }
+
+    /// For "same" stride-1 geometry: per (ky, kx), the shift `off` (= dy·w + dx) from a
+    /// position of the unfolded row to its input pixel, the rows `y0..y1` and columns
+    /// `x0..x1` whose pixel lies inside the input, and the span `j0..j1` of unfolded
+    /// positions whose shifted index lies inside the plane (all of the inside positions and
+    /// at most `pad` outside ones per row, at the row ends).
+    fn shift(&self, ky: usize, kx: usize) -> Option<Shift> {
+        let (h, w, p) = (self.h as isize, self.w as isize, self.pad as isize);
+        let (dy, dx) = (ky as isize - p, kx as isize - p);
+        let (y0, y1) = ((-dy).clamp(0, h), (h - dy).clamp(0, h));
+        let (x0, x1) = ((-dx).clamp(0, w), (w - dx).clamp(0, w));
+        if y1 <= y0 || x1 <= x0 {
+            return None;
+        }
+        let off = dy * w + dx;
+        let j0 = (y0 * w).max(-off);
+        let j1 = (y1 * w).min(h * w - off).max(j0);
+        let u = |v: isize| v as usize;
+        Some(Shift {
+            off,
+            rows: u(y0)..u(y1),
+            cols: u(x0)..u(x1),
+            span: u(j0)..u(j1),
+        })
+    }
+
     /// Unfolds one sample [cin, h, w] into cols [cin·k·k, oh·ow] (zeros outside the input).
+    /// Stride 1 with "same" padding copies each row as one span of the plane and then zeroes
+    /// the few positions outside the input (the rows' ends); other geometries go row by row.
     pub fn im2col(&self, x: &[f32], cols: &mut [f32]) {
+        if !self.shifts_whole_planes() {
+            return self.im2col_rows(x, cols);
+        }
+        let (k, w, hw) = (self.k, self.w, self.h * self.w);
+        for c in 0..self.cin {
+            let plane = &x[c * hw..(c + 1) * hw];
+            for ky in 0..k {
+                for kx in 0..k {
+                    let row = (c * k + ky) * k + kx;
+                    let dst = &mut cols[row * hw..(row + 1) * hw];
+                    let Some(sh) = self.shift(ky, kx) else {
+                        dst.fill(0.0);
+                        continue;
+                    };
+                    let s0 = (sh.span.start as isize + sh.off) as usize;
+                    dst[sh.span.clone()].copy_from_slice(&plane[s0..s0 + sh.span.len()]);
+                    dst[..sh.span.start].fill(0.0);
+                    dst[sh.span.end..].fill(0.0);
+                    if sh.cols.len() < w {
+                        for y in sh.rows.clone() {
+                            dst[y * w..y * w + sh.cols.start].fill(0.0);
+                            dst[y * w + sh.cols.end..(y + 1) * w].fill(0.0);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`Self::im2col`] row by row of the output (any stride and padding).
+    fn im2col_rows(&self, x: &[f32], cols: &mut [f32]) {
         let (h, w, k, s) = (
             self.h as isize,
             self.w as isize,
@@ -125,8 +189,44 @@ impl ConvGeom {
         }
     }
 
-    /// Folds cols gradients back onto the input: dx [cin, h, w] = col2im(dcols) (overwrites).
-    pub fn col2im(&self, dcols: &[f32], dx: &mut [f32]) {
+    /// Folds cols gradients back onto the input: dx [cin, h, w] = col2im(dcols) (overwrites;
+    /// `dcols` is scratch: stride 1 with "same" padding zeroes its positions outside the input
+    /// and adds each row as one span, as [`Self::im2col`] copies it). The span adds +0.0 at
+    /// those positions, which changes nothing: a sum that starts at +0.0 is never −0.0, and
+    /// x + 0.0 = x for every other x, so the result is bit for bit that of the row-by-row fold.
+    pub fn col2im(&self, dcols: &mut [f32], dx: &mut [f32]) {
+        if !self.shifts_whole_planes() {
+            return self.col2im_rows(dcols, dx);
+        }
+        let (k, w, hw) = (self.k, self.w, self.h * self.w);
+        dx.fill(0.0);
+        for c in 0..self.cin {
+            let plane = &mut dx[c * hw..(c + 1) * hw];
+            for ky in 0..k {
+                for kx in 0..k {
+                    let row = (c * k + ky) * k + kx;
+                    let src = &mut dcols[row * hw..(row + 1) * hw];
+                    let Some(sh) = self.shift(ky, kx) else {
+                        continue;
+                    };
+                    if sh.cols.len() < w {
+                        for y in sh.rows.clone() {
+                            src[y * w..y * w + sh.cols.start].fill(0.0);
+                            src[y * w + sh.cols.end..(y + 1) * w].fill(0.0);
+                        }
+                    }
+                    let s0 = (sh.span.start as isize + sh.off) as usize;
+                    let n = sh.span.len();
+                    for (d, v) in plane[s0..s0 + n].iter_mut().zip(&src[sh.span]) {
+                        *d += v;
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`Self::col2im`] row by row of the output (any stride and padding).
+    fn col2im_rows(&self, dcols: &[f32], dx: &mut [f32]) {
         let (h, w, k, s) = (
             self.h as isize,
             self.w as isize,
@@ -175,6 +275,14 @@ impl ConvGeom {
             }
         }
     }
+}
+
+/// One (ky, kx) row of a "same" stride-1 unfolding ([`ConvGeom::shift`]).
+struct Shift {
+    off: isize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    span: std::ops::Range<usize>,
 }
 
 /// Forward for `n` samples: `x` [n, cin, h, w] → [n, cout, oh, ow]. The unfolded input lives
@@ -387,6 +495,52 @@ mod tests {
         }
     }
 
+    /// The span unfolding and folding of "same" stride-1 geometry equal the row-by-row ones
+    /// bit for bit (kernels 1 to 7, planes smaller than the kernel, one channel and several).
+    #[test]
+    fn span_unfolding_equals_rows() {
+        for (cin, k, h, w) in [
+            (1, 3, 28, 28),
+            (2, 3, 7, 5),
+            (3, 1, 4, 6),
+            (1, 5, 3, 2),
+            (2, 7, 9, 4),
+            (1, 3, 1, 1),
+            (16, 3, 14, 14),
+        ] {
+            let g = ConvGeom::new(cin, 2, k, 1, k / 2, h, w, true);
+            assert!(g.shifts_whole_planes());
+            let x: Vec<f32> = (0..g.in_len()).map(|i| (i as f32 * 0.37).sin()).collect();
+            let mut a = vec![f32::NAN; g.cols_len()];
+            let mut b = vec![f32::NAN; g.cols_len()];
+            g.im2col(&x, &mut a);
+            g.im2col_rows(&x, &mut b);
+            assert_eq!(
+                a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{g:?}"
+            );
+            // gradients at every position, padding ones included, some of them −0.0
+            let c: Vec<f32> = (0..g.cols_len())
+                .map(|i| {
+                    if i % 7 == 3 {
+                        -0.0
+                    } else {
+                        (i as f32 * 0.11).cos()
+                    }
+                })
+                .collect();
+            let (mut da, mut db) = (vec![1f32; g.in_len()], vec![2f32; g.in_len()]);
+            g.col2im(&mut c.clone(), &mut da);
+            g.col2im_rows(&c, &mut db);
+            assert_eq!(
+                da.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                db.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{g:?}"
+            );
+        }
+    }
+
     #[test]
     fn col2im_is_adjoint_of_im2col() {
         // <im2col(x), c> == <x, col2im(c)> for any x, c
@@ -396,7 +550,7 @@ mod tests {
             let mut cols = vec![0f32; g.cols_len()];
             g.im2col(&x, &mut cols);
             let mut back = vec![0f32; g.in_len()];
-            g.col2im(&c, &mut back);
+            g.col2im(&mut c.clone(), &mut back);
             let l: f64 = cols
                 .iter()
                 .zip(&c)
