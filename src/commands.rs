@@ -240,7 +240,11 @@ pub fn bench(a: &BenchArgs) -> Result<Vec<String>> {
         r.batch
     )];
     for (k, name, v) in [
-        ("forward (batch 256)", "forward", r.forward),
+        (
+            &*format!("forward (batch {})", r.batch),
+            "forward",
+            r.forward,
+        ),
         ("MC dropout (T=50)", "mc", r.mc_dropout),
         ("grad metrics, batched", "grad", r.grad_batched),
         ("grad metrics, naive batch-1 candle", "naive", r.grad_naive),
