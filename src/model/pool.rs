@@ -46,23 +46,43 @@ pub fn max_forward(g: &PoolGeom, x: &[f32], n: usize) -> (Vec<f32>, Vec<u32>) {
         .zip(idx.par_chunks_mut(ol))
         .zip(x.par_chunks(il))
         .for_each(|((ys, is), xs)| {
+            // selects, not branches (a comparison on image data mispredicts about every other
+            // time); the same order of comparisons as a plain scan of each window, so the
+            // first maximum wins, NaN never does, and a window of NaN/−∞ keeps index 0
+            let take = |v: f32, i: usize, best: &mut f32, bi: &mut usize| {
+                let gt = v > *best;
+                *best = if gt { v } else { *best };
+                *bi = if gt { i } else { *bi };
+            };
             for ch in 0..g.c {
+                let base = ch * h * w;
                 for oy in 0..g.oh {
+                    let o0 = (ch * g.oh + oy) * g.ow;
+                    let (yr, ir) = (&mut ys[o0..o0 + g.ow], &mut is[o0..o0 + g.ow]);
+                    if p == 2 && s == 2 {
+                        let (i0, i1) = (base + 2 * oy * w, base + (2 * oy + 1) * w);
+                        let (r0, r1) = (&xs[i0..i0 + 2 * g.ow], &xs[i1..i1 + 2 * g.ow]);
+                        for ox in 0..g.ow {
+                            let (mut best, mut bi) = (f32::NEG_INFINITY, 0usize);
+                            take(r0[2 * ox], i0 + 2 * ox, &mut best, &mut bi);
+                            take(r0[2 * ox + 1], i0 + 2 * ox + 1, &mut best, &mut bi);
+                            take(r1[2 * ox], i1 + 2 * ox, &mut best, &mut bi);
+                            take(r1[2 * ox + 1], i1 + 2 * ox + 1, &mut best, &mut bi);
+                            yr[ox] = best;
+                            ir[ox] = bi as u32;
+                        }
+                        continue;
+                    }
                     for ox in 0..g.ow {
-                        let mut best = f32::NEG_INFINITY;
-                        let mut bi = 0usize;
+                        let (mut best, mut bi) = (f32::NEG_INFINITY, 0usize);
                         for dy in 0..p {
-                            for dx in 0..p {
-                                let i = ch * h * w + (oy * s + dy) * w + ox * s + dx;
-                                if xs[i] > best {
-                                    best = xs[i];
-                                    bi = i;
-                                }
+                            let r = base + (oy * s + dy) * w + ox * s;
+                            for (dx, &v) in xs[r..r + p].iter().enumerate() {
+                                take(v, r + dx, &mut best, &mut bi);
                             }
                         }
-                        let o = ch * g.oh * g.ow + oy * g.ow + ox;
-                        ys[o] = best;
-                        is[o] = bi as u32;
+                        yr[ox] = best;
+                        ir[ox] = bi as u32;
                     }
                 }
             }
@@ -189,6 +209,62 @@ mod tests {
         let g = PoolGeom::new(1, 4, 4, 2, 2);
         assert_eq!(avg_forward(&g, &x, 1), vec![3.25, 4.75, 3.25, 1.75]);
         assert_eq!(global_forward(1, 16, &x, 1), vec![52.0 / 16.0]);
+    }
+
+    /// Both max-pool paths (2×2 at stride 2, and any window) against a plain scan of each
+    /// window: ties go to the first, NaN never wins, a window of NaN and −∞ keeps index 0.
+    #[test]
+    fn maxpool_equals_a_plain_scan() {
+        for (c, h, w, k, s) in [
+            (2, 6, 8, 2, 2),
+            (3, 7, 5, 2, 2),
+            (2, 7, 7, 3, 2),
+            (1, 5, 6, 2, 1),
+        ] {
+            let g = PoolGeom::new(c, h, w, k, s);
+            let n = 3;
+            let x: Vec<f32> = (0..n * g.in_len())
+                .map(|i| match i % 11 {
+                    0 => f32::NAN,
+                    1 => f32::NEG_INFINITY,
+                    _ => ((i * 7) % 5) as f32,
+                })
+                .collect();
+            // the first sample's first window all NaN/−∞
+            let mut x = x;
+            for dy in 0..k {
+                for dx in 0..k {
+                    x[dy * w + dx] = if (dy + dx) % 2 == 0 {
+                        f32::NAN
+                    } else {
+                        f32::NEG_INFINITY
+                    };
+                }
+            }
+            let (y, idx) = max_forward(&g, &x, n);
+            for sm in 0..n {
+                let xs = &x[sm * g.in_len()..(sm + 1) * g.in_len()];
+                for ch in 0..c {
+                    for oy in 0..g.oh {
+                        for ox in 0..g.ow {
+                            let (mut best, mut bi) = (f32::NEG_INFINITY, 0usize);
+                            for dy in 0..k {
+                                for dx in 0..k {
+                                    let i = ch * h * w + (oy * s + dy) * w + ox * s + dx;
+                                    if xs[i] > best {
+                                        best = xs[i];
+                                        bi = i;
+                                    }
+                                }
+                            }
+                            let o = sm * g.out_len() + (ch * g.oh + oy) * g.ow + ox;
+                            assert_eq!((y[o].to_bits(), idx[o]), (best.to_bits(), bi as u32));
+                        }
+                    }
+                }
+            }
+            assert_eq!((y[0], idx[0]), (f32::NEG_INFINITY, 0));
+        }
     }
 
     /// Max and average pools (overlapping and not) and a global pool, against candle autograd.
