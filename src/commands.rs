@@ -266,26 +266,29 @@ pub fn bench(a: &BenchArgs) -> Result<Vec<String>> {
         ));
     }
     for (rv, p) in refs.iter().zip(&a.reference) {
-        let g = rv["grad"].as_f64().unwrap_or(f64::NAN);
-        let t = rv["train"].as_f64().unwrap_or(f64::NAN);
         let name = rv["name"].as_str().unwrap_or("reference");
         lines.push(format!("reference {name} ({}):", p.display()));
-        lines.push(format!(
-            "  grad metrics, per-sample vmap(grad)  {g:>10.0}   metaclf/{name} {:.2}×",
-            r.grad_batched / g
-        ));
-        // the JAX reference has no MC benchmark
-        if let Some(mc) = rv["mc"].as_f64() {
-            lines.push(format!(
-                "  MC dropout (T=50), prefix once       {mc:>10.0}   metaclf/{name} {:.2}×",
-                r.mc_dropout / mc
-            ));
+        // a row per benchmark both sides ran (the JAX reference has no MC benchmark)
+        for (label, key, ours) in [
+            (
+                "grad metrics, per-sample vmap(grad)",
+                "grad",
+                r.grad_batched,
+            ),
+            ("MC dropout (T=50), prefix once", "mc", r.mc_dropout),
+            (
+                &*format!("training step (batch {})", r.batch.min(128)),
+                "train",
+                r.train_step,
+            ),
+        ] {
+            if let (Some(v), true) = (rv[key].as_f64(), ours > 0.0) {
+                lines.push(format!(
+                    "  {label:<36} {v:>10.0}   metaclf/{name} {:.2}×",
+                    ours / v
+                ));
+            }
         }
-        lines.push(format!(
-            "  training step (batch {:<3})            {t:>10.0}   metaclf/{name} {:.2}×",
-            r.batch.min(128),
-            r.train_step / t
-        ));
     }
     Ok(lines)
 }
