@@ -1069,9 +1069,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_paper_net_plans_to_its_known_shapes() {
-        let s = legacy(
+    /// The paper's net (configs/mnist.toml's keys) as a layer list.
+    fn paper_specs() -> Vec<Spec> {
+        legacy(
             &[16, 16, 16],
             3,
             0.01,
@@ -1079,7 +1079,12 @@ mod tests {
             &[true, true, false],
             &[true, false, true],
             2,
-        );
+        )
+    }
+
+    #[test]
+    fn the_paper_net_plans_to_its_known_shapes() {
+        let s = paper_specs();
         let p = plan(&s, (1, 28, 28), 10).unwrap();
         assert_eq!(p.params, ["conv1", "conv2", "conv3", "fc"]);
         // 160 + 2320 + 2320 + 7850
@@ -1093,15 +1098,7 @@ mod tests {
     /// starts at the first dropout (after conv1's ReLU and pooling).
     #[test]
     fn forward_flops_of_the_paper_net() {
-        let s = legacy(
-            &[16, 16, 16],
-            3,
-            0.01,
-            0.25,
-            &[true, true, false],
-            &[true, false, true],
-            2,
-        );
+        let s = paper_specs();
         let (all, suffix) = forward_flops(&s, (1, 28, 28), 10);
         assert_eq!(all, 1_406_496.0);
         assert_eq!(suffix, 1_406_496.0 - 225_792.0 - 2.0 * 12_544.0);

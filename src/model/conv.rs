@@ -120,8 +120,7 @@ impl ConvGeom {
                         dst.fill(0.0);
                         continue;
                     };
-                    let s0 = (sh.span.start as isize + sh.off) as usize;
-                    dst[sh.span.clone()].copy_from_slice(&plane[s0..s0 + sh.span.len()]);
+                    dst[sh.span.clone()].copy_from_slice(&plane[sh.source()]);
                     dst[..sh.span.start].fill(0.0);
                     dst[sh.span.end..].fill(0.0);
                     zero_row_ends(dst, w, &sh);
@@ -205,9 +204,7 @@ impl ConvGeom {
                         continue;
                     };
                     zero_row_ends(src, w, &sh);
-                    let s0 = (sh.span.start as isize + sh.off) as usize;
-                    let n = sh.span.len();
-                    for (d, v) in plane[s0..s0 + n].iter_mut().zip(&src[sh.span]) {
+                    for (d, v) in plane[sh.source()].iter_mut().zip(&src[sh.span.clone()]) {
                         *d += v;
                     }
                 }
@@ -273,6 +270,14 @@ struct Shift {
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
     span: std::ops::Range<usize>,
+}
+
+impl Shift {
+    /// The plane positions the span reads (writes): the span shifted by `off`.
+    fn source(&self) -> std::ops::Range<usize> {
+        let s0 = (self.span.start as isize + self.off) as usize;
+        s0..s0 + self.span.len()
+    }
 }
 
 /// The sum of each of the `rows` rows of `x` [rows, len], each in order from −0.0 (as

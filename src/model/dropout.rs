@@ -35,26 +35,22 @@ pub fn forward(
     masks: &mut Masks<'_>,
     keep: bool,
 ) -> Option<Vec<f32>> {
-    let scale = 1.0 / (1.0 - p);
-    let mut mask = if keep {
-        vec![0f32; x.len()]
-    } else {
-        Vec::new()
-    };
-    match masks {
+    // a stream for the whole batch is one row of x.len() elements
+    let (rows, per): (&mut [ChaCha8Rng], usize) = match masks {
         Masks::Off => return None,
-        Masks::Stream(r) => apply(r, p, scale, x, keep.then_some(&mut mask[..])),
+        Masks::Stream(r) => (std::slice::from_mut(&mut **r), x.len()),
         Masks::PerRow(rows) => {
             assert_eq!(rows.len(), n, "one mask stream per row");
-            let per = x.len() / n.max(1);
-            for (i, r) in rows.iter_mut().enumerate() {
-                let row = i * per..(i + 1) * per;
-                let m = keep.then(|| &mut mask[row.clone()]);
-                apply(r, p, scale, &mut x[row], m);
-            }
+            (&mut **rows, x.len() / n.max(1))
         }
+    };
+    let scale = 1.0 / (1.0 - p);
+    let mut mask = keep.then(|| vec![0f32; x.len()]);
+    for (i, (r, xs)) in rows.iter_mut().zip(x.chunks_mut(per.max(1))).enumerate() {
+        let m = mask.as_mut().map(|m| &mut m[i * per..(i + 1) * per]);
+        apply(r, p, scale, xs, m);
     }
-    keep.then_some(mask)
+    mask
 }
 
 /// Draws the mask of `x` from `r` (element by element, in order) and multiplies it in, writing
