@@ -71,6 +71,12 @@ impl ConvGeom {
         self.cout * self.ckk()
     }
 
+    /// The kernel offsets (c, ky, kx) in the order of the unfolded rows (row = the index).
+    fn kernel_offsets(&self) -> impl Iterator<Item = (usize, usize, usize)> {
+        let k = self.k;
+        (0..self.cin).flat_map(move |c| (0..k * k).map(move |r| (c, r / k, r % k)))
+    }
+
     /// Stride 1 with "same" padding: every row of the unfolded input is the input plane
     /// shifted by one offset, so it is copied as one span (see [`Self::im2col`]).
     fn shifts_whole_planes(&self) -> bool {
@@ -109,74 +115,59 @@ impl ConvGeom {
         if !self.shifts_whole_planes() {
             return self.im2col_rows(x, cols);
         }
-        let (k, w, hw) = (self.k, self.w, self.h * self.w);
-        for c in 0..self.cin {
+        let (w, hw) = (self.w, self.h * self.w);
+        for (row, (c, ky, kx)) in self.kernel_offsets().enumerate() {
             let plane = &x[c * hw..(c + 1) * hw];
-            for ky in 0..k {
-                for kx in 0..k {
-                    let row = (c * k + ky) * k + kx;
-                    let dst = &mut cols[row * hw..(row + 1) * hw];
-                    let Some(sh) = self.shift(ky, kx) else {
-                        dst.fill(0.0);
-                        continue;
-                    };
-                    dst[sh.span.clone()].copy_from_slice(&plane[sh.source()]);
-                    dst[..sh.span.start].fill(0.0);
-                    dst[sh.span.end..].fill(0.0);
-                    zero_row_ends(dst, w, &sh);
-                }
-            }
+            let dst = &mut cols[row * hw..(row + 1) * hw];
+            let Some(sh) = self.shift(ky, kx) else {
+                dst.fill(0.0);
+                continue;
+            };
+            dst[sh.span.clone()].copy_from_slice(&plane[sh.source()]);
+            dst[..sh.span.start].fill(0.0);
+            dst[sh.span.end..].fill(0.0);
+            zero_row_ends(dst, w, &sh);
         }
     }
 
     /// [`Self::im2col`] row by row of the output (any stride and padding).
     fn im2col_rows(&self, x: &[f32], cols: &mut [f32]) {
-        let (h, w, k, s) = (
-            self.h as isize,
-            self.w as isize,
-            self.k,
-            self.stride as isize,
-        );
+        let (h, w, s) = (self.h as isize, self.w as isize, self.stride as isize);
         let (oh, ow) = (self.oh as isize, self.ow as isize);
         let p = self.pad as isize;
         let ohw = self.ohw();
         let hw = (h * w) as usize;
-        for c in 0..self.cin {
+        for (row, (c, ky, kx)) in self.kernel_offsets().enumerate() {
             let plane = &x[c * hw..(c + 1) * hw];
-            for ky in 0..k {
-                for kx in 0..k {
-                    let row = (c * k + ky) * k + kx;
-                    let dst = &mut cols[row * ohw..(row + 1) * ohw];
-                    let (dy, dx) = (ky as isize - p, kx as isize - p);
-                    for y in 0..oh {
-                        let sy = y * s + dy;
-                        let out = &mut dst[(y * ow) as usize..((y + 1) * ow) as usize];
-                        if sy < 0 || sy >= h {
-                            out.fill(0.0);
-                            continue;
-                        }
-                        let src = &plane[(sy * w) as usize..((sy + 1) * w) as usize];
-                        if s == 1 {
-                            let x0 = (-dx).clamp(0, ow) as usize;
-                            let x1 = (w - dx).clamp(0, ow) as usize;
-                            if x1 > x0 {
-                                out[..x0].fill(0.0);
-                                out[x1..].fill(0.0);
-                                let s0 = (x0 as isize + dx) as usize;
-                                out[x0..x1].copy_from_slice(&src[s0..s0 + (x1 - x0)]);
-                            } else {
-                                out.fill(0.0);
-                            }
+            let dst = &mut cols[row * ohw..(row + 1) * ohw];
+            let (dy, dx) = (ky as isize - p, kx as isize - p);
+            for y in 0..oh {
+                let sy = y * s + dy;
+                let out = &mut dst[(y * ow) as usize..((y + 1) * ow) as usize];
+                if sy < 0 || sy >= h {
+                    out.fill(0.0);
+                    continue;
+                }
+                let src = &plane[(sy * w) as usize..((sy + 1) * w) as usize];
+                if s == 1 {
+                    let x0 = (-dx).clamp(0, ow) as usize;
+                    let x1 = (w - dx).clamp(0, ow) as usize;
+                    if x1 > x0 {
+                        out[..x0].fill(0.0);
+                        out[x1..].fill(0.0);
+                        let s0 = (x0 as isize + dx) as usize;
+                        out[x0..x1].copy_from_slice(&src[s0..s0 + (x1 - x0)]);
+                    } else {
+                        out.fill(0.0);
+                    }
+                } else {
+                    for (ox, o) in out.iter_mut().enumerate() {
+                        let sx = ox as isize * s + dx;
+                        *o = if sx < 0 || sx >= w {
+                            0.0
                         } else {
-                            for (ox, o) in out.iter_mut().enumerate() {
-                                let sx = ox as isize * s + dx;
-                                *o = if sx < 0 || sx >= w {
-                                    0.0
-                                } else {
-                                    src[sx as usize]
-                                };
-                            }
-                        }
+                            src[sx as usize]
+                        };
                     }
                 }
             }
@@ -192,70 +183,55 @@ impl ConvGeom {
         if !self.shifts_whole_planes() {
             return self.col2im_rows(dcols, dx);
         }
-        let (k, w, hw) = (self.k, self.w, self.h * self.w);
+        let (w, hw) = (self.w, self.h * self.w);
         dx.fill(0.0);
-        for c in 0..self.cin {
+        for (row, (c, ky, kx)) in self.kernel_offsets().enumerate() {
             let plane = &mut dx[c * hw..(c + 1) * hw];
-            for ky in 0..k {
-                for kx in 0..k {
-                    let row = (c * k + ky) * k + kx;
-                    let src = &mut dcols[row * hw..(row + 1) * hw];
-                    let Some(sh) = self.shift(ky, kx) else {
-                        continue;
-                    };
-                    zero_row_ends(src, w, &sh);
-                    for (d, v) in plane[sh.source()].iter_mut().zip(&src[sh.span.clone()]) {
-                        *d += v;
-                    }
-                }
+            let src = &mut dcols[row * hw..(row + 1) * hw];
+            let Some(sh) = self.shift(ky, kx) else {
+                continue;
+            };
+            zero_row_ends(src, w, &sh);
+            for (d, v) in plane[sh.source()].iter_mut().zip(&src[sh.span.clone()]) {
+                *d += v;
             }
         }
     }
 
     /// [`Self::col2im`] row by row of the output (any stride and padding).
     fn col2im_rows(&self, dcols: &[f32], dx: &mut [f32]) {
-        let (h, w, k, s) = (
-            self.h as isize,
-            self.w as isize,
-            self.k,
-            self.stride as isize,
-        );
+        let (h, w, s) = (self.h as isize, self.w as isize, self.stride as isize);
         let (oh, ow) = (self.oh as isize, self.ow as isize);
         let p = self.pad as isize;
         let ohw = self.ohw();
         let hw = (h * w) as usize;
         dx.fill(0.0);
-        for c in 0..self.cin {
+        for (row, (c, ky, kx)) in self.kernel_offsets().enumerate() {
             let plane = &mut dx[c * hw..(c + 1) * hw];
-            for ky in 0..k {
-                for kx in 0..k {
-                    let row = (c * k + ky) * k + kx;
-                    let src = &dcols[row * ohw..(row + 1) * ohw];
-                    let (dy, dxo) = (ky as isize - p, kx as isize - p);
-                    for y in 0..oh {
-                        let sy = y * s + dy;
-                        if sy < 0 || sy >= h {
-                            continue;
-                        }
-                        let srow = &src[(y * ow) as usize..((y + 1) * ow) as usize];
-                        let drow = &mut plane[(sy * w) as usize..((sy + 1) * w) as usize];
-                        if s == 1 {
-                            let x0 = (-dxo).clamp(0, ow) as usize;
-                            let x1 = (w - dxo).clamp(0, ow) as usize;
-                            if x1 <= x0 {
-                                continue;
-                            }
-                            let d0 = (x0 as isize + dxo) as usize;
-                            for (d, v) in drow[d0..d0 + (x1 - x0)].iter_mut().zip(&srow[x0..x1]) {
-                                *d += v;
-                            }
-                        } else {
-                            for (ox, v) in srow.iter().enumerate() {
-                                let sx = ox as isize * s + dxo;
-                                if sx >= 0 && sx < w {
-                                    drow[sx as usize] += v;
-                                }
-                            }
+            let src = &dcols[row * ohw..(row + 1) * ohw];
+            let (dy, dxo) = (ky as isize - p, kx as isize - p);
+            for y in 0..oh {
+                let sy = y * s + dy;
+                if sy < 0 || sy >= h {
+                    continue;
+                }
+                let srow = &src[(y * ow) as usize..((y + 1) * ow) as usize];
+                let drow = &mut plane[(sy * w) as usize..((sy + 1) * w) as usize];
+                if s == 1 {
+                    let x0 = (-dxo).clamp(0, ow) as usize;
+                    let x1 = (w - dxo).clamp(0, ow) as usize;
+                    if x1 <= x0 {
+                        continue;
+                    }
+                    let d0 = (x0 as isize + dxo) as usize;
+                    for (d, v) in drow[d0..d0 + (x1 - x0)].iter_mut().zip(&srow[x0..x1]) {
+                        *d += v;
+                    }
+                } else {
+                    for (ox, v) in srow.iter().enumerate() {
+                        let sx = ox as isize * s + dxo;
+                        if sx >= 0 && sx < w {
+                            drow[sx as usize] += v;
                         }
                     }
                 }
