@@ -670,25 +670,44 @@ pub fn mc_dropout_probs(
     assert_eq!(keys.len(), n, "one MC key per image");
     let pre = net.forward_prefix(x, n, fd);
     let per = (4096 / n.max(1)).clamp(1, t.max(1));
+    // the first dropout itself, when it is a layer of its own (not inside an add's branch),
+    // draws straight from the shared prefix: no copy of the prefix per pass
+    let rate = match net.nodes[fd] {
+        crate::model::graph::Node::Dropout { rate } => Some(rate),
+        _ => None,
+    };
     let mut done = 0;
-    let mut rep = Vec::with_capacity(per * pre.len());
     while done < t {
         let tc = per.min(t - done);
-        rep.clear();
-        for _ in 0..tc {
-            rep.extend_from_slice(&pre);
-        }
         // rows are pass-major: pass j, sample i at (j·n + i)
         let mut streams: Vec<rand_chacha::ChaCha8Rng> = (0..tc)
             .flat_map(|j| keys.iter().map(move |key| mc_stream(key, done + j)))
             .collect();
-        let out = net.forward_steps(
-            fd..net.nodes.len(),
-            &rep,
-            tc * n,
-            Masks::PerRow(&mut streams),
-            false,
-        );
+        let out = match rate {
+            Some(rate) => {
+                let dropped = crate::model::dropout::forward_repeated(rate, &pre, n, &mut streams);
+                net.forward_steps_owned(
+                    fd + 1..net.nodes.len(),
+                    dropped,
+                    tc * n,
+                    Masks::PerRow(&mut streams),
+                    false,
+                )
+            }
+            None => {
+                let mut rep = Vec::with_capacity(tc * pre.len());
+                for _ in 0..tc {
+                    rep.extend_from_slice(&pre);
+                }
+                net.forward_steps_owned(
+                    fd..net.nodes.len(),
+                    rep,
+                    tc * n,
+                    Masks::PerRow(&mut streams),
+                    false,
+                )
+            }
+        };
         let pr = softmax(&out.logits, k);
         for j in 0..tc {
             for i in 0..n {

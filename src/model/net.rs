@@ -241,6 +241,19 @@ impl Net {
         masks: Masks<'_>,
         keep: bool,
     ) -> Tape {
+        self.forward_steps_owned(range, x.to_vec(), n, masks, keep)
+    }
+
+    /// [`Net::forward_steps`] on an input it may overwrite (saves a copy of a large batch,
+    /// e.g. MC dropout's passes).
+    pub fn forward_steps_owned(
+        &self,
+        range: std::ops::Range<usize>,
+        x: Vec<f32>,
+        n: usize,
+        masks: Masks<'_>,
+        keep: bool,
+    ) -> Tape {
         self.run(
             range,
             x,
@@ -256,7 +269,7 @@ impl Net {
     fn run(
         &self,
         range: std::ops::Range<usize>,
-        x: &[f32],
+        x: Vec<f32>,
         n: usize,
         mut ctx: Ctx<'_>,
         keep: bool,
@@ -265,7 +278,7 @@ impl Net {
         let (y, saved) = graph::forward_seq(
             &self.nodes[range],
             &self.layers,
-            Arc::new(x.to_vec()),
+            Arc::new(x),
             n,
             &mut ctx,
             keep,
@@ -295,7 +308,7 @@ impl Net {
         let train = rng.is_some();
         self.run(
             0..self.nodes.len(),
-            x,
+            x.to_vec(),
             n,
             Ctx {
                 train,
