@@ -566,22 +566,25 @@ fn sample_moments(node: &Node, saved: &Saved, dy: &[f32], n: usize, last: bool) 
     let ol = dy.len() / n.max(1);
     match (node, saved) {
         (Node::Conv { g, .. }, Saved::Input(x)) => {
+            use crate::model::moments::LANES;
             let il = g.in_len();
-            (0..n)
+            let groups: Vec<Vec<Moments>> = (0..n.div_ceil(LANES))
                 .into_par_iter()
                 .map_init(
-                    || conv::scratch(g),
-                    |(gw, cols), s| {
-                        conv::sample_moments(
+                    || conv::group_scratch(g),
+                    |sc, gi| {
+                        let (s0, s1) = (gi * LANES, ((gi + 1) * LANES).min(n));
+                        conv::group_moments(
                             g,
-                            &dy[s * ol..(s + 1) * ol],
-                            &x[s * il..(s + 1) * il],
-                            gw,
-                            cols,
+                            &dy[s0 * ol..s1 * ol],
+                            &x[s0 * il..s1 * il],
+                            s1 - s0,
+                            sc,
                         )
                     },
                 )
-                .collect()
+                .collect();
+            groups.into_iter().flatten().collect()
         }
         (Node::Linear { inp, bias, .. }, Saved::Input(x)) => (0..n)
             .into_par_iter()

@@ -3,8 +3,8 @@
 //! per-sample weight gradient's moments (formed one sample at a time from its output gradient
 //! and its input unfolded again, never held for the batch).
 
-use super::gemm::{gemm, CHUNK};
-use super::moments::Moments;
+use super::gemm::{gemm, gemm_strided_c, par_zeroed, CHUNK};
+use super::moments::{Moments, LANES};
 use rayon::prelude::*;
 
 /// Geometry of a conv layer: `cin` × `h` × `w` in, `cout` × `oh` × `ow` out.
@@ -283,37 +283,36 @@ fn zero_row_ends(row: &mut [f32], w: usize, sh: &Shift) {
 /// Forward for `n` samples: `x` [n, cin, h, w] → [n, cout, oh, ow]. The unfolded input lives
 /// in a per-task scratch buffer; the backward unfolds again from `x`.
 pub fn forward(g: &ConvGeom, wgt: &[f32], bias: &[f32], x: &[f32], n: usize) -> Vec<f32> {
-    let mut y = vec![0f32; n * g.out_len()];
     let (il, ol, cl, ohw) = (g.in_len(), g.out_len(), g.cols_len(), g.ohw());
-    y.par_chunks_mut(CHUNK * ol)
-        .zip(x.par_chunks(CHUNK * il))
-        .for_each_init(
-            || vec![0f32; cl],
-            |c, (ys, xs)| {
-                for s in 0..xs.len() / il {
-                    g.im2col(&xs[s * il..(s + 1) * il], c);
-                    let out = &mut ys[s * ol..(s + 1) * ol];
-                    if g.bias {
-                        for (o, row) in out.chunks_mut(ohw).enumerate() {
-                            row.fill(bias[o]);
-                        }
+    par_zeroed(
+        n * ol,
+        CHUNK * ol,
+        || vec![0f32; cl],
+        |c, i, ys| {
+            let xs = &x[i * CHUNK * il..];
+            for s in 0..ys.len() / ol {
+                g.im2col(&xs[s * il..(s + 1) * il], c);
+                let out = &mut ys[s * ol..(s + 1) * ol];
+                if g.bias {
+                    for (o, row) in out.chunks_mut(ohw).enumerate() {
+                        row.fill(bias[o]);
                     }
-                    gemm(
-                        g.cout,
-                        g.ckk(),
-                        ohw,
-                        wgt,
-                        (g.ckk(), 1),
-                        c,
-                        (ohw, 1),
-                        1.0,
-                        out,
-                        ohw,
-                    );
                 }
-            },
-        );
-    y
+                gemm(
+                    g.cout,
+                    g.ckk(),
+                    ohw,
+                    wgt,
+                    (g.ckk(), 1),
+                    c,
+                    (ohw, 1),
+                    1.0,
+                    out,
+                    ohw,
+                );
+            }
+        },
+    )
 }
 
 /// Summed weight and bias gradients: dW = Σ_n dy_n · cols_nᵀ, db = Σ dy_n (empty without
@@ -365,67 +364,75 @@ pub fn weight_grad(g: &ConvGeom, dy: &[f32], x: &[f32], n: usize) -> (Vec<f32>, 
 /// Input gradient: dx_n = col2im(Wᵀ · dy_n).
 pub fn input_grad(g: &ConvGeom, wgt: &[f32], dy: &[f32], n: usize) -> Vec<f32> {
     let (il, ol, cl, ohw) = (g.in_len(), g.out_len(), g.cols_len(), g.ohw());
-    let mut dx = vec![0f32; n * il];
-    dx.par_chunks_mut(CHUNK * il)
-        .zip(dy.par_chunks(CHUNK * ol))
-        .for_each_init(
-            || vec![0f32; cl],
-            |dcols, (dxs, dys)| {
-                for s in 0..dxs.len() / il {
-                    gemm(
-                        g.ckk(),
-                        g.cout,
-                        ohw,
-                        wgt,
-                        (1, g.ckk()),
-                        &dys[s * ol..(s + 1) * ol],
-                        (ohw, 1),
-                        0.0,
-                        dcols,
-                        ohw,
-                    );
-                    g.col2im(dcols, &mut dxs[s * il..(s + 1) * il]);
-                }
-            },
-        );
-    dx
+    par_zeroed(
+        n * il,
+        CHUNK * il,
+        || vec![0f32; cl],
+        |dcols, i, dxs| {
+            let dys = &dy[i * CHUNK * ol..];
+            for s in 0..dxs.len() / il {
+                gemm(
+                    g.ckk(),
+                    g.cout,
+                    ohw,
+                    wgt,
+                    (1, g.ckk()),
+                    &dys[s * ol..(s + 1) * ol],
+                    (ohw, 1),
+                    0.0,
+                    dcols,
+                    ohw,
+                );
+                g.col2im(dcols, &mut dxs[s * il..(s + 1) * il]);
+            }
+        },
+    )
 }
 
-/// Scratch for [`sample_moments`]: the per-sample weight gradient and the unfolded input.
-pub fn scratch(g: &ConvGeom) -> (Vec<f32>, Vec<f32>) {
-    (vec![0f32; g.weights()], vec![0f32; g.cols_len()])
+/// Scratch for [`group_moments`]: [`LANES`] samples' weight gradients, interleaved, and
+/// one unfolded input.
+pub fn group_scratch(g: &ConvGeom) -> (Vec<f32>, Vec<f32>) {
+    (vec![0f32; g.weights() * LANES], vec![0f32; g.cols_len()])
 }
 
-/// Moments of one sample's weight (and bias) gradient, from its output gradient `dy`
-/// [cout, oh·ow] and its input `x` [cin, h, w].
-pub fn sample_moments(
+/// Each sample's moments of its weight (and bias) gradient, from its output gradient and
+/// input, for up to [`LANES`] samples at once (`dy` [m, cout, oh·ow], `x`
+/// [m, cin, h, w]): their weight gradients are written interleaved, so that their moments
+/// run side by side ([`Moments::of_lanes`]); bit for bit one sample at a time.
+pub fn group_moments(
     g: &ConvGeom,
     dy: &[f32],
     x: &[f32],
-    gw: &mut [f32],
-    cols: &mut [f32],
-) -> Moments {
-    let ohw = g.ohw();
-    g.im2col(x, cols);
-    gemm(
-        g.cout,
-        ohw,
-        g.ckk(),
-        dy,
-        (ohw, 1),
-        cols,
-        (1, ohw),
-        0.0,
-        gw,
-        g.ckk(),
-    );
-    let m = Moments::of(gw);
-    if g.bias {
-        let gb = row_sums(dy, g.cout, ohw);
-        Moments::combine(&m, &Moments::of(&gb))
-    } else {
-        m
+    m: usize,
+    (gwl, cols): &mut (Vec<f32>, Vec<f32>),
+) -> Vec<Moments> {
+    assert!(m <= LANES, "{m} samples in {LANES} lanes");
+    let (ohw, ol, il, t) = (g.ohw(), g.out_len(), g.in_len(), g.ckk());
+    for s in 0..m {
+        g.im2col(&x[s * il..(s + 1) * il], cols);
+        gemm_strided_c(
+            g.cout,
+            ohw,
+            t,
+            &dy[s * ol..(s + 1) * ol],
+            (ohw, 1),
+            cols,
+            (1, ohw),
+            &mut gwl[s..],
+            (t * LANES, LANES),
+        );
     }
+    let ms = Moments::of_lanes(gwl, g.weights());
+    (0..m)
+        .map(|s| {
+            if g.bias {
+                let gb = row_sums(&dy[s * ol..(s + 1) * ol], g.cout, ohw);
+                Moments::combine(&ms[s], &Moments::of(&gb))
+            } else {
+                ms[s]
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -40,10 +40,13 @@ pub fn forward(
     masks: &mut Masks<'_>,
     keep: bool,
 ) -> Option<Vec<f32>> {
+    if let Masks::Off = masks {
+        return None;
+    }
     let scale = 1.0 / (1.0 - p);
     let mut mask = keep.then(|| vec![0f32; x.len()]);
     match masks {
-        Masks::Off => return None,
+        Masks::Off => {}
         Masks::Stream(r) => {
             let start = r.get_word_pos();
             let spans = x.par_chunks_mut(SPAN).enumerate();

@@ -2,6 +2,60 @@
 //! across sets, and the linear layer's per-sample gradient moments without forming the
 //! gradient.
 
+/// Value sets per [`Moments::of_lanes`] call.
+pub const LANES: usize = 8;
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn of_lanes_avx512(v: &[f32], len: usize) -> [Moments; LANES] {
+    of_lanes_body(v, len)
+}
+
+#[inline(always)]
+fn of_lanes_body(v: &[f32], len: usize) -> [Moments; LANES] {
+    const L: usize = LANES;
+    assert!(v.len() >= len * L, "{len} values in {L} lanes");
+    if len == 0 {
+        return [Moments::EMPTY; L];
+    }
+    let n = len as f64;
+    let (mut s, mut l1) = ([0f64; L], [0f64; L]);
+    let (mut mn, mut mx) = ([f64::INFINITY; L], [f64::NEG_INFINITY; L]);
+    for row in v[..len * L].chunks_exact(L) {
+        for l in 0..L {
+            let x = row[l] as f64;
+            s[l] += x;
+            l1[l] += x.abs();
+            mn[l] = mn[l].min(x);
+            mx[l] = mx[l].max(x);
+        }
+    }
+    let mut mean = [0f64; L];
+    for l in 0..L {
+        mean[l] = s[l] / n;
+    }
+    let (mut m2, mut m3, mut m4) = ([0f64; L], [0f64; L], [0f64; L]);
+    for row in v[..len * L].chunks_exact(L) {
+        for l in 0..L {
+            let d = row[l] as f64 - mean[l];
+            let d2 = d * d;
+            m2[l] += d2;
+            m3[l] += d2 * d;
+            m4[l] += d2 * d2;
+        }
+    }
+    std::array::from_fn(|l| Moments {
+        n,
+        mean: mean[l],
+        m2: m2[l],
+        m3: m3[l],
+        m4: m4[l],
+        l1: l1[l],
+        min: mn[l],
+        max: mx[l],
+    })
+}
+
 /// Central-moment summary of a set of values: count, mean, M2..M4 (sums of powered
 /// deviations), L1, min, max. Combined exactly across sets (Chan/Pébay).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -61,6 +115,20 @@ impl Moments {
             min: mn,
             max: mx,
         }
+    }
+
+    /// [`Moments::of`] for [`LANES`] value sets at once, interleaved: value e of set l at
+    /// `v[e·LANES + l]`, `len` values each. Each set's moments are computed with the same
+    /// operations in the same order as [`Moments::of`], so they are bit for bit equal; the
+    /// sets run side by side in vector lanes, where one set alone is a chain of dependent
+    /// additions (latency bound).
+    pub fn of_lanes(v: &[f32], len: usize) -> [Moments; LANES] {
+        #[cfg(target_arch = "x86_64")]
+        if super::gemm::avx512::available() {
+            // SAFETY: AVX-512F is present
+            return unsafe { of_lanes_avx512(v, len) };
+        }
+        of_lanes_body(v, len)
     }
 
     /// From raw power sums S1..S4 of `n` values (used where the values factorise).
@@ -169,4 +237,43 @@ pub fn linear_moments(g: &[f32], a: &[f32], zero_sum: bool, bias: bool) -> Momen
         (wmin, wmax)
     };
     Moments::from_power_sums(n, s, gl1 * al1 + b * gl1, mn, mx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lanes give each set's `Moments::of` bit for bit: mixed signs and magnitudes, −0,
+    /// a constant set, NaN (min and max skip it, as `f64::min`/`max` do).
+    #[test]
+    fn lanes_equal_one_set_at_a_time() {
+        let len = 1001;
+        let sets: Vec<Vec<f32>> = (0..LANES)
+            .map(|l| {
+                (0..len)
+                    .map(|i| match (l, i % 17) {
+                        (3, _) => 2.5,
+                        (5, 4) => f32::NAN,
+                        (_, 0) => -0.0,
+                        _ => {
+                            ((i * (l + 3) * 7919 % 1000) as f32 - 500.0) * 10f32.powi(l as i32 - 4)
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut v = vec![0f32; len * LANES];
+        for (l, set) in sets.iter().enumerate() {
+            for (e, x) in set.iter().enumerate() {
+                v[e * LANES + l] = *x;
+            }
+        }
+        let got = Moments::of_lanes(&v, len);
+        let bits =
+            |m: &Moments| [m.n, m.mean, m.m2, m.m3, m.m4, m.l1, m.min, m.max].map(|x| x.to_bits());
+        for (l, set) in sets.iter().enumerate() {
+            assert_eq!(bits(&got[l]), bits(&Moments::of(set)), "lane {l}");
+        }
+        assert_eq!(Moments::of_lanes(&[], 0)[0], Moments::EMPTY);
+    }
 }

@@ -1,6 +1,7 @@
 //! Pooling: max (window k, stride s, floor; the argmax saved for the backward), average (the
 //! same windows, no padding) and global average. No parameters.
 
+use super::gemm::par_zeroed;
 use rayon::prelude::*;
 
 /// Geometry of a pooling layer over [c, h, w].
@@ -93,16 +94,19 @@ pub fn max_forward(g: &PoolGeom, x: &[f32], n: usize) -> (Vec<f32>, Vec<u32>) {
 /// Max-pooling backward: routes each output gradient to its saved argmax.
 pub fn max_backward(dy: &[f32], idx: &[u32], n: usize, in_len: usize) -> Vec<f32> {
     let ol = dy.len() / n.max(1);
-    let mut dx = vec![0f32; n * in_len];
-    dx.par_chunks_mut(in_len)
-        .zip(dy.par_chunks(ol))
-        .zip(idx.par_chunks(ol))
-        .for_each(|((d, g), i)| {
-            for (g, &i) in g.iter().zip(i) {
+    par_zeroed(
+        n * in_len,
+        in_len,
+        || (),
+        |_, s, d| {
+            for (g, &i) in dy[s * ol..(s + 1) * ol]
+                .iter()
+                .zip(&idx[s * ol..(s + 1) * ol])
+            {
                 d[i as usize] += g;
             }
-        });
-    dx
+        },
+    )
 }
 
 /// Average pooling of [n, c, h, w] over k×k windows at the stride.
