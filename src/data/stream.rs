@@ -590,18 +590,39 @@ pub fn mismatch(
     let mut out = Vec::new();
     let main = batch.native_shapes.iter().max_by_key(|(_, n)| **n);
     if let (Some((bs, bn)), false) = (main, train.native_shapes.is_empty()) {
+        let total: usize = batch.native_shapes.values().sum();
+        let pct = |n: usize| 100.0 * n as f64 / total.max(1) as f64;
+        let trained = train
+            .native_shapes
+            .keys()
+            .take(3)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
         if !train.native_shapes.contains_key(bs) {
-            let total: usize = batch.native_shapes.values().sum();
             out.push(format!(
-                "{:.0}% of the batch's images are {bs} (H×W×C) and were resized to the run's {run_shape}; the run's training images were {}",
-                100.0 * *bn as f64 / total.max(1) as f64,
-                train
-                    .native_shapes
-                    .keys()
-                    .take(3)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                "{:.0}% of the batch's images are {bs} (H×W×C) and were resized to the run's {run_shape}; the run's training images were {trained}",
+                pct(*bn),
+            ));
+        }
+        // a few odd images among the usual ones: resized and scored like the rest, said so
+        let odd: Vec<(&String, &usize)> = batch
+            .native_shapes
+            .iter()
+            .filter(|(s, _)| *s != bs && !train.native_shapes.contains_key(*s))
+            .collect();
+        if !odd.is_empty() {
+            let n: usize = odd.iter().map(|(_, n)| **n).sum();
+            let list = odd
+                .iter()
+                .take(5)
+                .map(|(s, n)| format!("{n} × {s}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            out.push(format!(
+                "{n} of the batch's images ({:.1}%) have a size or channel count the run was not trained on ({list}{}; H×W×C) and were resized to the run's {run_shape}; the run's training images were {trained}",
+                pct(n),
+                if odd.len() > 5 { ", …" } else { "" },
             ));
         }
     }
@@ -643,6 +664,50 @@ mod tests {
             all.paths.extend(c.paths);
         }
         all
+    }
+
+    /// A few images of another shape among the usual ones get a line of their own; a batch
+    /// of the training shape gets none; a foreign main shape keeps its line.
+    #[test]
+    fn odd_shapes_are_said() {
+        let shapes = |v: &[(&str, usize)]| -> std::collections::BTreeMap<String, usize> {
+            v.iter().map(|(s, n)| (s.to_string(), *n)).collect()
+        };
+        let train = TrainStats {
+            images: 500,
+            native_shapes: shapes(&[("28×28×1", 500)]),
+            image_mean_quantiles: [0.0, 0.5, 1.0],
+        };
+        let batch = |v: &[(&str, usize)]| BatchStats {
+            images: v.iter().map(|(_, n)| n).sum(),
+            native_shapes: shapes(v),
+            ..Default::default()
+        };
+        let shape = crate::data::Shape { c: 1, h: 28, w: 28 };
+        assert!(mismatch(&train, &batch(&[("28×28×1", 600)]), shape, None).is_empty());
+        let m = mismatch(
+            &train,
+            &batch(&[("28×28×1", 599), ("32×32×3", 1)]),
+            shape,
+            None,
+        );
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert!(
+            m[0].starts_with("1 of the batch's images (0.2%) have a size or channel count the run was not trained on (1 × 32×32×3; H×W×C) and were resized"),
+            "{m:?}"
+        );
+        let m = mismatch(
+            &train,
+            &batch(&[("40×40×1", 90), ("28×28×1", 5), ("9×9×1", 5)]),
+            shape,
+            None,
+        );
+        assert_eq!(m.len(), 2, "{m:?}");
+        assert!(
+            m[0].starts_with("90% of the batch's images are 40×40×1"),
+            "{m:?}"
+        );
+        assert!(m[1].contains("(5 × 9×9×1; H×W×C)"), "{m:?}");
     }
 
     #[test]
