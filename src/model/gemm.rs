@@ -2,15 +2,17 @@
 //! parallel work is split into: reductions over samples run in chunk order, so results do not
 //! depend on the number of threads.
 //!
-//! [`gemm`] is matrixmultiply's `sgemm` with explicit strides, except on a CPU with AVX-512,
-//! where an own kernel computes the same products without packing (see [`avx512`]).
+//! [`gemm`] is matrixmultiply's `sgemm` with explicit strides, except on a CPU with AVX-512
+//! for products whose B rows are contiguous (conv forward and input gradient, the linear
+//! layers), where an own kernel computes them with less packing (see [`avx512`]).
 //! matrixmultiply copies both operands into packed panels on every call (and allocates the
 //! panels): for the conv layers' products, 16 × 144 by 144 × 196 per sample and the like,
-//! packing cost as much as the arithmetic, and for the per-sample weight gradient, whose
-//! operands are both contiguous along the summed dimension, it went element by element.
-//! The own kernel reads one operand by broadcasts, which may be strided, and the other by
-//! rows, which must be contiguous (the smaller operand is transposed into a scratch buffer
-//! when neither is). Its results are **bit for bit matrixmultiply's** on FMA hardware: each
+//! packing cost about as much as the arithmetic. The own kernel reads B's rows in place and
+//! A by broadcasts, in place when A's columns are contiguous, else from a panel packed once
+//! per 16 rows. The per-sample weight gradient (both operands contiguous along the summed
+//! dimension, so one must be transposed) stays with matrixmultiply: transposing it in the own
+//! kernel measured no faster. The own kernel's results are **bit for bit matrixmultiply's**
+//! on FMA hardware: each
 //! entry of C is the same chain of fused multiply-adds in k order, started from +0 in blocks
 //! of [`KC`] products, each block added to C as matrixmultiply adds it (tested below).
 

@@ -8,12 +8,14 @@ pub const LANES: usize = 8;
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn of_lanes_avx512(v: &[f32], len: usize) -> [Moments; LANES] {
-    of_lanes_body(v, len)
+    sets::<LANES>(v, len)
 }
 
+/// The moments of `L` interleaved sets of `len` values (value e of set l at `v[e·L + l]`):
+/// two passes, the sum, L1, min and max, then the powered deviations from the mean, in value
+/// order, f64 throughout.
 #[inline(always)]
-fn of_lanes_body(v: &[f32], len: usize) -> [Moments; LANES] {
-    const L: usize = LANES;
+fn sets<const L: usize>(v: &[f32], len: usize) -> [Moments; L] {
     assert!(v.len() >= len * L, "{len} values in {L} lanes");
     if len == 0 {
         return [Moments::EMPTY; L];
@@ -84,51 +86,22 @@ impl Moments {
 
     /// Two passes over the values (mean, then powered deviations), f64 throughout.
     pub fn of(values: &[f32]) -> Moments {
-        let n = values.len() as f64;
-        if values.is_empty() {
-            return Moments::EMPTY;
-        }
-        let (mut s, mut l1, mut mn, mut mx) = (0f64, 0f64, f64::INFINITY, f64::NEG_INFINITY);
-        for &v in values {
-            let v = v as f64;
-            s += v;
-            l1 += v.abs();
-            mn = mn.min(v);
-            mx = mx.max(v);
-        }
-        let mean = s / n;
-        let (mut m2, mut m3, mut m4) = (0f64, 0f64, 0f64);
-        for &v in values {
-            let d = v as f64 - mean;
-            let d2 = d * d;
-            m2 += d2;
-            m3 += d2 * d;
-            m4 += d2 * d2;
-        }
-        Moments {
-            n,
-            mean,
-            m2,
-            m3,
-            m4,
-            l1,
-            min: mn,
-            max: mx,
-        }
+        let [m] = sets::<1>(values, values.len());
+        m
     }
 
     /// [`Moments::of`] for [`LANES`] value sets at once, interleaved: value e of set l at
-    /// `v[e·LANES + l]`, `len` values each. Each set's moments are computed with the same
-    /// operations in the same order as [`Moments::of`], so they are bit for bit equal; the
-    /// sets run side by side in vector lanes, where one set alone is a chain of dependent
-    /// additions (latency bound).
+    /// `v[e·LANES + l]`, `len` values each. The same code as [`Moments::of`] (one set is
+    /// one lane), so each set's moments are bit for bit its own; the sets run side by side
+    /// in vector lanes, where one set alone is a chain of dependent additions (latency
+    /// bound).
     pub fn of_lanes(v: &[f32], len: usize) -> [Moments; LANES] {
         #[cfg(target_arch = "x86_64")]
         if super::gemm::avx512::available() {
             // SAFETY: AVX-512F is present
             return unsafe { of_lanes_avx512(v, len) };
         }
-        of_lanes_body(v, len)
+        sets::<LANES>(v, len)
     }
 
     /// From raw power sums S1..S4 of `n` values (used where the values factorise).
