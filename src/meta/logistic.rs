@@ -1,7 +1,9 @@
 //! Logistic regression with the elastic-net penalty, glmnet style: minimise
 //! (1/N) Σ logloss + λ·(α‖w‖₁ + (1−α)/2‖w‖²) with the intercept unpenalised, on standardised
-//! features; IRLS outer loop with a backtracking line search on the objective, coordinate
-//! descent inner loop on the weighted Gram matrix, warm starts along a λ path, λ by k-fold CV.
+//! features; IRLS outer loop with a backtracking line search on the objective, each weighted
+//! least-squares step solved exactly on the weighted Gram matrix (Cholesky without an L1 part,
+//! feature-sign search with one, coordinate descent as its fallback), warm starts along a λ
+//! path, λ by k-fold CV.
 //! `glm` = λ 0, `lasso` = α 1, `ridge` = α 0.
 //!
 //! Why not linfa: linfa-logistic fits only the L2 penalty and linfa-elasticnet only least
