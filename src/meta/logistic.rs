@@ -229,8 +229,16 @@ fn fit_one(
         }
         // the weighted least-squares step: solved directly (Cholesky) when there is no L1 part,
         // by coordinate descent otherwise
+        let wls = Wls {
+            g: &g,
+            wx: &wx,
+            wxr: &wxr,
+            sw,
+            wr,
+            nf,
+        };
         let direct = if lambda * alpha == 0.0 {
-            solve_wls(&g, &wx, &wxr, sw, wr, p, nf, lambda * (1.0 - alpha))
+            solve_wls(&wls, p, lambda * (1.0 - alpha))
         } else {
             None
         };
@@ -241,9 +249,8 @@ fn fit_one(
                     l1: lambda * alpha,
                     l2: lambda * (1.0 - alpha),
                 };
-                feature_sign(&g, &wx, &wxr, sw, wr, nf, pen, beta).unwrap_or_else(|| {
-                    coordinate_descent(&g, &wx, &wxr, sw, wr, nf, pen, *b0, beta, tol)
-                })
+                feature_sign(&wls, pen, beta)
+                    .unwrap_or_else(|| coordinate_descent(&wls, pen, *b0, beta, tol))
             }
         };
         // backtracking on the true objective
@@ -278,6 +285,17 @@ fn fit_one(
     false
 }
 
+/// The weighted least-squares problem of one IRLS step on the standardised design Z with
+/// weights w and working response r: G = ZᵀWZ (p×p, row-major), Σw·z, Σw·z·r, Σw, Σw·r and N.
+struct Wls<'a> {
+    g: &'a [f64],
+    wx: &'a [f64],
+    wxr: &'a [f64],
+    sw: f64,
+    wr: f64,
+    nf: f64,
+}
+
 /// The penalty's two parts at one λ: λα (L1) and λ(1−α) (L2).
 #[derive(Clone, Copy)]
 struct Penalty {
@@ -296,19 +314,15 @@ struct Penalty {
 /// whose soft threshold is 0 takes 0 without the division (0/d is +0 for d > 0), and G's
 /// columns are read as contiguous rows (G is copied transposed once), one vectorised pass
 /// per move.
-#[allow(clippy::too_many_arguments)]
-fn coordinate_descent(
-    g: &[f64],
-    wx: &[f64],
-    wxr: &[f64],
-    sw: f64,
-    wr: f64,
-    nf: f64,
-    pen: Penalty,
-    b0: f64,
-    beta: &[f64],
-    tol: f64,
-) -> (f64, Vec<f64>) {
+fn coordinate_descent(q: &Wls, pen: Penalty, b0: f64, beta: &[f64], tol: f64) -> (f64, Vec<f64>) {
+    let Wls {
+        g,
+        wx,
+        wxr,
+        sw,
+        wr,
+        nf,
+    } = *q;
     let p = beta.len();
     let (mut c0, mut nb) = (b0, beta.to_vec());
     let mut gb: Vec<f64> = (0..p)
@@ -407,17 +421,15 @@ fn cholesky_solve(a: &mut [f64], b: &[f64], m: usize) -> Option<Vec<f64>> {
 /// after a few steps where coordinate descent on correlated features (the gradient
 /// statistics are) takes thousands of sweeps. `None` (the caller falls back to coordinate
 /// descent) when a system is not positive definite or the steps run out to rounding.
-#[allow(clippy::too_many_arguments)]
-fn feature_sign(
-    g: &[f64],
-    wx: &[f64],
-    wxr: &[f64],
-    sw: f64,
-    wr: f64,
-    nf: f64,
-    pen: Penalty,
-    beta: &[f64],
-) -> Option<(f64, Vec<f64>)> {
+fn feature_sign(w: &Wls, pen: Penalty, beta: &[f64]) -> Option<(f64, Vec<f64>)> {
+    let Wls {
+        g,
+        wx,
+        wxr,
+        sw,
+        wr,
+        nf,
+    } = *w;
     let p = beta.len();
     let live: Vec<usize> = (0..p).filter(|&j| g[j * p + j] > 0.0).collect();
     let m = live.len();
@@ -555,17 +567,15 @@ fn feature_sign(
 /// Solves the penalised weighted least-squares step without an L1 part:
 /// (1/N)[Σw, Σwx; Σwx, XᵀWX] [c0; β] + [0; ridge·β] = (1/N)[Σwr; Σwxr]. Constant columns
 /// (zero diagonal) keep β = 0. `None` when the system is not positive definite.
-#[allow(clippy::too_many_arguments)]
-fn solve_wls(
-    g: &[f64],
-    wx: &[f64],
-    wxr: &[f64],
-    sw: f64,
-    wr: f64,
-    p: usize,
-    nf: f64,
-    ridge: f64,
-) -> Option<(f64, Vec<f64>)> {
+fn solve_wls(w: &Wls, p: usize, ridge: f64) -> Option<(f64, Vec<f64>)> {
+    let Wls {
+        g,
+        wx,
+        wxr,
+        sw,
+        wr,
+        nf,
+    } = *w;
     let live: Vec<usize> = (0..p).filter(|&j| g[j * p + j] > 0.0).collect();
     let m = live.len() + 1;
     let mut a = vec![0f64; m * m];
@@ -893,9 +903,16 @@ mod tests {
             Penalty { l1: 1.0, l2: 0.0 },
         ] {
             let start = vec![0.3; p];
-            let (c_fs, b_fs) = feature_sign(&g, &wx, &wxr, sw, wr, nf, pen, &start).unwrap();
-            let (c_cd, b_cd) =
-                coordinate_descent(&g, &wx, &wxr, sw, wr, nf, pen, 0.0, &start, 1e-14);
+            let q = Wls {
+                g: &g,
+                wx: &wx,
+                wxr: &wxr,
+                sw,
+                wr,
+                nf,
+            };
+            let (c_fs, b_fs) = feature_sign(&q, pen, &start).unwrap();
+            let (c_cd, b_cd) = coordinate_descent(&q, pen, 0.0, &start, 1e-14);
             assert!((c_fs - c_cd).abs() < 1e-9, "{c_fs} vs {c_cd}");
             for (a, b) in b_fs.iter().zip(&b_cd) {
                 assert!((a - b).abs() < 1e-9, "{b_fs:?} vs {b_cd:?}");
