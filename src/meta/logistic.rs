@@ -228,7 +228,7 @@ fn fit_one(
             }
         }
         // the weighted least-squares step: solved directly (Cholesky) when there is no L1 part,
-        // by coordinate descent otherwise
+        // by feature-sign search otherwise (coordinate descent where that fails)
         let wls = Wls {
             g: &g,
             wx: &wx,
@@ -296,6 +296,13 @@ struct Wls<'a> {
     nf: f64,
 }
 
+impl Wls<'_> {
+    /// The columns with a positive diagonal of G; the others (constant columns) keep β = 0.
+    fn live(&self, p: usize) -> Vec<usize> {
+        (0..p).filter(|&j| self.g[j * p + j] > 0.0).collect()
+    }
+}
+
 /// The penalty's two parts at one λ: λα (L1) and λ(1−α) (L2).
 #[derive(Clone, Copy)]
 struct Penalty {
@@ -337,7 +344,7 @@ fn coordinate_descent(q: &Wls, pen: Penalty, b0: f64, beta: &[f64], tol: f64) ->
     }
     // the coordinates with a positive diagonal (the others never move), their diagonals and
     // denominators
-    let live: Vec<usize> = (0..p).filter(|&j| g[j * p + j] > 0.0).collect();
+    let live = q.live(p);
     let diag: Vec<f64> = live.iter().map(|&j| g[j * p + j]).collect();
     let denom: Vec<f64> = diag.iter().map(|&d| d / nf + pen.l2).collect();
     let mut num = vec![0f64; p];
@@ -431,7 +438,7 @@ fn feature_sign(w: &Wls, pen: Penalty, beta: &[f64]) -> Option<(f64, Vec<f64>)> 
         nf,
     } = *w;
     let p = beta.len();
-    let live: Vec<usize> = (0..p).filter(|&j| g[j * p + j] > 0.0).collect();
+    let live = w.live(p);
     let m = live.len();
     let mut q_mat = vec![0f64; m * m];
     let mut q = vec![0f64; m];
@@ -468,29 +475,37 @@ fn feature_sign(w: &Wls, pen: Penalty, beta: &[f64]) -> Option<(f64, Vec<f64>)> 
     let eps = 1e-9 * scale;
     let mut x: Vec<f64> = live.iter().map(|&j| beta[j]).collect();
     // θ: the signs of the active set (0 = not active)
-    let mut theta: Vec<f64> = x
-        .iter()
-        .map(|&v| if v == 0.0 { 0.0 } else { v.signum() })
-        .collect();
+    let signs = |x: &[f64]| -> Vec<f64> {
+        x.iter()
+            .map(|&v| if v == 0.0 { 0.0 } else { v.signum() })
+            .collect()
+    };
+    // the nonzero coefficients satisfy ∂ⱼ + λα·sign(βⱼ) = 0 (to rounding)
+    let nonzeros_optimal = |x: &[f64], theta: &[f64], gr: &[f64]| {
+        (0..m).all(|a| x[a] == 0.0 || (gr[a] + l1 * theta[a]).abs() <= eps)
+    };
+    // the coefficients of the live columns back in place, and the intercept that goes with them
+    let finish = |x: &[f64]| -> Option<(f64, Vec<f64>)> {
+        let mut out = vec![0f64; p];
+        for (a, &j) in live.iter().enumerate() {
+            out[j] = x[a];
+        }
+        let wxb: f64 = (0..p).map(|j| wx[j] * out[j]).sum();
+        let c0 = (wr - wxb) / sw;
+        (c0.is_finite() && out.iter().all(|v| v.is_finite())).then_some((c0, out))
+    };
+    let mut theta = signs(&x);
     let mut f_x = objective(&x);
-    let mut active_optimal = false;
-    let mut done = false;
     for _ in 0..(20 * m + 50) {
         let gr = gradient(&x);
-        if !active_optimal {
-            active_optimal = (0..m).all(|a| x[a] == 0.0 || (gr[a] + l1 * theta[a]).abs() <= eps);
-        }
-        if active_optimal {
-            // the zero coefficient whose gradient most exceeds λα
+        if nonzeros_optimal(&x, &theta, &gr) {
+            // the zero coefficient whose gradient most exceeds λα joins, else x is optimal
             let pick = (0..m)
                 .filter(|&a| x[a] == 0.0)
                 .max_by(|&a, &b| gr[a].abs().total_cmp(&gr[b].abs()));
             match pick {
                 Some(a) if gr[a].abs() > l1 + eps => theta[a] = -gr[a].signum(),
-                _ => {
-                    done = true;
-                    break;
-                }
+                _ => return finish(&x),
             }
         }
         let act: Vec<usize> = (0..m).filter(|&a| theta[a] != 0.0).collect();
@@ -507,22 +522,27 @@ fn feature_sign(w: &Wls, pen: Penalty, beta: &[f64]) -> Option<(f64, Vec<f64>)> 
         if sol.iter().any(|v| !v.is_finite()) {
             return None;
         }
-        // the points along x → x̂ where an active coefficient crosses 0, then x̂ itself
-        let mut ts: Vec<f64> = act
+        // where along x → x̂ each active coefficient crosses 0 (if it does)
+        let cross: Vec<Option<f64>> = act
             .iter()
             .zip(&sol)
-            .filter(|&(&a, &s)| x[a] != 0.0 && s.signum() != x[a].signum())
-            .map(|(&a, &s)| x[a] / (x[a] - s))
+            .map(|(&a, &s)| (x[a] != 0.0 && s.signum() != x[a].signum()).then(|| x[a] / (x[a] - s)))
+            .collect();
+        // those points, then x̂ itself
+        let mut ts: Vec<f64> = cross
+            .iter()
+            .flatten()
+            .copied()
             .filter(|t| *t > 0.0 && *t < 1.0)
             .collect();
         ts.push(1.0);
         let mut best: Option<(f64, Vec<f64>)> = None;
         for &t in &ts {
             let mut y = x.clone();
-            for (&a, &s) in act.iter().zip(&sol) {
+            for ((&a, &s), c) in act.iter().zip(&sol).zip(&cross) {
                 y[a] = x[a] + t * (s - x[a]);
                 // the crossing coefficient lands on 0 exactly
-                if t < 1.0 && x[a] != 0.0 && s.signum() != x[a].signum() && x[a] / (x[a] - s) == t {
+                if t < 1.0 && *c == Some(t) {
                     y[a] = 0.0;
                 }
             }
@@ -539,29 +559,13 @@ fn feature_sign(w: &Wls, pen: Penalty, beta: &[f64]) -> Option<(f64, Vec<f64>)> 
         let moved = f_new < f_x || y != x;
         x = y;
         f_x = f_new;
-        for a in 0..m {
-            theta[a] = if x[a] == 0.0 { 0.0 } else { x[a].signum() };
-        }
-        // whether the active coefficients are optimal now is checked at the top
-        active_optimal = false;
-        if !moved {
-            // the same point again: optimal to rounding, or stuck
-            let gr = gradient(&x);
-            if !(0..m).all(|a| x[a] == 0.0 || (gr[a] + l1 * theta[a]).abs() <= eps) {
-                return None;
-            }
+        theta = signs(&x);
+        // the same point again and not optimal: stuck (the next step would repeat this one)
+        if !moved && !nonzeros_optimal(&x, &theta, &gradient(&x)) {
+            return None;
         }
     }
-    if !done {
-        return None;
-    }
-    let mut out = vec![0f64; p];
-    for (a, &j) in live.iter().enumerate() {
-        out[j] = x[a];
-    }
-    let wxb: f64 = (0..p).map(|j| wx[j] * out[j]).sum();
-    let c0 = (wr - wxb) / sw;
-    (c0.is_finite() && out.iter().all(|v| v.is_finite())).then_some((c0, out))
+    None
 }
 
 /// Solves the penalised weighted least-squares step without an L1 part:
@@ -576,7 +580,7 @@ fn solve_wls(w: &Wls, p: usize, ridge: f64) -> Option<(f64, Vec<f64>)> {
         wr,
         nf,
     } = *w;
-    let live: Vec<usize> = (0..p).filter(|&j| g[j * p + j] > 0.0).collect();
+    let live = w.live(p);
     let m = live.len() + 1;
     let mut a = vec![0f64; m * m];
     let mut b = vec![0f64; m];

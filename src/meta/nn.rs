@@ -2,8 +2,8 @@
 //! sigmoid, trained with AdamW (weight decay) on full batches, with early stopping on a
 //! held-out fifth of meta-train (best held-out loss kept).
 //!
-//! Forward, backward and the AdamW step are written out here (f32, the two products by
-//! matrixmultiply) rather than run through candle's autograd: the net is one hidden layer on
+//! Forward, backward and the AdamW step are written out here (f32, the two products by the
+//! layers' [`gemm`]) rather than run through candle's autograd: the net is one hidden layer on
 //! a few thousand rows, where candle's per-op allocation, zeroing and threading cost more
 //! than the arithmetic (the NN was a quarter of the default run's meta stage). candle still
 //! holds the tensors the trust model saves, and the tests train the same net with candle's
@@ -11,6 +11,7 @@
 
 use crate::data::stage_rng;
 use crate::meta::logistic::standardise;
+use crate::model::gemm::gemm;
 use candle_core::{DType, Device, Tensor};
 use rand::seq::SliceRandom;
 
@@ -55,52 +56,6 @@ impl std::fmt::Debug for Nn {
     }
 }
 
-/// C (m×n) = A (m×k, strides `sa`) · B (k×n, strides `sb`), row-major C.
-#[allow(clippy::too_many_arguments)]
-fn matmul(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[f32],
-    sa: (isize, isize),
-    b: &[f32],
-    sb: (isize, isize),
-    c: &mut [f32],
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        c[..m * n].fill(0.0);
-        return;
-    }
-    // the largest offsets the strides reach stay inside the slices
-    assert!(
-        (m - 1) as isize * sa.0 + (k - 1) as isize * sa.1 < a.len() as isize
-            && (k - 1) as isize * sb.0 + (n - 1) as isize * sb.1 < b.len() as isize
-            && c.len() >= m * n
-    );
-    // SAFETY: checked above: every element the strides address lies inside a, b and c.
-    unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            1.0,
-            a.as_ptr(),
-            sa.0,
-            sa.1,
-            b.as_ptr(),
-            sb.0,
-            sb.1,
-            0.0,
-            c.as_mut_ptr(),
-            n as isize,
-            1,
-        );
-    }
-}
-
 fn sigmoid32(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
@@ -129,7 +84,7 @@ impl Weights {
         let p = self.w1.len() / h.max(1);
         a.resize(n * h, 0.0);
         // a = z · W1ᵀ: W1ᵀ read in place (row stride 1, column stride p)
-        matmul(n, p, h, z, (p as isize, 1), &self.w1, (1, p as isize), a);
+        gemm(n, p, h, z, (p, 1), &self.w1, (1, p), 0.0, a, h);
         let mut logits = vec![0f32; n];
         for (row, l) in a.chunks_mut(h.max(1)).zip(&mut logits) {
             let mut s = 0f32;
@@ -181,7 +136,7 @@ impl Weights {
             }
         }
         // ∂W1 = daᵀ · z: daᵀ read in place (row stride 1, column stride h)
-        matmul(h, n, p, da, (1, h as isize), z, (p as isize, 1), &mut g.w1);
+        gemm(h, n, p, da, (1, h), z, (p, 1), 0.0, &mut g.w1, p);
         g
     }
 
