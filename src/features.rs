@@ -570,19 +570,10 @@ fn sample_moments(node: &Node, saved: &Saved, dy: &[f32], n: usize, last: bool) 
             let il = g.in_len();
             let groups: Vec<Vec<Moments>> = (0..n.div_ceil(LANES))
                 .into_par_iter()
-                .map_init(
-                    || conv::group_scratch(g),
-                    |sc, gi| {
-                        let (s0, s1) = (gi * LANES, ((gi + 1) * LANES).min(n));
-                        conv::group_moments(
-                            g,
-                            &dy[s0 * ol..s1 * ol],
-                            &x[s0 * il..s1 * il],
-                            s1 - s0,
-                            sc,
-                        )
-                    },
-                )
+                .map(|gi| {
+                    let (s0, s1) = (gi * LANES, ((gi + 1) * LANES).min(n));
+                    conv::group_moments(g, &dy[s0 * ol..s1 * ol], &x[s0 * il..s1 * il], s1 - s0)
+                })
                 .collect();
             groups.into_iter().flatten().collect()
         }

@@ -9,10 +9,10 @@
 //! panels): for the conv layers' products, 16 × 144 by 144 × 196 per sample and the like,
 //! packing cost about as much as the arithmetic. The own kernel reads B's rows in place and
 //! A by broadcasts, in place when A's columns are contiguous, else from a panel packed once
-//! per 16 rows. The per-sample weight gradient (both operands contiguous along the summed
-//! dimension, so one must be transposed) stays with matrixmultiply: transposing it in the own
-//! kernel measured no faster. The own kernel's results are **bit for bit matrixmultiply's**
-//! on FMA hardware: each
+//! per 16 rows. The conv weight gradient (both operands contiguous along the summed
+//! dimension, so one must be transposed; transposing it in this kernel measured no faster)
+//! runs in [`super::lanes`], 8 samples side by side, where AVX2 with FMA is present. The own
+//! kernel's results are **bit for bit matrixmultiply's** on FMA hardware: each
 //! entry of C is the same chain of fused multiply-adds in k order, started from +0 in blocks
 //! of [`KC`] products, each block added to C as matrixmultiply adds it (tested below).
 
@@ -345,11 +345,11 @@ pub mod avx512 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Values with every kind of rounding: mixed signs and magnitudes, exact zeros, −0.
-    fn values(len: usize, seed: u64) -> Vec<f32> {
+    pub(crate) fn values(len: usize, seed: u64) -> Vec<f32> {
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         (0..len)
             .map(|i| {
