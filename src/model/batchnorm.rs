@@ -117,6 +117,54 @@ fn stats_side_by_side<const K: usize>(
     (mu, q)
 }
 
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use crate::model::lanes::x86::transpose8_regs;
+    use std::arch::x86_64::*;
+
+    /// [`super::side_by_side`]'s pixel loop for 8 channels (rows `hw` apart) over the pixels
+    /// 0..hw/8·8, the channels in the 8 lanes of an f64 register: blocks of 8 pixels × 8
+    /// channels transposed in registers, then per pixel the same operations in the same order
+    /// as the scalar loop (no fused multiply-add), so each lane's sums are bit for bit its
+    /// scalar sums.
+    ///
+    /// # Safety
+    /// AVX-512F must be present; `dy` and `x` must hold 8 rows of `hw`.
+    #[target_feature(enable = "avx2,avx512f")]
+    pub unsafe fn sums8(
+        dy: &[f32],
+        x: &[f32],
+        hw: usize,
+        mu: &[f64],
+        inv: &[f64],
+        a: &mut [f64],
+        b: &mut [f64],
+    ) {
+        assert!(dy.len() >= 8 * hw && x.len() >= 8 * hw && mu.len() >= 8 && inv.len() >= 8);
+        assert!(a.len() >= 8 && b.len() >= 8);
+        let (muv, invv) = (_mm512_loadu_pd(mu.as_ptr()), _mm512_loadu_pd(inv.as_ptr()));
+        let (mut av, mut bv) = (_mm512_loadu_pd(a.as_ptr()), _mm512_loadu_pd(b.as_ptr()));
+        let (dp, xp) = (dy.as_ptr(), x.as_ptr());
+        for p0 in (0..hw / 8 * 8).step_by(8) {
+            let rd = transpose8_regs(std::array::from_fn(|k| {
+                _mm256_loadu_ps(dp.add(k * hw + p0))
+            }));
+            let rx = transpose8_regs(std::array::from_fn(|k| {
+                _mm256_loadu_ps(xp.add(k * hw + p0))
+            }));
+            for (d, v) in rd.iter().zip(&rx) {
+                let d = _mm512_cvtps_pd(*d);
+                let v = _mm512_cvtps_pd(*v);
+                let t = _mm512_mul_pd(_mm512_mul_pd(d, _mm512_sub_pd(v, muv)), invv);
+                av = _mm512_add_pd(av, t);
+                bv = _mm512_add_pd(bv, d);
+            }
+        }
+        _mm512_storeu_pd(a.as_mut_ptr(), av);
+        _mm512_storeu_pd(b.as_mut_ptr(), bv);
+    }
+}
+
 /// y = γ·(x − mean)·inv + β, per channel.
 pub fn forward(
     g: &BnGeom,
@@ -210,7 +258,14 @@ fn side_by_side<const K: usize>(
         let o = (i * c + c0) * hw;
         let (dy, x) = (&dy[o..o + K * hw], &x[o..o + K * hw]);
         let (mut a, mut b) = ([0f64; K], [0f64; K]);
-        for p in 0..hw {
+        let mut p0 = 0;
+        #[cfg(target_arch = "x86_64")]
+        if K == 8 && super::gemm::avx512::available() {
+            // SAFETY: AVX-512F is present; the slices hold K = 8 rows of hw
+            unsafe { x86::sums8(dy, x, hw, &mu, &inv, &mut a, &mut b) };
+            p0 = hw / 8 * 8;
+        }
+        for p in p0..hw {
             for k in 0..K {
                 let (d, v) = (dy[k * hw + p], x[k * hw + p]);
                 a[k] += d as f64 * (v as f64 - mu[k]) * inv[k];

@@ -189,7 +189,7 @@ impl ConvGeom {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use super::*;
     use std::arch::x86_64::*;
 
@@ -313,6 +313,16 @@ mod x86 {
                 _mm256_setzero_ps()
             }
         });
+        for (e, v) in transpose8_regs(r).iter().enumerate() {
+            _mm256_storeu_ps(dst.add(e * LANES), *v);
+        }
+    }
+
+    /// The 8 × 8 block in `r` (one row a register) transposed: register e holds element e
+    /// of every row.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub fn transpose8_regs(r: [__m256; 8]) -> [__m256; 8] {
         let t0 = _mm256_unpacklo_ps(r[0], r[1]);
         let t1 = _mm256_unpackhi_ps(r[0], r[1]);
         let t2 = _mm256_unpacklo_ps(r[2], r[3]);
@@ -329,7 +339,7 @@ mod x86 {
         let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
         let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
         let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-        let out = [
+        [
             _mm256_permute2f128_ps::<0x20>(u0, u4),
             _mm256_permute2f128_ps::<0x20>(u1, u5),
             _mm256_permute2f128_ps::<0x20>(u2, u6),
@@ -338,10 +348,7 @@ mod x86 {
             _mm256_permute2f128_ps::<0x31>(u1, u5),
             _mm256_permute2f128_ps::<0x31>(u2, u6),
             _mm256_permute2f128_ps::<0x31>(u3, u7),
-        ];
-        for (e, v) in out.iter().enumerate() {
-            _mm256_storeu_ps(dst.add(e * LANES), *v);
-        }
+        ]
     }
 
     /// acc[r][c] = Σ_{p < k} a[r·ars + p·LANES ..][lanes] · b[c·brs + p·LANES ..][lanes],
