@@ -530,7 +530,7 @@ pub fn grad_stats_batch_if(
     let nl = net.layers.len();
     let last = nl - 1;
     let mut per_layer: Vec<Vec<Moments>> = vec![Vec::new(); nl];
-    net.backward_with(&tape, d, &mut |li, node, saved, dy| {
+    net.backward_with(&tape, d, &mut |li, node, saved, dy, _| {
         per_layer[li] = sample_moments(node, saved, dy, n, li == last);
     });
     let stats: Vec<[f64; 7]> = (0..n)

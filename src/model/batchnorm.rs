@@ -87,11 +87,26 @@ fn stats_side_by_side<const K: usize>(
     let (c, hw) = (g.c, g.hw);
     let m = (n * hw) as f64;
     let plane = |i: usize| &x[(i * c + c0) * hw..(i * c + c0 + K) * hw];
+    // the first pixel of each sample's sums the lanes have not covered
+    #[cfg(target_arch = "x86_64")]
+    let lanes = |xs: &[f32], mu: Option<&[f64; K]>, a: &mut [f64; K]| -> usize {
+        if K == 8 && x86::avx2() {
+            let a8: &mut [f64; 8] = (&mut a[..]).try_into().expect("K = 8");
+            let mu8 = mu.map(|m| <&[f64; 8]>::try_from(&m[..]).expect("K = 8"));
+            // SAFETY: AVX2 is present; `xs` holds K = 8 rows of hw
+            unsafe { x86::stats8_avx2(xs, hw, mu8, a8) };
+            hw / 8 * 8
+        } else {
+            0
+        }
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let lanes = |_: &[f32], _: Option<&[f64; K]>, _: &mut [f64; K]| -> usize { 0 };
     let mut s = [0f64; K];
     for i in 0..n {
         let xs = plane(i);
         let mut a = [-0f64; K];
-        for p in 0..hw {
+        for p in lanes(xs, None, &mut a)..hw {
             for k in 0..K {
                 a[k] += xs[k * hw + p] as f64;
             }
@@ -105,7 +120,7 @@ fn stats_side_by_side<const K: usize>(
     for i in 0..n {
         let xs = plane(i);
         let mut a = [-0f64; K];
-        for p in 0..hw {
+        for p in lanes(xs, Some(&mu), &mut a)..hw {
             for k in 0..K {
                 a[k] += (xs[k * hw + p] as f64 - mu[k]).powi(2);
             }
@@ -163,6 +178,103 @@ mod x86 {
         _mm512_storeu_pd(a.as_mut_ptr(), av);
         _mm512_storeu_pd(b.as_mut_ptr(), bv);
     }
+
+    /// [`sums8`] on AVX2: the 8 channels in two f64 registers of 4 lanes (channels 0–3 and
+    /// 4–7), the same operations in the same order, so bit for bit the scalar sums as well.
+    ///
+    /// # Safety
+    /// AVX2 must be present; `dy` and `x` must hold 8 rows of `hw`.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn sums8_avx2(
+        dy: &[f32],
+        x: &[f32],
+        hw: usize,
+        mu: &[f64],
+        inv: &[f64],
+        a: &mut [f64],
+        b: &mut [f64],
+    ) {
+        assert!(dy.len() >= 8 * hw && x.len() >= 8 * hw && mu.len() >= 8 && inv.len() >= 8);
+        assert!(a.len() >= 8 && b.len() >= 8);
+        let halves = |p: *const f64| [_mm256_loadu_pd(p), _mm256_loadu_pd(p.add(4))];
+        let (muv, invv) = (halves(mu.as_ptr()), halves(inv.as_ptr()));
+        let (mut av, mut bv) = (halves(a.as_ptr()), halves(b.as_ptr()));
+        let (dp, xp) = (dy.as_ptr(), x.as_ptr());
+        for p0 in (0..hw / 8 * 8).step_by(8) {
+            let rd = transpose8_regs(std::array::from_fn(|k| {
+                _mm256_loadu_ps(dp.add(k * hw + p0))
+            }));
+            let rx = transpose8_regs(std::array::from_fn(|k| {
+                _mm256_loadu_ps(xp.add(k * hw + p0))
+            }));
+            for (d, v) in rd.iter().zip(&rx) {
+                let d = [
+                    _mm256_cvtps_pd(_mm256_castps256_ps128(*d)),
+                    _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(*d)),
+                ];
+                let v = [
+                    _mm256_cvtps_pd(_mm256_castps256_ps128(*v)),
+                    _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(*v)),
+                ];
+                for h in 0..2 {
+                    let t =
+                        _mm256_mul_pd(_mm256_mul_pd(d[h], _mm256_sub_pd(v[h], muv[h])), invv[h]);
+                    av[h] = _mm256_add_pd(av[h], t);
+                    bv[h] = _mm256_add_pd(bv[h], d[h]);
+                }
+            }
+        }
+        for h in 0..2 {
+            _mm256_storeu_pd(a.as_mut_ptr().add(4 * h), av[h]);
+            _mm256_storeu_pd(b.as_mut_ptr().add(4 * h), bv[h]);
+        }
+    }
+
+    /// One sample's pixel loop of [`super::stats_side_by_side`] for 8 channels (rows `hw`
+    /// apart) over the pixels 0..hw/8·8, in two f64 registers of 4 channels: a += x
+    /// (`mu` None) or a += (x − mu)² (`mu` Some), in pixel order, so bit for bit the scalar
+    /// loop.
+    ///
+    /// # Safety
+    /// AVX2 must be present; `x` must hold 8 rows of `hw`.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn stats8_avx2(x: &[f32], hw: usize, mu: Option<&[f64; 8]>, a: &mut [f64; 8]) {
+        assert!(x.len() >= 8 * hw);
+        let halves = |p: *const f64| [_mm256_loadu_pd(p), _mm256_loadu_pd(p.add(4))];
+        let muv = mu.map(|m| halves(m.as_ptr()));
+        let mut av = halves(a.as_ptr());
+        let xp = x.as_ptr();
+        for p0 in (0..hw / 8 * 8).step_by(8) {
+            let rx = transpose8_regs(std::array::from_fn(|k| {
+                _mm256_loadu_ps(xp.add(k * hw + p0))
+            }));
+            for v in &rx {
+                let v = [
+                    _mm256_cvtps_pd(_mm256_castps256_ps128(*v)),
+                    _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(*v)),
+                ];
+                for h in 0..2 {
+                    let t = match muv {
+                        None => v[h],
+                        Some(m) => {
+                            let d = _mm256_sub_pd(v[h], m[h]);
+                            _mm256_mul_pd(d, d)
+                        }
+                    };
+                    av[h] = _mm256_add_pd(av[h], t);
+                }
+            }
+        }
+        _mm256_storeu_pd(a.as_mut_ptr(), av[0]);
+        _mm256_storeu_pd(a.as_mut_ptr().add(4), av[1]);
+    }
+
+    /// Whether the CPU has AVX2 (detected once).
+    pub fn avx2() -> bool {
+        use std::sync::OnceLock;
+        static ON: OnceLock<bool> = OnceLock::new();
+        *ON.get_or_init(|| is_x86_feature_detected!("avx2"))
+    }
 }
 
 /// y = γ·(x − mean)·inv + β, per channel.
@@ -181,10 +293,12 @@ pub fn forward(
     let b: Vec<f32> = (0..c)
         .map(|ch| (beta[ch] as f64 - st.mean[ch] * gamma[ch] as f64 * st.inv[ch]) as f32)
         .collect();
-    let mut y = vec![0f32; n * c * hw];
-    y.par_chunks_mut(c * hw)
-        .zip(x.par_chunks(c * hw))
-        .for_each(|(ys, xs)| {
+    super::gemm::par_zeroed(
+        n * c * hw,
+        c * hw,
+        || (),
+        |_, i, ys| {
+            let xs = &x[i * c * hw..(i + 1) * c * hw];
             for ch in 0..c {
                 for (o, v) in ys[ch * hw..(ch + 1) * hw]
                     .iter_mut()
@@ -193,8 +307,8 @@ pub fn forward(
                     *o = v * a[ch] + b[ch];
                 }
             }
-        });
-    y
+        },
+    )
 }
 
 /// PyTorch's running-statistics update after a training-mode batch.
@@ -211,7 +325,13 @@ pub fn update_running(g: &BnGeom, st: &BnStats, running_mean: &mut [f32], runnin
 /// order. Eight channels' sums run side by side (one channel alone was a chain of dependent
 /// additions, 7% of a ResNet training step on one thread), groups of channels in parallel
 /// for a batch; each channel's sums are the same, in the same order, as one at a time.
-fn channel_sums(g: &BnGeom, st: &BnStats, dy: &[f32], x: &[f32], n: usize) -> (Vec<f64>, Vec<f64>) {
+pub fn channel_sums(
+    g: &BnGeom,
+    st: &BnStats,
+    dy: &[f32],
+    x: &[f32],
+    n: usize,
+) -> (Vec<f64>, Vec<f64>) {
     const G: usize = 8;
     let c = g.c;
     let group = |c0: usize| -> Vec<(f64, f64)> {
@@ -264,6 +384,10 @@ fn side_by_side<const K: usize>(
             // SAFETY: AVX-512F is present; the slices hold K = 8 rows of hw
             unsafe { x86::sums8(dy, x, hw, &mu, &inv, &mut a, &mut b) };
             p0 = hw / 8 * 8;
+        } else if K == 8 && x86::avx2() {
+            // SAFETY: AVX2 is present; the slices hold K = 8 rows of hw
+            unsafe { x86::sums8_avx2(dy, x, hw, &mu, &inv, &mut a, &mut b) };
+            p0 = hw / 8 * 8;
         }
         for p in p0..hw {
             for k in 0..K {
@@ -280,15 +404,28 @@ fn side_by_side<const K: usize>(
     (sg, sb)
 }
 
-/// Summed (dγ, dβ) over the batch.
+/// A batch's per-channel Σ dy·x̂ and Σ dy ([`channel_sums`]), which a training-mode
+/// backward needs twice: for (dγ, dβ) and for dx.
+pub type ChannelSums = (Vec<f64>, Vec<f64>);
+
+/// Summed (dγ, dβ) over the batch; `sums` the batch's [`channel_sums`] when the caller has
+/// them already.
 pub fn weight_grad(
     g: &BnGeom,
     st: &BnStats,
     dy: &[f32],
     x: &[f32],
     n: usize,
+    sums: Option<&ChannelSums>,
 ) -> (Vec<f32>, Vec<f32>) {
-    let (sg, sb) = channel_sums(g, st, dy, x, n);
+    let own;
+    let (sg, sb) = match sums {
+        Some(s) => s,
+        None => {
+            own = channel_sums(g, st, dy, x, n);
+            &own
+        }
+    };
     (
         sg.iter().map(|&v| v as f32).collect(),
         sb.iter().map(|&v| v as f32).collect(),
@@ -296,7 +433,8 @@ pub fn weight_grad(
 }
 
 /// dx: evaluation mode dy·γ·inv; training mode γ·inv·(dy − mean(dy) − x̂·mean(dy·x̂)), the
-/// means over the batch and pixels of each channel.
+/// means over the batch and pixels of each channel (from `sums`, the batch's
+/// [`channel_sums`], when the caller has them already).
 pub fn input_grad(
     g: &BnGeom,
     st: &BnStats,
@@ -304,10 +442,18 @@ pub fn input_grad(
     dy: &[f32],
     x: &[f32],
     n: usize,
+    sums: Option<&ChannelSums>,
 ) -> Vec<f32> {
     let (c, hw) = (g.c, g.hw);
     let (mdy, mdyx) = if st.train {
-        let (sg, sb) = channel_sums(g, st, dy, x, n);
+        let own;
+        let (sg, sb) = match sums {
+            Some(s) => s,
+            None => {
+                own = channel_sums(g, st, dy, x, n);
+                &own
+            }
+        };
         let m = (n * hw) as f64;
         (
             sb.iter().map(|v| v / m).collect(),
@@ -316,11 +462,13 @@ pub fn input_grad(
     } else {
         (vec![0f64; c], vec![0f64; c])
     };
-    let mut dx = vec![0f32; n * c * hw];
-    dx.par_chunks_mut(c * hw)
-        .zip(dy.par_chunks(c * hw))
-        .zip(x.par_chunks(c * hw))
-        .for_each(|((d, gs), xs)| {
+    super::gemm::par_zeroed(
+        n * c * hw,
+        c * hw,
+        || (),
+        |_, i, d| {
+            let r = i * c * hw..(i + 1) * c * hw;
+            let (gs, xs) = (&dy[r.clone()], &x[r]);
             for ch in 0..c {
                 let a = gamma[ch] as f64 * st.inv[ch];
                 let (mu, inv) = (st.mean[ch], st.inv[ch]);
@@ -333,8 +481,8 @@ pub fn input_grad(
                     *o = (a * (*gv as f64 - mdy[ch] - xh * mdyx[ch])) as f32;
                 }
             }
-        });
-    dx
+        },
+    )
 }
 
 /// Moments of one sample's (dγ, dβ), from its output gradient and input (evaluation mode).

@@ -281,37 +281,59 @@ fn zero_row_ends(row: &mut [f32], w: usize, sh: &Shift) {
     }
 }
 
+thread_local! {
+    /// A thread's unfolded input (or its gradient), kept and only grown: allocated afresh for
+    /// every task it was pages the kernel zeroed, or a memset, for a buffer that the
+    /// unfolding (or a product with β = 0) overwrites whole.
+    static COLS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's [`COLS`] scratch of `len` values (contents unspecified). The
+/// buffer is taken out while `f` runs, so a nested call (work stolen by this thread) gets a
+/// fresh one instead of a second borrow.
+fn with_cols<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut c = COLS.take();
+    if c.len() < len {
+        c.resize(len, 0.0);
+    }
+    let r = f(&mut c[..len]);
+    COLS.set(c);
+    r
+}
+
 /// Forward for `n` samples: `x` [n, cin, h, w] → [n, cout, oh, ow]. The unfolded input lives
-/// in a per-task scratch buffer; the backward unfolds again from `x`.
+/// in a per-thread scratch buffer; the backward unfolds again from `x`.
 pub fn forward(g: &ConvGeom, wgt: &[f32], bias: &[f32], x: &[f32], n: usize) -> Vec<f32> {
     let (il, ol, cl, ohw) = (g.in_len(), g.out_len(), g.cols_len(), g.ohw());
     par_zeroed(
         n * ol,
         CHUNK * ol,
-        || vec![0f32; cl],
-        |c, i, ys| {
-            let xs = &x[i * CHUNK * il..];
-            for s in 0..ys.len() / ol {
-                g.im2col(&xs[s * il..(s + 1) * il], c);
-                let out = &mut ys[s * ol..(s + 1) * ol];
-                if g.bias {
-                    for (o, row) in out.chunks_mut(ohw).enumerate() {
-                        row.fill(bias[o]);
+        || (),
+        |_, i, ys| {
+            with_cols(cl, |c| {
+                let xs = &x[i * CHUNK * il..];
+                for s in 0..ys.len() / ol {
+                    g.im2col(&xs[s * il..(s + 1) * il], c);
+                    let out = &mut ys[s * ol..(s + 1) * ol];
+                    if g.bias {
+                        for (o, row) in out.chunks_mut(ohw).enumerate() {
+                            row.fill(bias[o]);
+                        }
                     }
+                    gemm(
+                        g.cout,
+                        g.ckk(),
+                        ohw,
+                        wgt,
+                        (g.ckk(), 1),
+                        c,
+                        (ohw, 1),
+                        1.0,
+                        out,
+                        ohw,
+                    );
                 }
-                gemm(
-                    g.cout,
-                    g.ckk(),
-                    ohw,
-                    wgt,
-                    (g.ckk(), 1),
-                    c,
-                    (ohw, 1),
-                    1.0,
-                    out,
-                    ohw,
-                );
-            }
+            })
         },
     )
 }
@@ -369,28 +391,29 @@ fn weight_grad_by(
                 });
                 return acc;
             }
-            let mut c = vec![0f32; cl];
-            for s in 0..m {
-                let ds = &d[s * ol..(s + 1) * ol];
-                g.im2col(&xs[s * il..(s + 1) * il], &mut c);
-                gemm(
-                    g.cout,
-                    ohw,
-                    g.ckk(),
-                    ds,
-                    (ohw, 1),
-                    &c,
-                    (1, ohw),
-                    1.0,
-                    &mut acc[..wl],
-                    g.ckk(),
-                );
-                if g.bias {
-                    for (a, r) in acc[wl..].iter_mut().zip(row_sums(ds, g.cout, ohw)) {
-                        *a += r;
+            with_cols(cl, |c| {
+                for s in 0..m {
+                    let ds = &d[s * ol..(s + 1) * ol];
+                    g.im2col(&xs[s * il..(s + 1) * il], c);
+                    gemm(
+                        g.cout,
+                        ohw,
+                        g.ckk(),
+                        ds,
+                        (ohw, 1),
+                        c,
+                        (1, ohw),
+                        1.0,
+                        &mut acc[..wl],
+                        g.ckk(),
+                    );
+                    if g.bias {
+                        for (a, r) in acc[wl..].iter_mut().zip(row_sums(ds, g.cout, ohw)) {
+                            *a += r;
+                        }
                     }
                 }
-            }
+            });
             acc
         })
         .collect();
@@ -410,24 +433,26 @@ pub fn input_grad(g: &ConvGeom, wgt: &[f32], dy: &[f32], n: usize) -> Vec<f32> {
     par_zeroed(
         n * il,
         CHUNK * il,
-        || vec![0f32; cl],
-        |dcols, i, dxs| {
-            let dys = &dy[i * CHUNK * ol..];
-            for s in 0..dxs.len() / il {
-                gemm(
-                    g.ckk(),
-                    g.cout,
-                    ohw,
-                    wgt,
-                    (1, g.ckk()),
-                    &dys[s * ol..(s + 1) * ol],
-                    (ohw, 1),
-                    0.0,
-                    dcols,
-                    ohw,
-                );
-                g.col2im(dcols, &mut dxs[s * il..(s + 1) * il]);
-            }
+        || (),
+        |_, i, dxs| {
+            with_cols(cl, |dcols| {
+                let dys = &dy[i * CHUNK * ol..];
+                for s in 0..dxs.len() / il {
+                    gemm(
+                        g.ckk(),
+                        g.cout,
+                        ohw,
+                        wgt,
+                        (1, g.ckk()),
+                        &dys[s * ol..(s + 1) * ol],
+                        (ohw, 1),
+                        0.0,
+                        dcols,
+                        ohw,
+                    );
+                    g.col2im(dcols, &mut dxs[s * il..(s + 1) * il]);
+                }
+            })
         },
     )
 }

@@ -3,8 +3,9 @@
 //! depend on the number of threads.
 //!
 //! [`gemm`] is matrixmultiply's `sgemm` with explicit strides, except on a CPU with AVX-512
-//! for products whose B rows are contiguous (conv forward and input gradient, the linear
-//! layers), where an own kernel computes them with less packing (see [`avx512`]).
+//! or AVX2 with FMA for products whose B rows are contiguous (conv forward and input
+//! gradient, the linear layers), where an own kernel computes them with less packing (see
+//! [`avx512`], [`avx2`]).
 //! matrixmultiply copies both operands into packed panels on every call (and allocates the
 //! panels): for the conv layers' products, 16 × 144 by 144 × 196 per sample and the like,
 //! packing cost about as much as the arithmetic. The own kernel reads B's rows in place and
@@ -80,6 +81,13 @@ pub fn gemm(
         // SAFETY: AVX-512F is present; the slices cover every index the strides reach
         // (checked above in debug builds, guaranteed by the callers' shapes).
         unsafe { avx512::gemm(m, k, n, a, (rsa, csa), b, (rsb, csb), beta, c, rsc) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if m > 0 && n > 0 && k > 0 && (csb == 1 || n == 1) && avx2::available() {
+        // SAFETY: AVX2 and FMA are present; the slices cover every index the strides reach
+        // (checked above in debug builds, guaranteed by the callers' shapes).
+        unsafe { avx2::gemm(m, k, n, a, (rsa, csa), b, (rsb, csb), beta, c, rsc) };
         return;
     }
     matrixmultiply_gemm(m, k, n, a, (rsa, csa), b, (rsb, csb), beta, c, rsc);
@@ -344,6 +352,218 @@ pub mod avx512 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+pub mod avx2 {
+    //! The kernel for CPUs with AVX2 and FMA but not AVX-512: C tiles of up to [`MR`] rows ×
+    //! 16 columns, two ymm accumulators per row; per k, two (masked) loads of B's row segment
+    //! and one broadcast and two FMAs per row of A. The column tiles run outermost, so one
+    //! strip of B (k × 16) serves every block of rows while it is in cache; A is read in
+    //! place when its columns are contiguous (the conv input gradient's Wᵀ), else packed once
+    //! per call into panels of [k][MR]. matrixmultiply packed both operands on every call
+    //! (a quarter of its time in a ResNet's conv products). Each entry of C is the same chain
+    //! of fused multiply-adds in k order as matrixmultiply's, in blocks of [`KC`], so the
+    //! results are bit for bit its own (tested).
+
+    use super::KC;
+    use std::arch::x86_64::*;
+
+    /// Rows of a tile: 6 rows × 2 accumulators, 2 B registers and a broadcast fill 15 of the
+    /// 16 ymm registers.
+    pub const MR: usize = 6;
+
+    /// Whether the CPU has AVX2 and FMA (detected once; `METACLF_NO_AVX2_GEMM` set in the
+    /// environment leaves the products to matrixmultiply, for comparisons).
+    pub fn available() -> bool {
+        use std::sync::OnceLock;
+        static ON: OnceLock<bool> = OnceLock::new();
+        *ON.get_or_init(|| {
+            std::env::var_os("METACLF_NO_AVX2_GEMM").is_none()
+                && is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+        })
+    }
+
+    /// [`super::gemm`] on AVX2 with FMA.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available, m, k, n > 0, and the slices must cover every index
+    /// the strides reach.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: &[f32],
+        (rsa, csa): (usize, usize),
+        b: &[f32],
+        (rsb, csb): (usize, usize),
+        beta: f32,
+        c: &mut [f32],
+        rsc: usize,
+    ) {
+        debug_assert!(csb == 1 || n == 1);
+        kernel(
+            m,
+            k,
+            n,
+            a.as_ptr(),
+            (rsa, csa),
+            b.as_ptr(),
+            rsb,
+            beta,
+            c.as_mut_ptr(),
+            rsc,
+        )
+    }
+
+    /// C[i, j] (row stride rsc) = Σ_k A[i, k]·B[k, j] + beta·C, A read in place (A[i, k] at
+    /// a + i·rsa + k·csa: a tile's rows are fixed offsets from one pointer that moves along
+    /// k) and B's rows contiguous (row stride rsb).
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn kernel(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: *const f32,
+        (rsa, csa): (usize, usize),
+        b: *const f32,
+        rsb: usize,
+        beta: f32,
+        c: *mut f32,
+        rsc: usize,
+    ) {
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        // one strip of B (kc × 16), copied when many row blocks read it (the input
+        // gradient's Wᵀ · dy, ckk rows): in place its rows are rsb apart, often a multiple
+        // of 1 or 4 KiB, so that they share a few cache sets and left the first level cache
+        // between row blocks (measured: 288 × 32 by 32 × 256 at 68 GFLOP/s in place, 86 from
+        // the copy, on one Zen core; for a few row blocks the copy cost more than it saved)
+        let mut strip = [0f32; KC * 16];
+        for k0 in (0..k).step_by(KC) {
+            let kc = (k - k0).min(KC);
+            for j0 in (0..n).step_by(16) {
+                let w = (n - j0).min(16) as i32;
+                let masks = [
+                    _mm256_cmpgt_epi32(_mm256_set1_epi32(w), lanes),
+                    _mm256_cmpgt_epi32(_mm256_set1_epi32(w - 8), lanes),
+                ];
+                let (mut bs, mut rsbs) = (b.add(k0 * rsb + j0), rsb);
+                if m >= 8 * MR {
+                    let sp = strip.as_mut_ptr();
+                    for kk in 0..kc {
+                        let row = bs.add(kk * rsb);
+                        for h in 0..2 {
+                            let v = if w == 16 {
+                                _mm256_loadu_ps(row.add(8 * h))
+                            } else {
+                                _mm256_maskload_ps(row.add(8 * h), masks[h])
+                            };
+                            _mm256_storeu_ps(sp.add(kk * 16 + 8 * h), v);
+                        }
+                    }
+                    (bs, rsbs) = (sp as *const f32, 16);
+                }
+                for i0 in (0..m).step_by(MR) {
+                    let t = Tile {
+                        kc,
+                        a: a.add(i0 * rsa + k0 * csa),
+                        arow: std::array::from_fn(|r| r * rsa),
+                        astep: csa,
+                        b: bs,
+                        rsb: rsbs,
+                        beta: if k0 == 0 { beta } else { 1.0 },
+                        first: k0 == 0,
+                        c: c.add(i0 * rsc + j0),
+                        rsc,
+                        masks,
+                    };
+                    macro_rules! rows {
+                        ($($r:literal)*) => {
+                            match ((m - i0).min(MR), w == 16, rsa == 1) {
+                                $(($r, true, false) => t.run::<$r, true, false>(),
+                                  ($r, false, false) => t.run::<$r, false, false>(),
+                                  ($r, true, true) => t.run::<$r, true, true>(),
+                                  ($r, false, true) => t.run::<$r, false, true>(),)*
+                                _ => unreachable!(),
+                            }
+                        };
+                    }
+                    rows!(1 2 3 4 5 6);
+                }
+            }
+        }
+    }
+
+    /// One C tile and one block of the summed dimension: rows from `a` and `c` on, the
+    /// columns of `masks` (all 16 when FULL) from `b` and `c` on, `kc` products; `first`:
+    /// the block that starts C (C ← block + β·C, not read when β = 0), else C ← block + C.
+    struct Tile {
+        kc: usize,
+        a: *const f32,
+        /// Row r of the tile's A at a + arow[r] (+ k·astep).
+        arow: [usize; MR],
+        astep: usize,
+        b: *const f32,
+        rsb: usize,
+        beta: f32,
+        first: bool,
+        c: *mut f32,
+        rsc: usize,
+        masks: [__m256i; 2],
+    }
+
+    impl Tile {
+        #[inline(always)]
+        unsafe fn load<const FULL: bool>(&self, p: *const f32, h: usize) -> __m256 {
+            if FULL {
+                _mm256_loadu_ps(p.add(8 * h))
+            } else {
+                _mm256_maskload_ps(p.add(8 * h), self.masks[h])
+            }
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn run<const R: usize, const FULL: bool, const UNIT: bool>(&self) {
+            let mut acc = [[_mm256_setzero_ps(); 2]; R];
+            let (mut bp, mut ap) = (self.b, self.a);
+            for _ in 0..self.kc {
+                let bv = [self.load::<FULL>(bp, 0), self.load::<FULL>(bp, 1)];
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let o = if UNIT { r } else { self.arow[r] };
+                    let av = _mm256_broadcast_ss(&*ap.add(o));
+                    acc[0] = _mm256_fmadd_ps(av, bv[0], acc[0]);
+                    acc[1] = _mm256_fmadd_ps(av, bv[1], acc[1]);
+                }
+                bp = bp.add(self.rsb);
+                ap = ap.add(self.astep);
+            }
+            // matrixmultiply's order: C ← block + β·C in the first block (C not read when
+            // β = 0), C ← block + C after
+            for (r, acc) in acc.iter().enumerate() {
+                let cp = self.c.add(r * self.rsc);
+                for (h, acc) in acc.iter().enumerate() {
+                    let v = if self.first && self.beta == 0.0 {
+                        *acc
+                    } else {
+                        let mut old = self.load::<FULL>(cp, h);
+                        if self.first {
+                            old = _mm256_mul_ps(old, _mm256_set1_ps(self.beta));
+                        }
+                        _mm256_add_ps(*acc, old)
+                    };
+                    if FULL {
+                        _mm256_storeu_ps(cp.add(8 * h), v);
+                    } else {
+                        _mm256_maskstore_ps(cp.add(8 * h), self.masks[h], v);
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -461,11 +681,29 @@ pub(crate) mod tests {
                     );
                 }
                 assert_eq!(bits(&got), bits(&want), "gemm vs matrixmultiply, {case}");
+                // the AVX2 kernel itself (on the products it takes: B's rows contiguous),
+                // also where gemm dispatches to AVX-512
+                #[cfg(target_arch = "x86_64")]
+                if (csb == 1 || n == 1)
+                    && is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                {
+                    let mut got = c0.clone();
+                    // SAFETY: AVX2 and FMA are present; the slices cover the strides
+                    unsafe {
+                        avx2::gemm(m, k, n, &a, (rsa, csa), &b, (rsb, csb), beta, &mut got, rsc)
+                    };
+                    assert_eq!(
+                        bits(&got),
+                        bits(&want),
+                        "AVX2 kernel vs matrixmultiply, {case}"
+                    );
+                }
             }
         }
         #[cfg(target_arch = "x86_64")]
         if !avx512::available() {
-            eprintln!("no AVX-512 here: gemm is matrixmultiply; the kernel was not run");
+            eprintln!("no AVX-512 here: the AVX-512 kernel was not run");
         }
     }
 }

@@ -4,7 +4,7 @@
 //! that hands every parameterised layer its output gradient, once, to a sink (summed weight
 //! gradients for training, per-sample statistics for features) before the gradient moves on.
 
-use super::batchnorm::{self, BnGeom, BnStats};
+use super::batchnorm::{self, BnGeom, BnStats, ChannelSums};
 use super::conv::{self, ConvGeom};
 use super::crop::{self, CropGeom};
 use super::dropout::{self, Masks};
@@ -360,8 +360,9 @@ fn forward_node(
 }
 
 /// Receives each parameterised layer's output gradient dL/d(output) [n, out_len] during the
-/// backward: (layer index, its node, what it saved, the gradient).
-pub type Sink<'a> = dyn FnMut(usize, &Node, &Saved, &[f32]) + 'a;
+/// backward: (layer index, its node, what it saved, the gradient, and for a batch norm in
+/// training mode the batch's channel sums, which its dx needs as well).
+pub type Sink<'a> = dyn FnMut(usize, &Node, &Saved, &[f32], Option<&ChannelSums>) + 'a;
 
 /// Backward through `nodes` from `dy` (the gradient of their output); returns the gradient
 /// of their input if `need_dx` (some layer before them has parameters), else an empty vec.
@@ -405,7 +406,7 @@ fn backward_node(
 ) -> Vec<f32> {
     match (node, saved) {
         (Node::Conv { g, p }, Saved::Input(_)) => {
-            sink(*p, node, saved, &dy);
+            sink(*p, node, saved, &dy, None);
             if need_dx {
                 conv::input_grad(g, &layers[*p].w, &dy, n)
             } else {
@@ -413,9 +414,13 @@ fn backward_node(
             }
         }
         (Node::Bn { g, p }, Saved::Bn { input, stats }) => {
-            sink(*p, node, saved, &dy);
+            // in training mode the channel sums serve (dγ, dβ) and dx: formed once
+            let sums = stats
+                .train
+                .then(|| batchnorm::channel_sums(g, stats, &dy, input, n));
+            sink(*p, node, saved, &dy, sums.as_ref());
             if need_dx {
-                batchnorm::input_grad(g, stats, &layers[*p].w, &dy, input, n)
+                batchnorm::input_grad(g, stats, &layers[*p].w, &dy, input, n, sums.as_ref())
             } else {
                 Vec::new()
             }
@@ -433,7 +438,7 @@ fn backward_node(
         (Node::GlobalAvg { c, hw }, _) => pool::global_backward(*c, *hw, &dy, n),
         (Node::Flatten, _) => dy,
         (Node::Linear { inp, out, p, .. }, Saved::Input(_)) => {
-            sink(*p, node, saved, &dy);
+            sink(*p, node, saved, &dy, None);
             if need_dx {
                 linear::input_grad(&dy, &layers[*p].w, n, *inp, *out)
             } else {

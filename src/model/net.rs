@@ -336,14 +336,14 @@ impl Net {
     pub fn summed_grads(&self, tape: &Tape, dlogits: Vec<f32>) -> Vec<(Vec<f32>, Vec<f32>)> {
         let n = tape.n;
         let mut out: Vec<(Vec<f32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); self.layers.len()];
-        self.backward_with(tape, dlogits, &mut |p, node, saved, dy| {
+        self.backward_with(tape, dlogits, &mut |p, node, saved, dy, sums| {
             out[p] = match (node, saved) {
                 (Node::Conv { g, .. }, Saved::Input(x)) => super::conv::weight_grad(g, dy, x, n),
                 (Node::Linear { inp, out, bias, .. }, Saved::Input(x)) => {
                     super::linear::weight_grad(dy, x, n, *inp, *out, *bias)
                 }
                 (Node::Bn { g, .. }, Saved::Bn { input, stats }) => {
-                    super::batchnorm::weight_grad(g, stats, dy, input, n)
+                    super::batchnorm::weight_grad(g, stats, dy, input, n, sums)
                 }
                 _ => unreachable!("only parameterised layers reach the sink"),
             };
