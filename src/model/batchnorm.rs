@@ -90,7 +90,7 @@ fn stats_side_by_side<const K: usize>(
     // the first pixel of each sample's sums the lanes have not covered
     #[cfg(target_arch = "x86_64")]
     let lanes = |xs: &[f32], mu: Option<&[f64; K]>, a: &mut [f64; K]| -> usize {
-        if K == 8 && x86::avx2() {
+        if K == 8 && super::gemm::has_avx2() {
             let a8: &mut [f64; 8] = (&mut a[..]).try_into().expect("K = 8");
             let mu8 = mu.map(|m| <&[f64; 8]>::try_from(&m[..]).expect("K = 8"));
             // SAFETY: AVX2 is present; `xs` holds K = 8 rows of hw
@@ -179,6 +179,23 @@ mod x86 {
         _mm512_storeu_pd(b.as_mut_ptr(), bv);
     }
 
+    /// 8 f64 values from `p` on as two registers of 4.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn load_halves(p: *const f64) -> [__m256d; 2] {
+        [_mm256_loadu_pd(p), _mm256_loadu_pd(p.add(4))]
+    }
+
+    /// The 8 f32 lanes of `v` as f64, lanes 0–3 and 4–7.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn widen(v: __m256) -> [__m256d; 2] {
+        [
+            _mm256_cvtps_pd(_mm256_castps256_ps128(v)),
+            _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v)),
+        ]
+    }
+
     /// [`sums8`] on AVX2: the 8 channels in two f64 registers of 4 lanes (channels 0–3 and
     /// 4–7), the same operations in the same order, so bit for bit the scalar sums as well.
     ///
@@ -196,9 +213,8 @@ mod x86 {
     ) {
         assert!(dy.len() >= 8 * hw && x.len() >= 8 * hw && mu.len() >= 8 && inv.len() >= 8);
         assert!(a.len() >= 8 && b.len() >= 8);
-        let halves = |p: *const f64| [_mm256_loadu_pd(p), _mm256_loadu_pd(p.add(4))];
-        let (muv, invv) = (halves(mu.as_ptr()), halves(inv.as_ptr()));
-        let (mut av, mut bv) = (halves(a.as_ptr()), halves(b.as_ptr()));
+        let (muv, invv) = (load_halves(mu.as_ptr()), load_halves(inv.as_ptr()));
+        let (mut av, mut bv) = (load_halves(a.as_ptr()), load_halves(b.as_ptr()));
         let (dp, xp) = (dy.as_ptr(), x.as_ptr());
         for p0 in (0..hw / 8 * 8).step_by(8) {
             let rd = transpose8_regs(std::array::from_fn(|k| {
@@ -208,14 +224,7 @@ mod x86 {
                 _mm256_loadu_ps(xp.add(k * hw + p0))
             }));
             for (d, v) in rd.iter().zip(&rx) {
-                let d = [
-                    _mm256_cvtps_pd(_mm256_castps256_ps128(*d)),
-                    _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(*d)),
-                ];
-                let v = [
-                    _mm256_cvtps_pd(_mm256_castps256_ps128(*v)),
-                    _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(*v)),
-                ];
+                let (d, v) = (widen(*d), widen(*v));
                 for h in 0..2 {
                     let t =
                         _mm256_mul_pd(_mm256_mul_pd(d[h], _mm256_sub_pd(v[h], muv[h])), invv[h]);
@@ -240,19 +249,15 @@ mod x86 {
     #[target_feature(enable = "avx2")]
     pub unsafe fn stats8_avx2(x: &[f32], hw: usize, mu: Option<&[f64; 8]>, a: &mut [f64; 8]) {
         assert!(x.len() >= 8 * hw);
-        let halves = |p: *const f64| [_mm256_loadu_pd(p), _mm256_loadu_pd(p.add(4))];
-        let muv = mu.map(|m| halves(m.as_ptr()));
-        let mut av = halves(a.as_ptr());
+        let muv = mu.map(|m| load_halves(m.as_ptr()));
+        let mut av = load_halves(a.as_ptr());
         let xp = x.as_ptr();
         for p0 in (0..hw / 8 * 8).step_by(8) {
             let rx = transpose8_regs(std::array::from_fn(|k| {
                 _mm256_loadu_ps(xp.add(k * hw + p0))
             }));
             for v in &rx {
-                let v = [
-                    _mm256_cvtps_pd(_mm256_castps256_ps128(*v)),
-                    _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(*v)),
-                ];
+                let v = widen(*v);
                 for h in 0..2 {
                     let t = match muv {
                         None => v[h],
@@ -267,13 +272,6 @@ mod x86 {
         }
         _mm256_storeu_pd(a.as_mut_ptr(), av[0]);
         _mm256_storeu_pd(a.as_mut_ptr().add(4), av[1]);
-    }
-
-    /// Whether the CPU has AVX2 (detected once).
-    pub fn avx2() -> bool {
-        use std::sync::OnceLock;
-        static ON: OnceLock<bool> = OnceLock::new();
-        *ON.get_or_init(|| is_x86_feature_detected!("avx2"))
     }
 }
 
@@ -293,22 +291,17 @@ pub fn forward(
     let b: Vec<f32> = (0..c)
         .map(|ch| (beta[ch] as f64 - st.mean[ch] * gamma[ch] as f64 * st.inv[ch]) as f32)
         .collect();
-    super::gemm::par_zeroed(
-        n * c * hw,
-        c * hw,
-        || (),
-        |_, i, ys| {
-            let xs = &x[i * c * hw..(i + 1) * c * hw];
-            for ch in 0..c {
-                for (o, v) in ys[ch * hw..(ch + 1) * hw]
-                    .iter_mut()
-                    .zip(&xs[ch * hw..(ch + 1) * hw])
-                {
-                    *o = v * a[ch] + b[ch];
-                }
+    super::gemm::par_zeroed(n * c * hw, c * hw, |i, ys| {
+        let xs = &x[i * c * hw..(i + 1) * c * hw];
+        for ch in 0..c {
+            for (o, v) in ys[ch * hw..(ch + 1) * hw]
+                .iter_mut()
+                .zip(&xs[ch * hw..(ch + 1) * hw])
+            {
+                *o = v * a[ch] + b[ch];
             }
-        },
-    )
+        }
+    })
 }
 
 /// PyTorch's running-statistics update after a training-mode batch.
@@ -325,13 +318,7 @@ pub fn update_running(g: &BnGeom, st: &BnStats, running_mean: &mut [f32], runnin
 /// order. Eight channels' sums run side by side (one channel alone was a chain of dependent
 /// additions, 7% of a ResNet training step on one thread), groups of channels in parallel
 /// for a batch; each channel's sums are the same, in the same order, as one at a time.
-pub fn channel_sums(
-    g: &BnGeom,
-    st: &BnStats,
-    dy: &[f32],
-    x: &[f32],
-    n: usize,
-) -> (Vec<f64>, Vec<f64>) {
+pub fn channel_sums(g: &BnGeom, st: &BnStats, dy: &[f32], x: &[f32], n: usize) -> ChannelSums {
     const G: usize = 8;
     let c = g.c;
     let group = |c0: usize| -> Vec<(f64, f64)> {
@@ -384,7 +371,7 @@ fn side_by_side<const K: usize>(
             // SAFETY: AVX-512F is present; the slices hold K = 8 rows of hw
             unsafe { x86::sums8(dy, x, hw, &mu, &inv, &mut a, &mut b) };
             p0 = hw / 8 * 8;
-        } else if K == 8 && x86::avx2() {
+        } else if K == 8 && super::gemm::has_avx2() {
             // SAFETY: AVX2 is present; the slices hold K = 8 rows of hw
             unsafe { x86::sums8_avx2(dy, x, hw, &mu, &inv, &mut a, &mut b) };
             p0 = hw / 8 * 8;
@@ -408,6 +395,21 @@ fn side_by_side<const K: usize>(
 /// backward needs twice: for (dγ, dβ) and for dx.
 pub type ChannelSums = (Vec<f64>, Vec<f64>);
 
+/// `sums` when the caller has them, else the batch's [`channel_sums`] formed here.
+fn sums_or<'a>(
+    g: &BnGeom,
+    st: &BnStats,
+    dy: &[f32],
+    x: &[f32],
+    n: usize,
+    sums: Option<&'a ChannelSums>,
+) -> std::borrow::Cow<'a, ChannelSums> {
+    match sums {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(channel_sums(g, st, dy, x, n)),
+    }
+}
+
 /// Summed (dγ, dβ) over the batch; `sums` the batch's [`channel_sums`] when the caller has
 /// them already.
 pub fn weight_grad(
@@ -418,14 +420,7 @@ pub fn weight_grad(
     n: usize,
     sums: Option<&ChannelSums>,
 ) -> (Vec<f32>, Vec<f32>) {
-    let own;
-    let (sg, sb) = match sums {
-        Some(s) => s,
-        None => {
-            own = channel_sums(g, st, dy, x, n);
-            &own
-        }
-    };
+    let (sg, sb) = &*sums_or(g, st, dy, x, n, sums);
     (
         sg.iter().map(|&v| v as f32).collect(),
         sb.iter().map(|&v| v as f32).collect(),
@@ -446,14 +441,7 @@ pub fn input_grad(
 ) -> Vec<f32> {
     let (c, hw) = (g.c, g.hw);
     let (mdy, mdyx) = if st.train {
-        let own;
-        let (sg, sb) = match sums {
-            Some(s) => s,
-            None => {
-                own = channel_sums(g, st, dy, x, n);
-                &own
-            }
-        };
+        let (sg, sb) = &*sums_or(g, st, dy, x, n, sums);
         let m = (n * hw) as f64;
         (
             sb.iter().map(|v| v / m).collect(),
@@ -462,27 +450,22 @@ pub fn input_grad(
     } else {
         (vec![0f64; c], vec![0f64; c])
     };
-    super::gemm::par_zeroed(
-        n * c * hw,
-        c * hw,
-        || (),
-        |_, i, d| {
-            let r = i * c * hw..(i + 1) * c * hw;
-            let (gs, xs) = (&dy[r.clone()], &x[r]);
-            for ch in 0..c {
-                let a = gamma[ch] as f64 * st.inv[ch];
-                let (mu, inv) = (st.mean[ch], st.inv[ch]);
-                for ((o, gv), xv) in d[ch * hw..(ch + 1) * hw]
-                    .iter_mut()
-                    .zip(&gs[ch * hw..(ch + 1) * hw])
-                    .zip(&xs[ch * hw..(ch + 1) * hw])
-                {
-                    let xh = (*xv as f64 - mu) * inv;
-                    *o = (a * (*gv as f64 - mdy[ch] - xh * mdyx[ch])) as f32;
-                }
+    super::gemm::par_zeroed(n * c * hw, c * hw, |i, d| {
+        let r = i * c * hw..(i + 1) * c * hw;
+        let (gs, xs) = (&dy[r.clone()], &x[r]);
+        for ch in 0..c {
+            let a = gamma[ch] as f64 * st.inv[ch];
+            let (mu, inv) = (st.mean[ch], st.inv[ch]);
+            for ((o, gv), xv) in d[ch * hw..(ch + 1) * hw]
+                .iter_mut()
+                .zip(&gs[ch * hw..(ch + 1) * hw])
+                .zip(&xs[ch * hw..(ch + 1) * hw])
+            {
+                let xh = (*xv as f64 - mu) * inv;
+                *o = (a * (*gv as f64 - mdy[ch] - xh * mdyx[ch])) as f32;
             }
-        },
-    )
+        }
+    })
 }
 
 /// Moments of one sample's (dγ, dβ), from its output gradient and input (evaluation mode).

@@ -305,37 +305,32 @@ fn with_cols<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 /// in a per-thread scratch buffer; the backward unfolds again from `x`.
 pub fn forward(g: &ConvGeom, wgt: &[f32], bias: &[f32], x: &[f32], n: usize) -> Vec<f32> {
     let (il, ol, cl, ohw) = (g.in_len(), g.out_len(), g.cols_len(), g.ohw());
-    par_zeroed(
-        n * ol,
-        CHUNK * ol,
-        || (),
-        |_, i, ys| {
-            with_cols(cl, |c| {
-                let xs = &x[i * CHUNK * il..];
-                for s in 0..ys.len() / ol {
-                    g.im2col(&xs[s * il..(s + 1) * il], c);
-                    let out = &mut ys[s * ol..(s + 1) * ol];
-                    if g.bias {
-                        for (o, row) in out.chunks_mut(ohw).enumerate() {
-                            row.fill(bias[o]);
-                        }
+    par_zeroed(n * ol, CHUNK * ol, |i, ys| {
+        with_cols(cl, |c| {
+            let xs = &x[i * CHUNK * il..];
+            for s in 0..ys.len() / ol {
+                g.im2col(&xs[s * il..(s + 1) * il], c);
+                let out = &mut ys[s * ol..(s + 1) * ol];
+                if g.bias {
+                    for (o, row) in out.chunks_mut(ohw).enumerate() {
+                        row.fill(bias[o]);
                     }
-                    gemm(
-                        g.cout,
-                        g.ckk(),
-                        ohw,
-                        wgt,
-                        (g.ckk(), 1),
-                        c,
-                        (ohw, 1),
-                        1.0,
-                        out,
-                        ohw,
-                    );
                 }
-            })
-        },
-    )
+                gemm(
+                    g.cout,
+                    g.ckk(),
+                    ohw,
+                    wgt,
+                    (g.ckk(), 1),
+                    c,
+                    (ohw, 1),
+                    1.0,
+                    out,
+                    ohw,
+                );
+            }
+        })
+    })
 }
 
 /// Summed weight and bias gradients: dW = Σ_n dy_n · cols_nᵀ, db = Σ dy_n (empty without
@@ -430,42 +425,36 @@ fn weight_grad_by(
 /// Input gradient: dx_n = col2im(Wᵀ · dy_n).
 pub fn input_grad(g: &ConvGeom, wgt: &[f32], dy: &[f32], n: usize) -> Vec<f32> {
     let (il, ol, cl, ohw) = (g.in_len(), g.out_len(), g.cols_len(), g.ohw());
-    par_zeroed(
-        n * il,
-        CHUNK * il,
-        || (),
-        |_, i, dxs| {
-            with_cols(cl, |dcols| {
-                let dys = &dy[i * CHUNK * ol..];
-                for s in 0..dxs.len() / il {
-                    gemm(
-                        g.ckk(),
-                        g.cout,
-                        ohw,
-                        wgt,
-                        (1, g.ckk()),
-                        &dys[s * ol..(s + 1) * ol],
-                        (ohw, 1),
-                        0.0,
-                        dcols,
-                        ohw,
-                    );
-                    g.col2im(dcols, &mut dxs[s * il..(s + 1) * il]);
-                }
-            })
-        },
-    )
+    par_zeroed(n * il, CHUNK * il, |i, dxs| {
+        with_cols(cl, |dcols| {
+            let dys = &dy[i * CHUNK * ol..];
+            for s in 0..dxs.len() / il {
+                gemm(
+                    g.ckk(),
+                    g.cout,
+                    ohw,
+                    wgt,
+                    (1, g.ckk()),
+                    &dys[s * ol..(s + 1) * ol],
+                    (ohw, 1),
+                    0.0,
+                    dcols,
+                    ohw,
+                );
+                g.col2im(dcols, &mut dxs[s * il..(s + 1) * il]);
+            }
+        })
+    })
 }
 
 /// A thread's buffers for [`group_moments`]: [`LANES`] samples' weight gradients and bias
-/// sums, interleaved, one unfolded input (matrixmultiply's path), and the lane kernel's.
+/// sums, interleaved, and the lane kernel's (matrixmultiply's path unfolds into [`COLS`]).
 /// Kept per thread and only grown: allocated afresh per call they were pages the kernel
 /// zeroed (a quarter of the gradient metrics' time at 2×64×64).
 #[derive(Default)]
 struct GroupScratch {
     gw: Vec<f32>,
     gb: Vec<f32>,
-    cols: Vec<f32>,
     lanes: lanes::Scratch,
 }
 
@@ -514,23 +503,22 @@ fn group_moments_in(
             &mut sc.gb,
         );
     } else {
-        if sc.cols.len() < g.cols_len() {
-            sc.cols.resize(g.cols_len(), 0.0);
-        }
-        for s in 0..m {
-            g.im2col(&x[s * il..(s + 1) * il], &mut sc.cols[..g.cols_len()]);
-            gemm_strided_c(
-                g.cout,
-                ohw,
-                t,
-                &dy[s * ol..(s + 1) * ol],
-                (ohw, 1),
-                &sc.cols[..g.cols_len()],
-                (1, ohw),
-                &mut sc.gw[s..],
-                (t * LANES, LANES),
-            );
-        }
+        with_cols(g.cols_len(), |cols| {
+            for s in 0..m {
+                g.im2col(&x[s * il..(s + 1) * il], cols);
+                gemm_strided_c(
+                    g.cout,
+                    ohw,
+                    t,
+                    &dy[s * ol..(s + 1) * ol],
+                    (ohw, 1),
+                    cols,
+                    (1, ohw),
+                    &mut sc.gw[s..],
+                    (t * LANES, LANES),
+                );
+            }
+        });
     }
     let ms = Moments::of_lanes(&sc.gw, g.weights());
     (0..m)

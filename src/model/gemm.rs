@@ -26,13 +26,11 @@ pub const CHUNK: usize = 8;
 /// may be shorter) is zeroed by the worker that then hands it to `f` with its index. The
 /// zeroing happens in cache just before `f` writes, not in the allocator for the whole
 /// buffer up front (a zeroed allocation of a batch's activations cost 3% of the gradient
-/// features' time per buffer, on one thread and out of cache). `init` makes a worker's
-/// scratch, as rayon's `for_each_init`.
-pub fn par_zeroed<T: Default + Copy + Send + Sync, S>(
+/// features' time per buffer, on one thread and out of cache).
+pub fn par_zeroed<T: Default + Copy + Send + Sync>(
     len: usize,
     chunk: usize,
-    init: impl Fn() -> S + Sync + Send,
-    f: impl Fn(&mut S, usize, &mut [T]) + Sync + Send,
+    f: impl Fn(usize, &mut [T]) + Sync + Send,
 ) -> Vec<T> {
     use rayon::prelude::*;
     use std::mem::MaybeUninit;
@@ -40,17 +38,26 @@ pub fn par_zeroed<T: Default + Copy + Send + Sync, S>(
     v.spare_capacity_mut()[..len]
         .par_chunks_mut(chunk.max(1))
         .enumerate()
-        .for_each_init(init, |st, (i, c)| {
+        .for_each(|(i, c)| {
             for e in c.iter_mut() {
                 e.write(T::default());
             }
             // SAFETY: every element of `c` was written just above
             let c = unsafe { &mut *(c as *mut [MaybeUninit<T>] as *mut [T]) };
-            f(st, i, c);
+            f(i, c);
         });
     // SAFETY: the chunks cover the first `len` elements, each written above
     unsafe { v.set_len(len) };
     v
+}
+
+/// Whether the CPU has AVX2 (detected once): the f64 lanes of batch norm's sums and of the
+/// moments use it.
+#[cfg(target_arch = "x86_64")]
+pub fn has_avx2() -> bool {
+    use std::sync::OnceLock;
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| is_x86_feature_detected!("avx2"))
 }
 
 /// matrixmultiply's block of the summed dimension for f32 (its `S_KC`): every entry of C
@@ -434,6 +441,7 @@ pub mod avx2 {
         rsc: usize,
     ) {
         let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let arow: [usize; MR] = std::array::from_fn(|r| r * rsa);
         // one strip of B (kc × 16), copied when many row blocks read it (the input
         // gradient's Wᵀ · dy, ckk rows): in place its rows are rsb apart, often a multiple
         // of 1 or 4 KiB, so that they share a few cache sets and left the first level cache
@@ -468,7 +476,7 @@ pub mod avx2 {
                     let t = Tile {
                         kc,
                         a: a.add(i0 * rsa + k0 * csa),
-                        arow: std::array::from_fn(|r| r * rsa),
+                        arow,
                         astep: csa,
                         b: bs,
                         rsb: rsbs,

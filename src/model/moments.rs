@@ -5,14 +5,6 @@
 /// Value sets per [`Moments::of_lanes`] call.
 pub const LANES: usize = 8;
 
-/// Whether the CPU has AVX2 (detected once).
-#[cfg(target_arch = "x86_64")]
-fn avx2() -> bool {
-    use std::sync::OnceLock;
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| is_x86_feature_detected!("avx2"))
-}
-
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn of_lanes_avx512(v: &[f32], len: usize) -> [Moments; LANES] {
@@ -117,7 +109,7 @@ impl Moments {
             return unsafe { of_lanes_avx512(v, len) };
         }
         #[cfg(target_arch = "x86_64")]
-        if avx2() {
+        if super::gemm::has_avx2() {
             // SAFETY: AVX2 is present
             return unsafe { of_lanes_avx2(v, len) };
         }

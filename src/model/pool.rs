@@ -94,19 +94,14 @@ pub fn max_forward(g: &PoolGeom, x: &[f32], n: usize) -> (Vec<f32>, Vec<u32>) {
 /// Max-pooling backward: routes each output gradient to its saved argmax.
 pub fn max_backward(dy: &[f32], idx: &[u32], n: usize, in_len: usize) -> Vec<f32> {
     let ol = dy.len() / n.max(1);
-    par_zeroed(
-        n * in_len,
-        in_len,
-        || (),
-        |_, s, d| {
-            for (g, &i) in dy[s * ol..(s + 1) * ol]
-                .iter()
-                .zip(&idx[s * ol..(s + 1) * ol])
-            {
-                d[i as usize] += g;
-            }
-        },
-    )
+    par_zeroed(n * in_len, in_len, |s, d| {
+        for (g, &i) in dy[s * ol..(s + 1) * ol]
+            .iter()
+            .zip(&idx[s * ol..(s + 1) * ol])
+        {
+            d[i as usize] += g;
+        }
+    })
 }
 
 /// Average pooling of [n, c, h, w] over k×k windows at the stride.
