@@ -4,8 +4,8 @@
 //! and its input unfolded again, never held for the batch).
 
 use super::gemm::{gemm, gemm_strided_c, par_zeroed, CHUNK};
-use super::lanes;
 use super::moments::{Moments, LANES};
+use super::{implicit, lanes};
 use rayon::prelude::*;
 
 /// Geometry of a conv layer: `cin` × `h` × `w` in, `cout` × `oh` × `ow` out.
@@ -337,21 +337,31 @@ pub fn forward(g: &ConvGeom, wgt: &[f32], bias: &[f32], x: &[f32], n: usize) -> 
 /// bias), with cols_n = im2col(x_n) formed per sample from the layer's input `x`. Each chunk
 /// of [`CHUNK`] samples sums into its own partial, sample by sample and, within a sample, in
 /// blocks of [`super::gemm::KC`] pixels (matrixmultiply's product with β = 1); the partials
-/// are added in chunk order. On AVX2 with FMA the chunk's per-sample blocks come from the
-/// lane kernel ([`lanes`], `Out::Blocks`) and are added in that same order: bit for bit the
-/// same sums, without packing both operands for every sample.
+/// are added in chunk order. On AVX2 with FMA the implicit kernel ([`implicit`]) adds each
+/// sample's blocks to the chunk's partial straight from the zero-padded sample, without
+/// unfolding it (the lane kernel, [`lanes`] with `Out::Blocks`, where the implicit one is
+/// turned off): bit for bit the same sums, without packing both operands for every sample.
 pub fn weight_grad(g: &ConvGeom, dy: &[f32], x: &[f32], n: usize) -> (Vec<f32>, Vec<f32>) {
-    weight_grad_by(g, dy, x, n, lanes::available() && CHUNK == LANES)
+    let by = if implicit::available() {
+        WgBy::Implicit
+    } else if lanes::available() && CHUNK == LANES {
+        WgBy::Lanes
+    } else {
+        WgBy::Matrixmultiply
+    };
+    weight_grad_by(g, dy, x, n, by)
+}
+
+/// Which kernel forms the summed weight gradient (all give the same bits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WgBy {
+    Matrixmultiply,
+    Lanes,
+    Implicit,
 }
 
 /// [`weight_grad`] by the lane kernel or by matrixmultiply.
-fn weight_grad_by(
-    g: &ConvGeom,
-    dy: &[f32],
-    x: &[f32],
-    n: usize,
-    lane_kernel: bool,
-) -> (Vec<f32>, Vec<f32>) {
+fn weight_grad_by(g: &ConvGeom, dy: &[f32], x: &[f32], n: usize, by: WgBy) -> (Vec<f32>, Vec<f32>) {
     let (il, ol, cl, wl, ohw) = (g.in_len(), g.out_len(), g.cols_len(), g.weights(), g.ohw());
     let nb = if g.bias { g.cout } else { 0 };
     let partials: Vec<Vec<f32>> = dy[..n * ol]
@@ -360,7 +370,28 @@ fn weight_grad_by(
         .map(|(d, xs)| {
             let mut acc = vec![0f32; wl + nb];
             let m = d.len() / ol;
-            if lane_kernel {
+            if by == WgBy::Implicit {
+                let (ckk, co, pl) = (g.ckk(), g.cout, g.padded_len());
+                with_cols(pl + ohw * co + wl, |buf| {
+                    let (xp, rest) = buf.split_at_mut(pl);
+                    let (dyt, acc_t) = rest.split_at_mut(ohw * co);
+                    acc_t.fill(0.0);
+                    for s in 0..m {
+                        let ds = &d[s * ol..(s + 1) * ol];
+                        g.pad_into(&xs[s * il..(s + 1) * il], xp);
+                        implicit::transpose(ds, co, ohw, dyt);
+                        implicit::weight_grad_sample(g, xp, dyt, acc_t);
+                        if g.bias {
+                            for (a, r) in acc[wl..].iter_mut().zip(row_sums(ds, co, ohw)) {
+                                *a += r;
+                            }
+                        }
+                    }
+                    implicit::transpose(acc_t, ckk, co, &mut acc[..wl]);
+                });
+                return acc;
+            }
+            if by == WgBy::Lanes {
                 GROUP_SCRATCH.with_borrow_mut(|sc| {
                     let sets = lanes::blocks(g);
                     if sc.gw.len() < sets * wl * LANES {
@@ -672,11 +703,11 @@ mod tests {
         }
     }
 
-    /// The summed weight gradient by the lane kernel equals matrixmultiply's, bit for bit,
+    /// The summed weight gradient by the lane and the implicit kernel equals matrixmultiply's, bit for bit,
     /// over sample counts that leave a partial last chunk (`lanes`' own test checks the
     /// per-sample products of every geometry).
     #[test]
-    fn summed_weight_grad_by_lanes_is_matrixmultiplys() {
+    fn summed_weight_grad_by_lanes_and_implicit_is_matrixmultiplys() {
         if !lanes::available() {
             return;
         }
@@ -684,6 +715,11 @@ mod tests {
         // pixel counts across matrixmultiply's blocks of 256 (2 and 5 blocks)
         gs.push(ConvGeom::new(2, 5, 3, 1, 1, 23, 17, true));
         gs.push(ConvGeom::new(1, 7, 3, 1, 1, 40, 30, true));
+        // more than 16 output channels (a full and a masked column tile), stride 2 over
+        // rows that blocks of 256 pixels cut
+        gs.push(ConvGeom::new(3, 20, 3, 1, 1, 11, 9, false));
+        gs.push(ConvGeom::new(2, 33, 3, 2, 1, 41, 37, false));
+        gs.push(ConvGeom::new(4, 16, 1, 2, 0, 9, 9, false));
         for g in gs {
             for n in [1, 8, 13] {
                 let dy: Vec<f32> = (0..n * g.out_len())
@@ -692,11 +728,13 @@ mod tests {
                 let x: Vec<f32> = (0..n * g.in_len())
                     .map(|i| ((i * 53 % 97) as f32 - 48.0) / 13.0)
                     .collect();
-                let (w0, b0) = weight_grad_by(&g, &dy, &x, n, false);
-                let (w1, b1) = weight_grad_by(&g, &dy, &x, n, true);
+                let (w0, b0) = weight_grad_by(&g, &dy, &x, n, WgBy::Matrixmultiply);
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&w0), bits(&w1), "{g:?}, {n} samples");
-                assert_eq!(bits(&b0), bits(&b1), "{g:?}, {n} samples");
+                for by in [WgBy::Lanes, WgBy::Implicit] {
+                    let (w1, b1) = weight_grad_by(&g, &dy, &x, n, by);
+                    assert_eq!(bits(&w0), bits(&w1), "{by:?} {g:?}, {n} samples");
+                    assert_eq!(bits(&b0), bits(&b1), "{by:?} {g:?}, {n} samples");
+                }
             }
         }
     }

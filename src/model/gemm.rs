@@ -12,7 +12,8 @@
 //! A by broadcasts, in place when A's columns are contiguous, else from a panel packed once
 //! per 16 rows. The conv weight gradient (both operands contiguous along the summed
 //! dimension, so one must be transposed; transposing it in this kernel measured no faster)
-//! runs in [`super::lanes`], 8 samples side by side, where AVX2 with FMA is present. The own
+//! runs in [`super::implicit`] for training's sum over a batch and in [`super::lanes`], 8
+//! samples side by side, for the per-sample statistics, where AVX2 with FMA is present. The own
 //! kernel's results are **bit for bit matrixmultiply's** on FMA hardware: each
 //! entry of C is the same chain of fused multiply-adds in k order, started from +0 in blocks
 //! of [`KC`] products, each block added to C as matrixmultiply adds it (tested below).

@@ -10,6 +10,7 @@ pub mod crop;
 pub mod dropout;
 pub mod gemm;
 pub mod graph;
+pub mod implicit;
 pub mod lanes;
 pub mod linear;
 pub mod moments;
