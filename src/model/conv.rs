@@ -301,21 +301,47 @@ fn with_cols<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     r
 }
 
-/// Forward for `n` samples: `x` [n, cin, h, w] → [n, cout, oh, ow]. The unfolded input lives
-/// in a per-thread scratch buffer; the backward unfolds again from `x`.
+/// Forward for `n` samples: `x` [n, cin, h, w] → [n, cout, oh, ow]. On AVX2 with FMA the
+/// products read the zero-padded sample ([`implicit::forward_sample`]); elsewhere the
+/// unfolded input lives in a per-thread scratch buffer. The backward unfolds again from `x`.
 pub fn forward(g: &ConvGeom, wgt: &[f32], bias: &[f32], x: &[f32], n: usize) -> Vec<f32> {
+    forward_by(g, wgt, bias, x, n, implicit::available())
+}
+
+/// [`forward`] by the implicit kernel or from the unfolded input (the same bits).
+fn forward_by(
+    g: &ConvGeom,
+    wgt: &[f32],
+    bias: &[f32],
+    x: &[f32],
+    n: usize,
+    implicit: bool,
+) -> Vec<f32> {
     let (il, ol, cl, ohw) = (g.in_len(), g.out_len(), g.cols_len(), g.ohw());
+    let fill_bias = |out: &mut [f32]| {
+        if g.bias {
+            for (o, row) in out.chunks_mut(ohw).enumerate() {
+                row.fill(bias[o]);
+            }
+        }
+    };
     par_zeroed(n * ol, CHUNK * ol, |i, ys| {
+        let xs = &x[i * CHUNK * il..];
+        if implicit {
+            return with_cols(g.padded_len(), |xp| {
+                for s in 0..ys.len() / ol {
+                    g.pad_into(&xs[s * il..(s + 1) * il], xp);
+                    let out = &mut ys[s * ol..(s + 1) * ol];
+                    fill_bias(out);
+                    implicit::forward_sample(g, wgt, xp, out);
+                }
+            });
+        }
         with_cols(cl, |c| {
-            let xs = &x[i * CHUNK * il..];
             for s in 0..ys.len() / ol {
                 g.im2col(&xs[s * il..(s + 1) * il], c);
                 let out = &mut ys[s * ol..(s + 1) * ol];
-                if g.bias {
-                    for (o, row) in out.chunks_mut(ohw).enumerate() {
-                        row.fill(bias[o]);
-                    }
-                }
+                fill_bias(out);
                 gemm(
                     g.cout,
                     g.ckk(),
@@ -453,12 +479,28 @@ fn weight_grad_by(g: &ConvGeom, dy: &[f32], x: &[f32], n: usize, by: WgBy) -> (V
     (total, db)
 }
 
-/// Input gradient: dx_n = col2im(Wᵀ · dy_n).
+/// Input gradient: dx_n = col2im(Wᵀ · dy_n); on AVX2 with FMA at stride 1 folded as it is
+/// multiplied, from the zero-padded output gradient ([`implicit::input_grad_sample`]).
 pub fn input_grad(g: &ConvGeom, wgt: &[f32], dy: &[f32], n: usize) -> Vec<f32> {
+    input_grad_by(g, wgt, dy, n, implicit::available() && implicit::folds(g))
+}
+
+/// [`input_grad`] by the implicit kernel or by the unfolded product and col2im (the same
+/// bits).
+fn input_grad_by(g: &ConvGeom, wgt: &[f32], dy: &[f32], n: usize, implicit: bool) -> Vec<f32> {
     let (il, ol, cl, ohw) = (g.in_len(), g.out_len(), g.cols_len(), g.ohw());
+    let packed = implicit.then(|| implicit::dx_weights(g, wgt));
     par_zeroed(n * il, CHUNK * il, |i, dxs| {
+        let dys = &dy[i * CHUNK * ol..];
+        if let Some(wp) = &packed {
+            return with_cols(implicit::dy_padded_len(g), |dyp| {
+                for s in 0..dxs.len() / il {
+                    implicit::pad_dy(g, &dys[s * ol..(s + 1) * ol], dyp);
+                    implicit::input_grad_sample(g, wp, dyp, &mut dxs[s * il..(s + 1) * il]);
+                }
+            });
+        }
         with_cols(cl, |dcols| {
-            let dys = &dy[i * CHUNK * ol..];
             for s in 0..dxs.len() / il {
                 gemm(
                     g.ckk(),
@@ -735,6 +777,43 @@ mod tests {
                     assert_eq!(bits(&w0), bits(&w1), "{by:?} {g:?}, {n} samples");
                     assert_eq!(bits(&b0), bits(&b1), "{by:?} {g:?}, {n} samples");
                 }
+            }
+        }
+    }
+
+    /// The implicit forward and input gradient equal the unfolded products, bit for bit.
+    #[test]
+    fn implicit_forward_and_input_grad_are_the_unfolded_products() {
+        if !implicit::available() {
+            return;
+        }
+        let mut gs = geoms();
+        gs.push(ConvGeom::new(2, 5, 3, 1, 1, 23, 17, true));
+        gs.push(ConvGeom::new(3, 20, 3, 1, 1, 11, 9, false));
+        gs.push(ConvGeom::new(2, 33, 3, 2, 1, 41, 37, false));
+        gs.push(ConvGeom::new(4, 16, 1, 2, 0, 9, 9, false));
+        gs.push(ConvGeom::new(40, 70, 3, 1, 1, 8, 8, false));
+        gs.push(ConvGeom::new(16, 16, 3, 1, 1, 32, 32, false));
+        gs.push(ConvGeom::new(5, 7, 5, 1, 0, 19, 21, true));
+        gs.push(ConvGeom::new(4, 9, 3, 1, 0, 12, 40, false));
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for g in gs {
+            let n = 9;
+            let w = crate::model::gemm::tests::values(g.weights(), 1);
+            let b = crate::model::gemm::tests::values(g.cout, 2);
+            let x = crate::model::gemm::tests::values(n * g.in_len(), 3);
+            let dy = crate::model::gemm::tests::values(n * g.out_len(), 4);
+            let (f0, f1) = (
+                forward_by(&g, &w, &b, &x, n, false),
+                forward_by(&g, &w, &b, &x, n, true),
+            );
+            assert_eq!(bits(&f0), bits(&f1), "forward {g:?}");
+            if implicit::folds(&g) {
+                let (d0, d1) = (
+                    input_grad_by(&g, &w, &dy, n, false),
+                    input_grad_by(&g, &w, &dy, n, true),
+                );
+                assert_eq!(bits(&d0), bits(&d1), "input gradient {g:?}");
             }
         }
     }

@@ -442,7 +442,6 @@ pub mod avx2 {
         rsc: usize,
     ) {
         let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        let arow: [usize; MR] = std::array::from_fn(|r| r * rsa);
         // one strip of B (kc × 16), copied when many row blocks read it (the input
         // gradient's Wᵀ · dy, ckk rows): in place its rows are rsb apart, often a multiple
         // of 1 or 4 KiB, so that they share a few cache sets and left the first level cache
@@ -473,34 +472,77 @@ pub mod avx2 {
                     }
                     (bs, rsbs) = (sp as *const f32, 16);
                 }
-                for i0 in (0..m).step_by(MR) {
-                    let t = Tile {
-                        kc,
-                        a: a.add(i0 * rsa + k0 * csa),
-                        arow,
-                        astep: csa,
-                        b: bs,
-                        rsb: rsbs,
-                        beta: if k0 == 0 { beta } else { 1.0 },
-                        first: k0 == 0,
-                        c: c.add(i0 * rsc + j0),
-                        rsc,
-                        masks,
-                    };
-                    macro_rules! rows {
-                        ($($r:literal)*) => {
-                            match ((m - i0).min(MR), w == 16, rsa == 1) {
-                                $(($r, true, false) => t.run::<$r, true, false>(),
-                                  ($r, false, false) => t.run::<$r, false, false>(),
-                                  ($r, true, true) => t.run::<$r, true, true>(),
-                                  ($r, false, true) => t.run::<$r, false, true>(),)*
-                                _ => unreachable!(),
-                            }
-                        };
-                    }
-                    rows!(1 2 3 4 5 6);
-                }
+                rows(
+                    m,
+                    kc,
+                    a.add(k0 * csa),
+                    (rsa, csa),
+                    bs,
+                    rsbs,
+                    beta,
+                    k0 == 0,
+                    c.add(j0),
+                    rsc,
+                    w as usize,
+                );
             }
+        }
+    }
+
+    /// Every row tile of C's `m` rows against one block of `kc` rows of B and up to 16 of
+    /// its columns (`w`): A[i, k] at a + i·rsa + k·csa, B[k, j] at b + k·rsb + j, C[i, j] at
+    /// c + i·rsc + j; `first`: the block that starts C (C ← block + β·C), else C ← block + C.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available, and the pointers must reach every index named.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn rows(
+        m: usize,
+        kc: usize,
+        a: *const f32,
+        (rsa, csa): (usize, usize),
+        b: *const f32,
+        rsb: usize,
+        beta: f32,
+        first: bool,
+        c: *mut f32,
+        rsc: usize,
+        w: usize,
+    ) {
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let w = w as i32;
+        let masks = [
+            _mm256_cmpgt_epi32(_mm256_set1_epi32(w), lanes),
+            _mm256_cmpgt_epi32(_mm256_set1_epi32(w - 8), lanes),
+        ];
+        let arow: [usize; MR] = std::array::from_fn(|r| r * rsa);
+        for i0 in (0..m).step_by(MR) {
+            let t = Tile {
+                kc,
+                a: a.add(i0 * rsa),
+                arow,
+                astep: csa,
+                b,
+                rsb,
+                beta: if first { beta } else { 1.0 },
+                first,
+                c: c.add(i0 * rsc),
+                rsc,
+                masks,
+            };
+            macro_rules! rows {
+                ($($r:literal)*) => {
+                    match ((m - i0).min(MR), w == 16, rsa == 1) {
+                        $(($r, true, false) => t.run::<$r, true, false>(),
+                          ($r, false, false) => t.run::<$r, false, false>(),
+                          ($r, true, true) => t.run::<$r, true, true>(),
+                          ($r, false, true) => t.run::<$r, false, true>(),)*
+                        _ => unreachable!(),
+                    }
+                };
+            }
+            rows!(1 2 3 4 5 6);
         }
     }
 
