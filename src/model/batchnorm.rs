@@ -179,6 +179,35 @@ mod x86 {
         _mm512_storeu_pd(b.as_mut_ptr(), bv);
     }
 
+    /// [`super::affine`] compiled for AVX2 (the same operations, 8 lanes wide).
+    ///
+    /// # Safety
+    /// AVX2 must be present.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn affine_avx2(xs: &[f32], ys: &mut [f32], a: &[f32], b: &[f32], hw: usize) {
+        super::affine(xs, ys, a, b, hw)
+    }
+
+    /// [`super::dx_sample`] compiled for AVX2 (the same f64 operations in the same order, 4
+    /// lanes wide; no fused multiply-add).
+    ///
+    /// # Safety
+    /// AVX2 must be present.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn dx_sample_avx2(
+        d: &mut [f32],
+        gs: &[f32],
+        xs: &[f32],
+        hw: usize,
+        gamma: &[f32],
+        st: &super::BnStats,
+        mdy: &[f64],
+        mdyx: &[f64],
+    ) {
+        super::dx_sample(d, gs, xs, hw, gamma, st, mdy, mdyx)
+    }
+
     /// 8 f64 values from `p` on as two registers of 4.
     #[inline]
     #[target_feature(enable = "avx2")]
@@ -293,15 +322,56 @@ pub fn forward(
         .collect();
     super::gemm::par_zeroed(n * c * hw, c * hw, |i, ys| {
         let xs = &x[i * c * hw..(i + 1) * c * hw];
-        for ch in 0..c {
-            for (o, v) in ys[ch * hw..(ch + 1) * hw]
-                .iter_mut()
-                .zip(&xs[ch * hw..(ch + 1) * hw])
-            {
-                *o = v * a[ch] + b[ch];
-            }
+        #[cfg(target_arch = "x86_64")]
+        if super::gemm::has_avx2() {
+            // SAFETY: AVX2 is present
+            return unsafe { x86::affine_avx2(xs, ys, &a, &b, hw) };
         }
+        affine(xs, ys, &a, &b, hw);
     })
+}
+
+/// y = x·a + b per channel of one sample (a multiply, then an add: no fused multiply-add).
+#[inline(always)]
+fn affine(xs: &[f32], ys: &mut [f32], a: &[f32], b: &[f32], hw: usize) {
+    for ((y, x), (a, b)) in ys
+        .chunks_exact_mut(hw)
+        .zip(xs.chunks_exact(hw))
+        .zip(a.iter().zip(b))
+    {
+        for (o, v) in y.iter_mut().zip(x) {
+            *o = v * a + b;
+        }
+    }
+}
+
+/// dx of one sample in f64 per element, γ·inv·(dy − mdy − x̂·mdyx) (the training-mode means
+/// zero in evaluation mode), in this order of operations.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn dx_sample(
+    d: &mut [f32],
+    gs: &[f32],
+    xs: &[f32],
+    hw: usize,
+    gamma: &[f32],
+    st: &BnStats,
+    mdy: &[f64],
+    mdyx: &[f64],
+) {
+    for (ch, ((d, gs), xs)) in d
+        .chunks_exact_mut(hw)
+        .zip(gs.chunks_exact(hw))
+        .zip(xs.chunks_exact(hw))
+        .enumerate()
+    {
+        let a = gamma[ch] as f64 * st.inv[ch];
+        let (mu, inv, my, mx) = (st.mean[ch], st.inv[ch], mdy[ch], mdyx[ch]);
+        for ((o, gv), xv) in d.iter_mut().zip(gs).zip(xs) {
+            let xh = (*xv as f64 - mu) * inv;
+            *o = (a * (*gv as f64 - my - xh * mx)) as f32;
+        }
+    }
 }
 
 /// PyTorch's running-statistics update after a training-mode batch.
@@ -453,18 +523,12 @@ pub fn input_grad(
     super::gemm::par_zeroed(n * c * hw, c * hw, |i, d| {
         let r = i * c * hw..(i + 1) * c * hw;
         let (gs, xs) = (&dy[r.clone()], &x[r]);
-        for ch in 0..c {
-            let a = gamma[ch] as f64 * st.inv[ch];
-            let (mu, inv) = (st.mean[ch], st.inv[ch]);
-            for ((o, gv), xv) in d[ch * hw..(ch + 1) * hw]
-                .iter_mut()
-                .zip(&gs[ch * hw..(ch + 1) * hw])
-                .zip(&xs[ch * hw..(ch + 1) * hw])
-            {
-                let xh = (*xv as f64 - mu) * inv;
-                *o = (a * (*gv as f64 - mdy[ch] - xh * mdyx[ch])) as f32;
-            }
+        #[cfg(target_arch = "x86_64")]
+        if super::gemm::has_avx2() {
+            // SAFETY: AVX2 is present
+            return unsafe { x86::dx_sample_avx2(d, gs, xs, hw, gamma, st, &mdy, &mdyx) };
         }
+        dx_sample(d, gs, xs, hw, gamma, st, &mdy, &mdyx);
     })
 }
 
@@ -479,6 +543,41 @@ pub fn sample_moments(g: &BnGeom, st: &BnStats, dy: &[f32], x: &[f32]) -> Moment
 #[cfg(test)]
 mod tests {
     use crate::arch::Spec;
+
+    /// The AVX2 builds of the elementwise passes (forward affine map, dx) give the portable
+    /// loops' bits: the same operations, no fused multiply-add.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_elementwise_passes_are_the_portable_ones() {
+        use super::*;
+        if !crate::model::gemm::has_avx2() {
+            return;
+        }
+        let vals = crate::model::gemm::tests::values;
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for (c, hw) in [(5, 37), (16, 64), (3, 1)] {
+            let (xs, gs) = (vals(c * hw, 1), vals(c * hw, 2));
+            let (a, b) = (vals(c, 3), vals(c, 4));
+            let (mut y0, mut y1) = (vec![0f32; c * hw], vec![0f32; c * hw]);
+            affine(&xs, &mut y0, &a, &b, hw);
+            // SAFETY: AVX2 is present
+            unsafe { x86::affine_avx2(&xs, &mut y1, &a, &b, hw) };
+            assert_eq!(bits(&y0), bits(&y1));
+            let st = BnStats {
+                mean: (0..c).map(|i| i as f64 * 0.37 - 0.5).collect(),
+                inv: (0..c).map(|i| 1.0 / (i as f64 + 0.3)).collect(),
+                var_unbiased: Vec::new(),
+                train: true,
+            };
+            let (my, mx): (Vec<f64>, Vec<f64>) = (0..c)
+                .map(|i| (i as f64 * 0.011, -(i as f64) * 0.007))
+                .unzip();
+            dx_sample(&mut y0, &gs, &xs, hw, &a, &st, &my, &mx);
+            // SAFETY: AVX2 is present
+            unsafe { x86::dx_sample_avx2(&mut y1, &gs, &xs, hw, &a, &st, &my, &mx) };
+            assert_eq!(bits(&y0), bits(&y1));
+        }
+    }
 
     /// The batch statistics side by side equal those one channel at a time, bit for bit.
     #[test]
