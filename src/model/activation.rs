@@ -10,15 +10,33 @@ pub fn forward(slope: f32, x: &mut [f32]) {
     x.par_chunks_mut(4096).for_each(|c| {
         if slope == 0.0 {
             for v in c.iter_mut() {
-                *v = if *v < 0.0 { 0.0 } else { *v };
+                *v = apply(0.0, *v);
             }
         } else {
             for v in c.iter_mut() {
-                let s = *v * slope;
-                *v = if *v < 0.0 { s } else { *v };
+                *v = apply(slope, *v);
             }
         }
     });
+}
+
+/// The activation of one value (batch norm applies it in its own pass when it follows).
+#[inline(always)]
+pub fn apply(slope: f32, v: f32) -> f32 {
+    if slope == 0.0 {
+        if v < 0.0 {
+            0.0
+        } else {
+            v
+        }
+    } else {
+        let s = v * slope;
+        if v < 0.0 {
+            s
+        } else {
+            v
+        }
+    }
 }
 
 /// Backward through the saved output `act`, in place on `dy`.

@@ -184,8 +184,15 @@ mod x86 {
     /// # Safety
     /// AVX2 must be present.
     #[target_feature(enable = "avx2")]
-    pub unsafe fn affine_avx2(xs: &[f32], ys: &mut [f32], a: &[f32], b: &[f32], hw: usize) {
-        super::affine(xs, ys, a, b, hw)
+    pub unsafe fn affine_avx2(
+        xs: &[f32],
+        ys: &mut [f32],
+        a: &[f32],
+        b: &[f32],
+        hw: usize,
+        act: Option<f32>,
+    ) {
+        super::affine(xs, ys, a, b, hw, act)
     }
 
     /// [`super::dx_sample`] compiled for AVX2 (the same f64 operations in the same order, 4
@@ -304,7 +311,9 @@ mod x86 {
     }
 }
 
-/// y = γ·(x − mean)·inv + β, per channel.
+/// y = γ·(x − mean)·inv + β, per channel, computed as x·a + b with a = γ·inv and
+/// b = β − mean·γ·inv rounded to f32; then, with `act` Some(slope), the activation that
+/// follows ([`super::activation::forward`]: the same selects, in the same pass).
 pub fn forward(
     g: &BnGeom,
     st: &BnStats,
@@ -312,6 +321,7 @@ pub fn forward(
     beta: &[f32],
     x: &[f32],
     n: usize,
+    act: Option<f32>,
 ) -> Vec<f32> {
     let (c, hw) = (g.c, g.hw);
     let a: Vec<f32> = (0..c)
@@ -325,22 +335,37 @@ pub fn forward(
         #[cfg(target_arch = "x86_64")]
         if super::gemm::has_avx2() {
             // SAFETY: AVX2 is present
-            return unsafe { x86::affine_avx2(xs, ys, &a, &b, hw) };
+            return unsafe { x86::affine_avx2(xs, ys, &a, &b, hw, act) };
         }
-        affine(xs, ys, &a, &b, hw);
+        affine(xs, ys, &a, &b, hw, act);
     })
 }
 
-/// y = x·a + b per channel of one sample (a multiply, then an add: no fused multiply-add).
+/// y = x·a + b per channel of one sample (a multiply, then an add: no fused multiply-add),
+/// then the activation of slope `act` if any.
 #[inline(always)]
-fn affine(xs: &[f32], ys: &mut [f32], a: &[f32], b: &[f32], hw: usize) {
+fn affine(xs: &[f32], ys: &mut [f32], a: &[f32], b: &[f32], hw: usize, act: Option<f32>) {
     for ((y, x), (a, b)) in ys
         .chunks_exact_mut(hw)
         .zip(xs.chunks_exact(hw))
         .zip(a.iter().zip(b))
     {
-        for (o, v) in y.iter_mut().zip(x) {
-            *o = v * a + b;
+        match act {
+            None => {
+                for (o, v) in y.iter_mut().zip(x) {
+                    *o = v * a + b;
+                }
+            }
+            Some(slope) if slope == 0.0 => {
+                for (o, v) in y.iter_mut().zip(x) {
+                    *o = super::activation::apply(0.0, v * a + b);
+                }
+            }
+            Some(slope) => {
+                for (o, v) in y.iter_mut().zip(x) {
+                    *o = super::activation::apply(slope, v * a + b);
+                }
+            }
         }
     }
 }
@@ -559,10 +584,19 @@ mod tests {
             let (xs, gs) = (vals(c * hw, 1), vals(c * hw, 2));
             let (a, b) = (vals(c, 3), vals(c, 4));
             let (mut y0, mut y1) = (vec![0f32; c * hw], vec![0f32; c * hw]);
-            affine(&xs, &mut y0, &a, &b, hw);
-            // SAFETY: AVX2 is present
-            unsafe { x86::affine_avx2(&xs, &mut y1, &a, &b, hw) };
-            assert_eq!(bits(&y0), bits(&y1));
+            for act in [None, Some(0.0), Some(0.1)] {
+                affine(&xs, &mut y0, &a, &b, hw, act);
+                // SAFETY: AVX2 is present
+                unsafe { x86::affine_avx2(&xs, &mut y1, &a, &b, hw, act) };
+                assert_eq!(bits(&y0), bits(&y1));
+                // and the fused activation is the activation's own pass
+                let mut y2 = vec![0f32; c * hw];
+                affine(&xs, &mut y2, &a, &b, hw, None);
+                if let Some(s) = act {
+                    crate::model::activation::forward(s, &mut y2);
+                }
+                assert_eq!(bits(&y0), bits(&y2));
+            }
             let st = BnStats {
                 mean: (0..c).map(|i| i as f64 * 0.37 - 0.5).collect(),
                 inv: (0..c).map(|i| 1.0 / (i as f64 + 0.3)).collect(),

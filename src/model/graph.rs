@@ -264,14 +264,53 @@ pub fn forward_seq(
 ) -> (Arc<Vec<f32>>, Vec<Saved>) {
     let mut cur = x;
     let mut saved = Vec::with_capacity(if keep { nodes.len() } else { 0 });
-    for node in nodes {
-        let (y, s) = forward_node(node, layers, cur, n, ctx, keep);
+    let mut i = 0;
+    while i < nodes.len() {
+        // a batch norm and the activation after it in one pass over memory (the same
+        // operations on the same values); each node saves what it saved alone
+        if let (Node::Bn { g, p }, Some(Node::Act { slope })) = (&nodes[i], nodes.get(i + 1)) {
+            let (y, s) = bn_forward(g, &layers[*p], cur, n, ctx, keep, Some(*slope));
+            if keep {
+                saved.push(s);
+                saved.push(Saved::Output(y.clone()));
+            }
+            cur = y;
+            i += 2;
+            continue;
+        }
+        let (y, s) = forward_node(&nodes[i], layers, cur, n, ctx, keep);
         if keep {
             saved.push(s);
         }
         cur = y;
+        i += 1;
     }
     (cur, saved)
+}
+
+/// A batch norm's forward (batch statistics in training, running ones otherwise), with the
+/// activation of slope `act` applied to its output when it follows.
+fn bn_forward(
+    g: &BnGeom,
+    l: &Layer,
+    x: Arc<Vec<f32>>,
+    n: usize,
+    ctx: &Ctx<'_>,
+    keep: bool,
+    act: Option<f32>,
+) -> (Arc<Vec<f32>>, Saved) {
+    let stats = if ctx.train {
+        batchnorm::batch_stats(g, &x, n)
+    } else {
+        batchnorm::eval_stats(g, &l.running_mean, &l.running_var)
+    };
+    let y = batchnorm::forward(g, &stats, &l.w, &l.b, &x, n, act);
+    let s = if keep {
+        Saved::Bn { input: x, stats }
+    } else {
+        Saved::None
+    };
+    (Arc::new(y), s)
 }
 
 fn forward_node(
@@ -289,21 +328,7 @@ fn forward_node(
             let y = conv::forward(g, &l.w, &l.b, &x, n);
             (Arc::new(y), keep_input(x))
         }
-        Node::Bn { g, p } => {
-            let l = &layers[*p];
-            let stats = if ctx.train {
-                batchnorm::batch_stats(g, &x, n)
-            } else {
-                batchnorm::eval_stats(g, &l.running_mean, &l.running_var)
-            };
-            let y = batchnorm::forward(g, &stats, &l.w, &l.b, &x, n);
-            let s = if keep {
-                Saved::Bn { input: x, stats }
-            } else {
-                Saved::None
-            };
-            (Arc::new(y), s)
-        }
+        Node::Bn { g, p } => bn_forward(g, &layers[*p], x, n, ctx, keep, None),
         Node::Act { slope } => {
             let mut v = owned(x);
             activation::forward(*slope, &mut v);
