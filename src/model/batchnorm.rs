@@ -356,7 +356,7 @@ fn affine(xs: &[f32], ys: &mut [f32], a: &[f32], b: &[f32], hw: usize, act: Opti
                     *o = v * a + b;
                 }
             }
-            Some(slope) if slope == 0.0 => {
+            Some(0.0) => {
                 for (o, v) in y.iter_mut().zip(x) {
                     *o = super::activation::apply(0.0, v * a + b);
                 }
