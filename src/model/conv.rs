@@ -1,7 +1,9 @@
 //! 2-D convolution (any odd kernel, stride ≥ 1, same or valid padding, with or without bias)
 //! by im2col + GEMM: forward, input gradient, weight gradient summed over a batch, and the
 //! per-sample weight gradient's moments (formed one sample at a time from its output gradient
-//! and its input unfolded again, never held for the batch).
+//! and its input unfolded again, never held for the batch). On AVX2 with FMA the forward, the
+//! stride-1 input gradient and the summed weight gradient read the zero-padded sample instead
+//! of its unfolding ([`implicit`]), bit for bit the same products.
 
 use super::gemm::{gemm, gemm_strided_c, par_zeroed, CHUNK};
 use super::moments::{Moments, LANES};
@@ -305,7 +307,14 @@ fn with_cols<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 /// products read the zero-padded sample ([`implicit::forward_sample`]); elsewhere the
 /// unfolded input lives in a per-thread scratch buffer. The backward unfolds again from `x`.
 pub fn forward(g: &ConvGeom, wgt: &[f32], bias: &[f32], x: &[f32], n: usize) -> Vec<f32> {
-    forward_by(g, wgt, bias, x, n, implicit::available())
+    forward_by(
+        g,
+        wgt,
+        bias,
+        x,
+        n,
+        implicit::available() && implicit::forward_pays(g),
+    )
 }
 
 /// [`forward`] by the implicit kernel or from the unfolded input (the same bits).

@@ -278,6 +278,17 @@ pub fn forward_seq(
             i += 2;
             continue;
         }
+        // likewise the sum of a residual block and its activation
+        if let (Node::Residual(r), Some(Node::Act { slope })) = (&nodes[i], nodes.get(i + 1)) {
+            let (y, s) = residual::forward(r, layers, cur, n, ctx, keep, Some(*slope));
+            if keep {
+                saved.push(s);
+                saved.push(Saved::Output(y.clone()));
+            }
+            cur = y;
+            i += 2;
+            continue;
+        }
         let (y, s) = forward_node(&nodes[i], layers, cur, n, ctx, keep);
         if keep {
             saved.push(s);
@@ -367,7 +378,7 @@ fn forward_node(
             let y = linear::forward(&x, &l.w, &l.b, n, *inp, *out);
             (Arc::new(y), keep_input(x))
         }
-        Node::Residual(r) => residual::forward(r, layers, x, n, ctx, keep),
+        Node::Residual(r) => residual::forward(r, layers, x, n, ctx, keep, None),
         Node::Crop(g) => {
             let y = if ctx.train {
                 crop::forward(g, &x, n, &mut ctx.masks)

@@ -85,10 +85,20 @@ pub fn pad_planes(x: &[f32], c: usize, h: usize, w: usize, p: usize, out: &mut [
 }
 
 /// Whether [`input_grad_sample`] serves this geometry: stride 1, one block of the summed
-/// output channels (as the unfolded product sums them), and rows of at least 16 pixels (on
-/// 8×8 planes the unfolded product and fold measured 10% faster).
+/// output channels (as the unfolded product sums them), rows of at least 16 pixels (on 8×8
+/// planes the unfolded product and fold measured 10% faster) and a tile's worth of input
+/// channels (one input channel left two thirds of each tile idle: 2–3 times slower).
 pub fn folds(g: &ConvGeom) -> bool {
-    g.stride == 1 && g.cout <= KC && g.pad < g.k && g.w >= 16
+    g.stride == 1 && g.cout <= KC && g.pad < g.k && g.w >= 16 && g.cin >= DX_ROWS
+}
+
+/// Whether [`forward_sample`] pays on this geometry: each strip of 16 output pixels is one
+/// run along an output row (ow a multiple of 16), or the unfolding is a strided gather
+/// anyway (stride > 1). Elsewhere (one thread, 128 samples) building the strips from pieces of
+/// rows measured 5–30% slower than unfolding whole rows (e.g. 16 channels at 14×14: 2.8
+/// against 2.2 ms), and at 32×32 the implicit product was 1.6× faster (10.8 against 16.8 ms).
+pub fn forward_pays(g: &ConvGeom) -> bool {
+    g.stride > 1 || g.ow % 16 == 0
 }
 
 /// One sample's forward product added to `out` [cout, oh·ow] (the bias, or zeros): W·cols,

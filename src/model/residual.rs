@@ -5,6 +5,7 @@
 //! statistics.
 
 use super::graph::{backward_seq, forward_seq, Ctx, Layer, Node, Saved, Sink};
+use rayon::prelude::*;
 use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -14,6 +15,8 @@ pub struct Residual {
     pub shortcut: Vec<Node>,
 }
 
+/// body(x) + shortcut(x), then the activation of slope `act` if one follows (in the same
+/// pass over memory: [`super::activation::apply`] on each sum).
 pub fn forward(
     r: &Residual,
     layers: &[Layer],
@@ -21,6 +24,7 @@ pub fn forward(
     n: usize,
     ctx: &mut Ctx<'_>,
     keep: bool,
+    act: Option<f32>,
 ) -> (Arc<Vec<f32>>, Saved) {
     let (b, sb) = forward_seq(&r.body, layers, x.clone(), n, ctx, keep);
     let (s, ss) = if r.shortcut.is_empty() {
@@ -29,9 +33,13 @@ pub fn forward(
         forward_seq(&r.shortcut, layers, x, n, ctx, keep)
     };
     let mut y = Arc::try_unwrap(b).unwrap_or_else(|a| (*a).clone());
-    for (o, v) in y.iter_mut().zip(s.iter()) {
-        *o += v;
-    }
+    y.par_chunks_mut(PAR)
+        .zip(s.par_chunks(PAR))
+        .for_each(|(y, s)| match act {
+            None => add(y, s),
+            Some(0.0) => add_act(y, s, 0.0),
+            Some(slope) => add_act(y, s, slope),
+        });
     let saved = if keep {
         Saved::Residual {
             body: sb,
@@ -54,23 +62,44 @@ pub fn backward(
     need_dx: bool,
     sink: &mut Sink<'_>,
 ) -> Vec<f32> {
+    // the body consumes dy: the shortcut's copy made in parallel
+    let copy = |dy: &Vec<f32>| -> Vec<f32> { dy.par_iter().copied().collect() };
     let dxs = if r.shortcut.is_empty() {
         if need_dx {
-            dy.clone()
+            copy(&dy)
         } else {
             Vec::new()
         }
     } else {
-        backward_seq(&r.shortcut, layers, shortcut, dy.clone(), n, need_dx, sink)
+        backward_seq(&r.shortcut, layers, shortcut, copy(&dy), n, need_dx, sink)
     };
     let mut dx = backward_seq(&r.body, layers, body, dy, n, need_dx, sink);
     if !need_dx {
         return Vec::new();
     }
-    for (d, s) in dx.iter_mut().zip(&dxs) {
-        *d += s;
-    }
+    dx.par_chunks_mut(PAR)
+        .zip(dxs.par_chunks(PAR))
+        .for_each(|(d, s)| add(d, s));
     dx
+}
+
+/// Elements per parallel piece of the adds.
+const PAR: usize = 1 << 14;
+
+/// y += s.
+#[inline(always)]
+fn add(y: &mut [f32], s: &[f32]) {
+    for (o, v) in y.iter_mut().zip(s) {
+        *o += v;
+    }
+}
+
+/// y = act(y + s).
+#[inline(always)]
+fn add_act(y: &mut [f32], s: &[f32], slope: f32) {
+    for (o, v) in y.iter_mut().zip(s) {
+        *o = super::activation::apply(slope, *o + v);
+    }
 }
 
 #[cfg(test)]
