@@ -9,6 +9,9 @@
 use super::moments::Moments;
 use rayon::prelude::*;
 
+/// An output element a pass writes before anything reads it.
+type Uninit = std::mem::MaybeUninit<f32>;
+
 /// Geometry and settings of a batch-norm layer.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BnGeom {
@@ -186,7 +189,7 @@ mod x86 {
     #[target_feature(enable = "avx2")]
     pub unsafe fn affine_avx2(
         xs: &[f32],
-        ys: &mut [f32],
+        ys: &mut [super::Uninit],
         a: &[f32],
         b: &[f32],
         hw: usize,
@@ -203,7 +206,7 @@ mod x86 {
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2")]
     pub unsafe fn dx_sample_avx2(
-        d: &mut [f32],
+        d: &mut [super::Uninit],
         gs: &[f32],
         xs: &[f32],
         hw: usize,
@@ -330,21 +333,24 @@ pub fn forward(
     let b: Vec<f32> = (0..c)
         .map(|ch| (beta[ch] as f64 - st.mean[ch] * gamma[ch] as f64 * st.inv[ch]) as f32)
         .collect();
-    super::gemm::par_zeroed(n * c * hw, c * hw, |i, ys| {
-        let xs = &x[i * c * hw..(i + 1) * c * hw];
-        #[cfg(target_arch = "x86_64")]
-        if super::gemm::has_avx2() {
-            // SAFETY: AVX2 is present
-            return unsafe { x86::affine_avx2(xs, ys, &a, &b, hw, act) };
-        }
-        affine(xs, ys, &a, &b, hw, act);
-    })
+    // SAFETY: `affine` writes every element of its chunk
+    unsafe {
+        super::gemm::par_written(n * c * hw, c * hw, |i, ys| {
+            let xs = &x[i * c * hw..(i + 1) * c * hw];
+            #[cfg(target_arch = "x86_64")]
+            if super::gemm::has_avx2() {
+                // SAFETY: AVX2 is present
+                return x86::affine_avx2(xs, ys, &a, &b, hw, act);
+            }
+            affine(xs, ys, &a, &b, hw, act);
+        })
+    }
 }
 
 /// y = x·a + b per channel of one sample (a multiply, then an add: no fused multiply-add),
 /// then the activation of slope `act` if any.
 #[inline(always)]
-fn affine(xs: &[f32], ys: &mut [f32], a: &[f32], b: &[f32], hw: usize, act: Option<f32>) {
+fn affine(xs: &[f32], ys: &mut [Uninit], a: &[f32], b: &[f32], hw: usize, act: Option<f32>) {
     for ((y, x), (a, b)) in ys
         .chunks_exact_mut(hw)
         .zip(xs.chunks_exact(hw))
@@ -353,17 +359,17 @@ fn affine(xs: &[f32], ys: &mut [f32], a: &[f32], b: &[f32], hw: usize, act: Opti
         match act {
             None => {
                 for (o, v) in y.iter_mut().zip(x) {
-                    *o = v * a + b;
+                    o.write(v * a + b);
                 }
             }
             Some(0.0) => {
                 for (o, v) in y.iter_mut().zip(x) {
-                    *o = super::activation::apply(0.0, v * a + b);
+                    o.write(super::activation::apply(0.0, v * a + b));
                 }
             }
             Some(slope) => {
                 for (o, v) in y.iter_mut().zip(x) {
-                    *o = super::activation::apply(slope, v * a + b);
+                    o.write(super::activation::apply(slope, v * a + b));
                 }
             }
         }
@@ -375,7 +381,7 @@ fn affine(xs: &[f32], ys: &mut [f32], a: &[f32], b: &[f32], hw: usize, act: Opti
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn dx_sample(
-    d: &mut [f32],
+    d: &mut [Uninit],
     gs: &[f32],
     xs: &[f32],
     hw: usize,
@@ -394,7 +400,7 @@ fn dx_sample(
         let (mu, inv, my, mx) = (st.mean[ch], st.inv[ch], mdy[ch], mdyx[ch]);
         for ((o, gv), xv) in d.iter_mut().zip(gs).zip(xs) {
             let xh = (*xv as f64 - mu) * inv;
-            *o = (a * (*gv as f64 - my - xh * mx)) as f32;
+            o.write((a * (*gv as f64 - my - xh * mx)) as f32);
         }
     }
 }
@@ -545,16 +551,19 @@ pub fn input_grad(
     } else {
         (vec![0f64; c], vec![0f64; c])
     };
-    super::gemm::par_zeroed(n * c * hw, c * hw, |i, d| {
-        let r = i * c * hw..(i + 1) * c * hw;
-        let (gs, xs) = (&dy[r.clone()], &x[r]);
-        #[cfg(target_arch = "x86_64")]
-        if super::gemm::has_avx2() {
-            // SAFETY: AVX2 is present
-            return unsafe { x86::dx_sample_avx2(d, gs, xs, hw, gamma, st, &mdy, &mdyx) };
-        }
-        dx_sample(d, gs, xs, hw, gamma, st, &mdy, &mdyx);
-    })
+    // SAFETY: `dx_sample` writes every element of its chunk
+    unsafe {
+        super::gemm::par_written(n * c * hw, c * hw, |i, d| {
+            let r = i * c * hw..(i + 1) * c * hw;
+            let (gs, xs) = (&dy[r.clone()], &x[r]);
+            #[cfg(target_arch = "x86_64")]
+            if super::gemm::has_avx2() {
+                // SAFETY: AVX2 is present
+                return x86::dx_sample_avx2(d, gs, xs, hw, gamma, st, &mdy, &mdyx);
+            }
+            dx_sample(d, gs, xs, hw, gamma, st, &mdy, &mdyx);
+        })
+    }
 }
 
 /// Moments of one sample's (dγ, dβ), from its output gradient and input (evaluation mode).
@@ -583,19 +592,25 @@ mod tests {
         for (c, hw) in [(5, 37), (16, 64), (3, 1)] {
             let (xs, gs) = (vals(c * hw, 1), vals(c * hw, 2));
             let (a, b) = (vals(c, 3), vals(c, 4));
-            let (mut y0, mut y1) = (vec![0f32; c * hw], vec![0f32; c * hw]);
+            let init = |v: &mut Vec<Uninit>| -> Vec<f32> {
+                // SAFETY: every element was written by the pass just run
+                v.iter().map(|e| unsafe { e.assume_init() }).collect()
+            };
+            let blank = || vec![Uninit::new(f32::NAN); c * hw];
+            let (mut y0, mut y1) = (blank(), blank());
             for act in [None, Some(0.0), Some(0.1)] {
                 affine(&xs, &mut y0, &a, &b, hw, act);
                 // SAFETY: AVX2 is present
                 unsafe { x86::affine_avx2(&xs, &mut y1, &a, &b, hw, act) };
-                assert_eq!(bits(&y0), bits(&y1));
+                assert_eq!(bits(&init(&mut y0)), bits(&init(&mut y1)));
                 // and the fused activation is the activation's own pass
-                let mut y2 = vec![0f32; c * hw];
+                let mut y2 = blank();
                 affine(&xs, &mut y2, &a, &b, hw, None);
+                let mut y2 = init(&mut y2);
                 if let Some(s) = act {
                     crate::model::activation::forward(s, &mut y2);
                 }
-                assert_eq!(bits(&y0), bits(&y2));
+                assert_eq!(bits(&init(&mut y0)), bits(&y2));
             }
             let st = BnStats {
                 mean: (0..c).map(|i| i as f64 * 0.37 - 0.5).collect(),
@@ -609,7 +624,7 @@ mod tests {
             dx_sample(&mut y0, &gs, &xs, hw, &a, &st, &my, &mx);
             // SAFETY: AVX2 is present
             unsafe { x86::dx_sample_avx2(&mut y1, &gs, &xs, hw, &a, &st, &my, &mx) };
-            assert_eq!(bits(&y0), bits(&y1));
+            assert_eq!(bits(&init(&mut y0)), bits(&init(&mut y1)));
         }
     }
 

@@ -499,16 +499,22 @@ pub fn input_grad(g: &ConvGeom, wgt: &[f32], dy: &[f32], n: usize) -> Vec<f32> {
 fn input_grad_by(g: &ConvGeom, wgt: &[f32], dy: &[f32], n: usize, implicit: bool) -> Vec<f32> {
     let (il, ol, cl, ohw) = (g.in_len(), g.out_len(), g.cols_len(), g.ohw());
     let packed = implicit.then(|| implicit::dx_weights(g, wgt));
+    if let Some(wp) = &packed {
+        // SAFETY: `input_grad_sample` writes every element of each sample's dx
+        return unsafe {
+            super::gemm::par_written(n * il, CHUNK * il, |i, dxs| {
+                let dys = &dy[i * CHUNK * ol..];
+                with_cols(implicit::dy_padded_len(g), |dyp| {
+                    for s in 0..dxs.len() / il {
+                        implicit::pad_dy(g, &dys[s * ol..(s + 1) * ol], dyp);
+                        implicit::input_grad_sample(g, wp, dyp, &mut dxs[s * il..(s + 1) * il]);
+                    }
+                })
+            })
+        };
+    }
     par_zeroed(n * il, CHUNK * il, |i, dxs| {
         let dys = &dy[i * CHUNK * ol..];
-        if let Some(wp) = &packed {
-            return with_cols(implicit::dy_padded_len(g), |dyp| {
-                for s in 0..dxs.len() / il {
-                    implicit::pad_dy(g, &dys[s * ol..(s + 1) * ol], dyp);
-                    implicit::input_grad_sample(g, wp, dyp, &mut dxs[s * il..(s + 1) * il]);
-                }
-            });
-        }
         with_cols(cl, |dcols| {
             for s in 0..dxs.len() / il {
                 gemm(

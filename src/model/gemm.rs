@@ -52,6 +52,29 @@ pub fn par_zeroed<T: Default + Copy + Send + Sync>(
     v
 }
 
+/// [`par_zeroed`] for a `f` that writes every element of its chunk: no zeroing first (the
+/// zeroing of a batch norm's or an input gradient's output, which the pass then overwrites,
+/// cost a memset of every activation).
+///
+/// # Safety
+/// `f` must initialise every element of the chunk it is given.
+pub unsafe fn par_written<T: Send + Sync>(
+    len: usize,
+    chunk: usize,
+    f: impl Fn(usize, &mut [std::mem::MaybeUninit<T>]) + Sync + Send,
+) -> Vec<T> {
+    use rayon::prelude::*;
+    let mut v: Vec<T> = Vec::with_capacity(len);
+    v.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(i, c)| f(i, c));
+    // SAFETY: the chunks cover the first `len` elements, each written by `f` (the caller's
+    // promise)
+    unsafe { v.set_len(len) };
+    v
+}
+
 /// Whether the CPU has AVX2 (detected once): the f64 lanes of batch norm's sums and of the
 /// moments use it.
 #[cfg(target_arch = "x86_64")]

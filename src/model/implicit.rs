@@ -162,7 +162,7 @@ pub fn dx_weights(g: &ConvGeom, wgt: &[f32]) -> DxWeights {
     DxWeights { data }
 }
 
-/// One sample's input gradient into `dx` [cin, h, w]: col2im(Wᵀ·dy), from the output
+/// One sample's input gradient into `dx` [cin, h, w] (every element written): col2im(Wᵀ·dy), from the output
 /// gradient padded by [`pad_dy`], bit for bit the unfolded product and fold ([`folds`]
 /// geometries only): per input pixel and channel one total from +0, to which each kernel
 /// offset's chain of fused multiply-adds over the output channels (from +0) is added in
@@ -171,7 +171,12 @@ pub fn dx_weights(g: &ConvGeom, wgt: &[f32]) -> DxWeights {
 /// # Panics
 /// If the geometry does not fold, the slices are shorter than it needs, or AVX2 and FMA are
 /// absent.
-pub fn input_grad_sample(g: &ConvGeom, wp: &DxWeights, dyp: &[f32], dx: &mut [f32]) {
+pub fn input_grad_sample(
+    g: &ConvGeom,
+    wp: &DxWeights,
+    dyp: &[f32],
+    dx: &mut [std::mem::MaybeUninit<f32>],
+) {
     assert!(folds(g), "stride 1 and at most {KC} output channels");
     assert!(
         wp.data.len() >= g.cin.div_ceil(DX_ROWS) * g.k * g.k * g.cout * DX_ROWS,
@@ -182,7 +187,7 @@ pub fn input_grad_sample(g: &ConvGeom, wp: &DxWeights, dyp: &[f32], dx: &mut [f3
     #[cfg(target_arch = "x86_64")]
     if x86::present() {
         // SAFETY: AVX2 and FMA are present; the slices hold what the geometry reaches
-        unsafe { x86::input_grad(g, wp.data.as_ptr(), dyp.as_ptr(), dx.as_mut_ptr()) };
+        unsafe { x86::input_grad(g, wp.data.as_ptr(), dyp.as_ptr(), dx.as_mut_ptr().cast()) };
         return;
     }
     panic!("the implicit conv kernels need AVX2 with FMA");
@@ -209,8 +214,25 @@ pub fn weight_grad_sample(g: &ConvGeom, xp: &[f32], dyt: &[f32], c: &mut [f32]) 
     panic!("the implicit conv kernels need AVX2 with FMA");
 }
 
-/// `t` [cols, rows] = `m` [rows, cols] transposed.
+/// `t` [cols, rows] = `m` [rows, cols] transposed (8 × 8 blocks in registers on AVX2).
 pub fn transpose(m: &[f32], rows: usize, cols: usize, t: &mut [f32]) {
+    assert!(
+        m.len() >= rows * cols && t.len() >= rows * cols,
+        "transpose"
+    );
+    let (r8, c8) = (rows / 8 * 8, cols / 8 * 8);
+    #[cfg(target_arch = "x86_64")]
+    if x86::present() {
+        // SAFETY: AVX2 is present; the blocks lie inside both matrices (asserted)
+        unsafe { x86::transpose8(m.as_ptr(), rows, cols, r8, c8, t.as_mut_ptr()) };
+        // the rows below r8 and the columns right of c8
+        for r in 0..rows {
+            for c in if r < r8 { c8 } else { 0 }..cols {
+                t[c * rows + r] = m[r * cols + c];
+            }
+        }
+        return;
+    }
     const B: usize = 16;
     for r0 in (0..rows).step_by(B) {
         for c0 in (0..cols).step_by(B) {
@@ -234,6 +256,28 @@ mod x86 {
 
     pub fn present() -> bool {
         is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+
+    /// The 8 × 8 blocks of `m` [rows, cols] above r8 and left of c8, transposed into `t`.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn transpose8(
+        m: *const f32,
+        rows: usize,
+        cols: usize,
+        r8: usize,
+        c8: usize,
+        t: *mut f32,
+    ) {
+        for r0 in (0..r8).step_by(8) {
+            for c0 in (0..c8).step_by(8) {
+                let v = crate::model::lanes::x86::transpose8_regs(std::array::from_fn(|i| {
+                    _mm256_loadu_ps(m.add((r0 + i) * cols + c0))
+                }));
+                for (j, v) in v.iter().enumerate() {
+                    _mm256_storeu_ps(t.add((c0 + j) * rows + r0), *v);
+                }
+            }
+        }
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -516,6 +560,28 @@ mod x86 {
                     } else {
                         _mm256_maskstore_ps(cp.add(8 * h), self.masks[h], v);
                     }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The transpose moves every element where it belongs, blocks of 8 and the edges.
+    #[test]
+    fn transpose_is_the_definition() {
+        for (rows, cols) in [(1, 1), (8, 8), (13, 21), (16, 40), (27, 16), (3, 9)] {
+            let m: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            let mut t = vec![f32::NAN; rows * cols];
+            super::transpose(&m, rows, cols, &mut t);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(
+                        t[c * rows + r],
+                        m[r * cols + c],
+                        "{rows}×{cols} at {r}, {c}"
+                    );
                 }
             }
         }
