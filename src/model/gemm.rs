@@ -402,6 +402,36 @@ pub mod avx2 {
     /// 16 ymm registers.
     pub const MR: usize = 6;
 
+    /// The lane masks of the first `w` of 16 columns, as two registers of 8.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub fn masks16(w: usize) -> [__m256i; 2] {
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let w = w as i32;
+        [
+            _mm256_cmpgt_epi32(_mm256_set1_epi32(w), lanes),
+            _mm256_cmpgt_epi32(_mm256_set1_epi32(w - 8), lanes),
+        ]
+    }
+
+    /// Half `h` (columns 8h..8h + 8) of 16 columns from `p` on: all of them when FULL, else
+    /// those of `masks` (the others read as 0, and not at all).
+    ///
+    /// # Safety
+    /// AVX2 must be available and the columns read must lie in memory `p` may reach.
+    #[inline(always)]
+    pub unsafe fn load16<const FULL: bool>(
+        p: *const f32,
+        h: usize,
+        masks: &[__m256i; 2],
+    ) -> __m256 {
+        if FULL {
+            _mm256_loadu_ps(p.add(8 * h))
+        } else {
+            _mm256_maskload_ps(p.add(8 * h), masks[h])
+        }
+    }
+
     /// Whether the CPU has AVX2 and FMA (detected once; `METACLF_NO_AVX2_GEMM` set in the
     /// environment leaves the products to matrixmultiply, for comparisons).
     pub fn available() -> bool {
@@ -464,7 +494,6 @@ pub mod avx2 {
         c: *mut f32,
         rsc: usize,
     ) {
-        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         // one strip of B (kc × 16), copied when many row blocks read it (the input
         // gradient's Wᵀ · dy, ckk rows): in place its rows are rsb apart, often a multiple
         // of 1 or 4 KiB, so that they share a few cache sets and left the first level cache
@@ -474,11 +503,8 @@ pub mod avx2 {
         for k0 in (0..k).step_by(KC) {
             let kc = (k - k0).min(KC);
             for j0 in (0..n).step_by(16) {
-                let w = (n - j0).min(16) as i32;
-                let masks = [
-                    _mm256_cmpgt_epi32(_mm256_set1_epi32(w), lanes),
-                    _mm256_cmpgt_epi32(_mm256_set1_epi32(w - 8), lanes),
-                ];
+                let w = (n - j0).min(16);
+                let masks = masks16(w);
                 let (mut bs, mut rsbs) = (b.add(k0 * rsb + j0), rsb);
                 if m >= 8 * MR {
                     let sp = strip.as_mut_ptr();
@@ -486,9 +512,9 @@ pub mod avx2 {
                         let row = bs.add(kk * rsb);
                         for h in 0..2 {
                             let v = if w == 16 {
-                                _mm256_loadu_ps(row.add(8 * h))
+                                load16::<true>(row, h, &masks)
                             } else {
-                                _mm256_maskload_ps(row.add(8 * h), masks[h])
+                                load16::<false>(row, h, &masks)
                             };
                             _mm256_storeu_ps(sp.add(kk * 16 + 8 * h), v);
                         }
@@ -506,7 +532,7 @@ pub mod avx2 {
                     k0 == 0,
                     c.add(j0),
                     rsc,
-                    w as usize,
+                    w,
                 );
             }
         }
@@ -533,12 +559,7 @@ pub mod avx2 {
         rsc: usize,
         w: usize,
     ) {
-        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        let w = w as i32;
-        let masks = [
-            _mm256_cmpgt_epi32(_mm256_set1_epi32(w), lanes),
-            _mm256_cmpgt_epi32(_mm256_set1_epi32(w - 8), lanes),
-        ];
+        let masks = masks16(w);
         let arow: [usize; MR] = std::array::from_fn(|r| r * rsa);
         for i0 in (0..m).step_by(MR) {
             let t = Tile {
@@ -590,11 +611,7 @@ pub mod avx2 {
     impl Tile {
         #[inline(always)]
         unsafe fn load<const FULL: bool>(&self, p: *const f32, h: usize) -> __m256 {
-            if FULL {
-                _mm256_loadu_ps(p.add(8 * h))
-            } else {
-                _mm256_maskload_ps(p.add(8 * h), self.masks[h])
-            }
+            load16::<FULL>(p, h, &self.masks)
         }
 
         #[inline]

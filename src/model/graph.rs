@@ -266,21 +266,19 @@ pub fn forward_seq(
     let mut saved = Vec::with_capacity(if keep { nodes.len() } else { 0 });
     let mut i = 0;
     while i < nodes.len() {
-        // a batch norm and the activation after it in one pass over memory (the same
-        // operations on the same values); each node saves what it saved alone
-        if let (Node::Bn { g, p }, Some(Node::Act { slope })) = (&nodes[i], nodes.get(i + 1)) {
-            let (y, s) = bn_forward(g, &layers[*p], cur, n, ctx, keep, Some(*slope));
-            if keep {
-                saved.push(s);
-                saved.push(Saved::Output(y.clone()));
-            }
-            cur = y;
-            i += 2;
-            continue;
-        }
-        // likewise the sum of a residual block and its activation
-        if let (Node::Residual(r), Some(Node::Act { slope })) = (&nodes[i], nodes.get(i + 1)) {
-            let (y, s) = residual::forward(r, layers, cur, n, ctx, keep, Some(*slope));
+        // a batch norm or a residual sum and the activation after it in one pass over
+        // memory (the same operations on the same values); each node saves what it saved
+        // alone
+        let fused = match (&nodes[i], nodes.get(i + 1)) {
+            (Node::Bn { .. } | Node::Residual(_), Some(Node::Act { slope })) => Some(*slope),
+            _ => None,
+        };
+        if fused.is_some() {
+            let (y, s) = match &nodes[i] {
+                Node::Bn { g, p } => bn_forward(g, &layers[*p], cur, n, ctx, keep, fused),
+                Node::Residual(r) => residual::forward(r, layers, cur, n, ctx, keep, fused),
+                _ => unreachable!("only batch norms and residual sums take the activation"),
+            };
             if keep {
                 saved.push(s);
                 saved.push(Saved::Output(y.clone()));

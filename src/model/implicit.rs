@@ -248,6 +248,7 @@ pub fn transpose(m: &[f32], rows: usize, cols: usize, t: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::*;
+    use crate::model::gemm::avx2::{load16, masks16};
     use std::arch::x86_64::*;
 
     /// Rows of a tile (unfolded rows): 6 × 2 accumulators, 2 registers of the output
@@ -287,7 +288,6 @@ mod x86 {
         let rows = g.row_offsets();
         let mut strip = [0f32; KC * 16 + 8];
         let sp = strip.as_mut_ptr();
-        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         for p0 in (0..ohw).step_by(16) {
             let w = (ohw - p0).min(16);
             // the padded sample's offsets of the 16 pixels (the last repeated past w)
@@ -305,7 +305,7 @@ mod x86 {
                 while j + len < w && len < 8 && pos[j + len] == pos[j] + len {
                     len += 1;
                 }
-                let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(len as i32), lanes);
+                let mask = masks16(len)[0];
                 pieces[np] = (j, pos[j], mask);
                 np += 1;
                 j += len;
@@ -356,7 +356,6 @@ mod x86 {
     pub unsafe fn input_grad(g: &ConvGeom, wp: *const f32, dyp: *const f32, dx: *mut f32) {
         let (cin, w) = (g.cin, g.w);
         let r = DX_ROWS;
-        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         let panel = g.k * g.k * g.cout * r;
         let (hd, wd) = (g.h + g.k - 1, g.w + g.k - 1);
         for (t, c0) in (0..cin).step_by(r).enumerate() {
@@ -368,10 +367,7 @@ mod x86 {
                         a: wp.add(t * panel),
                         rows: (cin - c0).min(r),
                         width,
-                        masks: [
-                            _mm256_cmpgt_epi32(_mm256_set1_epi32(width as i32), lanes),
-                            _mm256_cmpgt_epi32(_mm256_set1_epi32(width as i32 - 8), lanes),
-                        ],
+                        masks: masks16(width),
                     };
                     let b = dyp.add((qy + g.k - 1) * wd + qx0 + g.k - 1);
                     let o = dx.add(c0 * g.h * w + qy * w + qx0);
@@ -401,11 +397,7 @@ mod x86 {
     impl DxTile<'_> {
         #[inline(always)]
         unsafe fn load<const FULL: bool>(&self, p: *const f32, h: usize) -> __m256 {
-            if FULL {
-                _mm256_loadu_ps(p.add(8 * h))
-            } else {
-                _mm256_maskload_ps(p.add(8 * h), self.masks[h])
-            }
+            load16::<FULL>(p, h, &self.masks)
         }
 
         /// `b`: the padded output gradient at the tile's first pixel shifted by (k − 1,
@@ -468,21 +460,17 @@ mod x86 {
     pub unsafe fn weight_grad(g: &ConvGeom, xp: *const f32, dyt: *const f32, c: *mut f32) {
         let (ckk, co, ohw) = (g.ckk(), g.cout, g.ohw());
         let rows = g.row_offsets();
-        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         for k0 in (0..ohw).step_by(KC) {
             let k1 = (k0 + KC).min(ohw);
             for j0 in (0..co).step_by(16) {
-                let w = (co - j0).min(16) as i32;
+                let w = (co - j0).min(16);
                 let t = WTile {
                     g,
                     xp,
                     k0,
                     k1,
                     b: dyt.add(j0),
-                    masks: [
-                        _mm256_cmpgt_epi32(_mm256_set1_epi32(w), lanes),
-                        _mm256_cmpgt_epi32(_mm256_set1_epi32(w - 8), lanes),
-                    ],
+                    masks: masks16(w),
                 };
                 for i0 in (0..ckk).step_by(MR) {
                     let r = (ckk - i0).min(MR);
@@ -518,11 +506,7 @@ mod x86 {
     impl WTile<'_> {
         #[inline(always)]
         unsafe fn load<const FULL: bool>(&self, p: *const f32, h: usize) -> __m256 {
-            if FULL {
-                _mm256_loadu_ps(p.add(8 * h))
-            } else {
-                _mm256_maskload_ps(p.add(8 * h), self.masks[h])
-            }
+            load16::<FULL>(p, h, &self.masks)
         }
 
         #[inline]
