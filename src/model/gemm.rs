@@ -403,6 +403,9 @@ pub mod avx2 {
     pub const MR: usize = 6;
 
     /// The lane masks of the first `w` of 16 columns, as two registers of 8.
+    ///
+    /// # Safety
+    /// AVX2 must be available.
     #[inline]
     #[target_feature(enable = "avx2")]
     pub fn masks16(w: usize) -> [__m256i; 2] {
