@@ -8,7 +8,8 @@
 //! summed pixel axis. matrixmultiply packs both of them into panels on every call (29% of the
 //! gradient metrics' time at 2×64×64), and the output was then written interleaved for the
 //! moments ([`super::moments::Moments::of_lanes`]) anyway; training's summed weight gradient
-//! is the same product per sample, added over the batch. Here no operand is packed: the
+//! is the same product per sample, added over the batch (it runs here only where the implicit
+//! kernel, [`super::implicit`], is turned off). Here no operand is packed: the
 //! input is interleaved once per group ([`Scratch`]), unfolded into interleaved rows one block
 //! of pixels at a time (a block fits in L2), and the products run in register tiles of
 //! RI output channels × RJ unfolded rows.
