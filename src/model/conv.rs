@@ -395,10 +395,18 @@ enum WgBy {
     Implicit,
 }
 
-/// [`weight_grad`] by the lane kernel or by matrixmultiply.
+/// [`weight_grad`] by the kernel `by`.
 fn weight_grad_by(g: &ConvGeom, dy: &[f32], x: &[f32], n: usize, by: WgBy) -> (Vec<f32>, Vec<f32>) {
     let (il, ol, cl, wl, ohw) = (g.in_len(), g.out_len(), g.cols_len(), g.weights(), g.ohw());
     let nb = if g.bias { g.cout } else { 0 };
+    // one sample's bias gradient (its output gradient's row sums) added to a partial's
+    let add_bias = |acc: &mut [f32], ds: &[f32]| {
+        if g.bias {
+            for (a, r) in acc[wl..].iter_mut().zip(row_sums(ds, g.cout, ohw)) {
+                *a += r;
+            }
+        }
+    };
     let partials: Vec<Vec<f32>> = dy[..n * ol]
         .par_chunks(CHUNK * ol)
         .zip(x.par_chunks(CHUNK * il))
@@ -416,11 +424,7 @@ fn weight_grad_by(g: &ConvGeom, dy: &[f32], x: &[f32], n: usize, by: WgBy) -> (V
                         g.pad_into(&xs[s * il..(s + 1) * il], xp);
                         implicit::transpose(ds, co, ohw, dyt);
                         implicit::weight_grad_sample(g, xp, dyt, acc_t);
-                        if g.bias {
-                            for (a, r) in acc[wl..].iter_mut().zip(row_sums(ds, co, ohw)) {
-                                *a += r;
-                            }
-                        }
+                        add_bias(&mut acc, ds);
                     }
                     implicit::transpose(acc_t, ckk, co, &mut acc[..wl]);
                 });
@@ -468,11 +472,7 @@ fn weight_grad_by(g: &ConvGeom, dy: &[f32], x: &[f32], n: usize, by: WgBy) -> (V
                         &mut acc[..wl],
                         g.ckk(),
                     );
-                    if g.bias {
-                        for (a, r) in acc[wl..].iter_mut().zip(row_sums(ds, g.cout, ohw)) {
-                            *a += r;
-                        }
-                    }
+                    add_bias(&mut acc, ds);
                 }
             });
             acc
@@ -667,6 +667,18 @@ mod tests {
         ]
     }
 
+    /// [`geoms`] and larger ones for the kernels' tiles and blocks: pixel counts across
+    /// matrixmultiply's blocks of 256, more than 16 output channels (a full and a masked
+    /// column tile), stride 2 over rows that blocks of 256 pixels cut, a strided 1×1.
+    fn wide_geoms() -> Vec<ConvGeom> {
+        let mut gs = geoms();
+        gs.push(ConvGeom::new(2, 5, 3, 1, 1, 23, 17, true));
+        gs.push(ConvGeom::new(3, 20, 3, 1, 1, 11, 9, false));
+        gs.push(ConvGeom::new(2, 33, 3, 2, 1, 41, 37, false));
+        gs.push(ConvGeom::new(4, 16, 1, 2, 0, 9, 9, false));
+        gs
+    }
+
     #[test]
     fn conv_matches_direct_definition() {
         for g in geoms() {
@@ -768,15 +780,8 @@ mod tests {
         if !lanes::available() {
             return;
         }
-        let mut gs = geoms();
-        // pixel counts across matrixmultiply's blocks of 256 (2 and 5 blocks)
-        gs.push(ConvGeom::new(2, 5, 3, 1, 1, 23, 17, true));
+        let mut gs = wide_geoms();
         gs.push(ConvGeom::new(1, 7, 3, 1, 1, 40, 30, true));
-        // more than 16 output channels (a full and a masked column tile), stride 2 over
-        // rows that blocks of 256 pixels cut
-        gs.push(ConvGeom::new(3, 20, 3, 1, 1, 11, 9, false));
-        gs.push(ConvGeom::new(2, 33, 3, 2, 1, 41, 37, false));
-        gs.push(ConvGeom::new(4, 16, 1, 2, 0, 9, 9, false));
         for g in gs {
             for n in [1, 8, 13] {
                 let dy: Vec<f32> = (0..n * g.out_len())
@@ -802,11 +807,7 @@ mod tests {
         if !implicit::available() {
             return;
         }
-        let mut gs = geoms();
-        gs.push(ConvGeom::new(2, 5, 3, 1, 1, 23, 17, true));
-        gs.push(ConvGeom::new(3, 20, 3, 1, 1, 11, 9, false));
-        gs.push(ConvGeom::new(2, 33, 3, 2, 1, 41, 37, false));
-        gs.push(ConvGeom::new(4, 16, 1, 2, 0, 9, 9, false));
+        let mut gs = wide_geoms();
         gs.push(ConvGeom::new(40, 70, 3, 1, 1, 8, 8, false));
         gs.push(ConvGeom::new(16, 16, 3, 1, 1, 32, 32, false));
         gs.push(ConvGeom::new(5, 7, 5, 1, 0, 19, 21, true));

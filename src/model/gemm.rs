@@ -33,23 +33,18 @@ pub fn par_zeroed<T: Default + Copy + Send + Sync>(
     chunk: usize,
     f: impl Fn(usize, &mut [T]) + Sync + Send,
 ) -> Vec<T> {
-    use rayon::prelude::*;
     use std::mem::MaybeUninit;
-    let mut v: Vec<T> = Vec::with_capacity(len);
-    v.spare_capacity_mut()[..len]
-        .par_chunks_mut(chunk.max(1))
-        .enumerate()
-        .for_each(|(i, c)| {
+    // SAFETY: every element of each chunk is written (zeroed) before `f` sees it
+    unsafe {
+        par_written(len, chunk, |i, c| {
             for e in c.iter_mut() {
                 e.write(T::default());
             }
             // SAFETY: every element of `c` was written just above
-            let c = unsafe { &mut *(c as *mut [MaybeUninit<T>] as *mut [T]) };
+            let c = &mut *(c as *mut [MaybeUninit<T>] as *mut [T]);
             f(i, c);
-        });
-    // SAFETY: the chunks cover the first `len` elements, each written above
-    unsafe { v.set_len(len) };
-    v
+        })
+    }
 }
 
 /// [`par_zeroed`] for a `f` that writes every element of its chunk: no zeroing first (the
@@ -82,6 +77,25 @@ pub fn has_avx2() -> bool {
     use std::sync::OnceLock;
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| is_x86_feature_detected!("avx2"))
+}
+
+/// Whether the CPU has AVX2 and FMA (detected once; false off x86-64): what the own AVX2
+/// kernel, the lane kernel and the implicit conv kernels need.
+pub fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static ON: OnceLock<bool> = OnceLock::new();
+        *ON.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// A kernel's switch: AVX2 with FMA present and `off` not set in the environment (which
+/// turns the kernel off, for comparisons), decided once into `cell`.
+pub fn switched_on(cell: &std::sync::OnceLock<bool>, off: &str) -> bool {
+    *cell.get_or_init(|| std::env::var_os(off).is_none() && has_avx2_fma())
 }
 
 /// matrixmultiply's block of the summed dimension for f32 (its `S_KC`): every entry of C
@@ -388,9 +402,9 @@ pub mod avx2 {
     //! The kernel for CPUs with AVX2 and FMA but not AVX-512: C tiles of up to [`MR`] rows ×
     //! 16 columns, two ymm accumulators per row; per k, two (masked) loads of B's row segment
     //! and one broadcast and two FMAs per row of A. The column tiles run outermost, so one
-    //! strip of B (k × 16) serves every block of rows while it is in cache; A is read in
-    //! place when its columns are contiguous (the conv input gradient's Wᵀ), else packed once
-    //! per call into panels of [k][MR]. matrixmultiply packed both operands on every call
+    //! strip of B (k × 16) serves every block of rows while it is in cache (copied where many
+    //! row blocks read it); A is read in place, a tile's rows at fixed offsets from one
+    //! pointer that moves along k. matrixmultiply packed both operands on every call
     //! (a quarter of its time in a ResNet's conv products). Each entry of C is the same chain
     //! of fused multiply-adds in k order as matrixmultiply's, in blocks of [`KC`], so the
     //! results are bit for bit its own (tested).
@@ -438,13 +452,8 @@ pub mod avx2 {
     /// Whether the CPU has AVX2 and FMA (detected once; `METACLF_NO_AVX2_GEMM` set in the
     /// environment leaves the products to matrixmultiply, for comparisons).
     pub fn available() -> bool {
-        use std::sync::OnceLock;
-        static ON: OnceLock<bool> = OnceLock::new();
-        *ON.get_or_init(|| {
-            std::env::var_os("METACLF_NO_AVX2_GEMM").is_none()
-                && is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-        })
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        super::switched_on(&ON, "METACLF_NO_AVX2_GEMM")
     }
 
     /// [`super::gemm`] on AVX2 with FMA.

@@ -22,18 +22,8 @@ use super::gemm::KC;
 /// Whether the implicit kernels run on this CPU: AVX2 with FMA (`METACLF_NO_IMPLICIT` in the
 /// environment turns them off, for comparisons).
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static ON: OnceLock<bool> = OnceLock::new();
-        *ON.get_or_init(|| {
-            std::env::var_os("METACLF_NO_IMPLICIT").is_none()
-                && is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    super::gemm::switched_on(&ON, "METACLF_NO_IMPLICIT")
 }
 
 impl ConvGeom {
@@ -112,7 +102,7 @@ pub fn forward_sample(g: &ConvGeom, wgt: &[f32], xp: &[f32], out: &mut [f32]) {
     assert!(xp.len() >= g.padded_len(), "padded sample");
     assert!(out.len() >= g.out_len(), "output");
     #[cfg(target_arch = "x86_64")]
-    if x86::present() {
+    if super::gemm::has_avx2_fma() {
         // SAFETY: AVX2 and FMA are present; the slices hold what the geometry reaches
         unsafe { x86::forward(g, wgt.as_ptr(), xp.as_ptr(), out.as_mut_ptr()) };
         return;
@@ -178,7 +168,7 @@ pub fn input_grad_sample(
     dyp: &[f32],
     dx: &mut [std::mem::MaybeUninit<f32>],
 ) {
-    assert!(folds(g), "stride 1 and at most {KC} output channels");
+    assert!(folds(g), "a geometry the input gradient folds on ({g:?})");
     assert!(
         wp.data.len() >= g.cin.div_ceil(DX_ROWS) * g.k * g.k * g.cout * DX_ROWS,
         "weights"
@@ -186,7 +176,7 @@ pub fn input_grad_sample(
     assert!(dyp.len() >= dy_padded_len(g), "padded output gradient");
     assert!(dx.len() >= g.in_len(), "input gradient");
     #[cfg(target_arch = "x86_64")]
-    if x86::present() {
+    if super::gemm::has_avx2_fma() {
         // SAFETY: AVX2 and FMA are present; the slices hold what the geometry reaches
         unsafe { x86::input_grad(g, wp.data.as_ptr(), dyp.as_ptr(), dx.as_mut_ptr().cast()) };
         return;
@@ -205,7 +195,7 @@ pub fn weight_grad_sample(g: &ConvGeom, xp: &[f32], dyt: &[f32], c: &mut [f32]) 
     assert!(dyt.len() >= g.ohw() * g.cout, "transposed output gradient");
     assert!(c.len() >= g.ckk() * g.cout, "weight gradient");
     #[cfg(target_arch = "x86_64")]
-    if x86::present() {
+    if super::gemm::has_avx2_fma() {
         // SAFETY: AVX2 and FMA are present, and the slices hold what the geometry reaches
         // (asserted): every unfolded position lies inside the padded sample by the output
         // size's definition, (oh − 1)·s + k ≤ h + 2·pad
@@ -223,7 +213,7 @@ pub fn transpose(m: &[f32], rows: usize, cols: usize, t: &mut [f32]) {
     );
     let (r8, c8) = (rows / 8 * 8, cols / 8 * 8);
     #[cfg(target_arch = "x86_64")]
-    if x86::present() {
+    if super::gemm::has_avx2_fma() {
         // SAFETY: AVX2 is present; the blocks lie inside both matrices (asserted)
         unsafe { x86::transpose8(m.as_ptr(), rows, cols, r8, c8, t.as_mut_ptr()) };
         // the rows below r8 and the columns right of c8
@@ -255,10 +245,6 @@ mod x86 {
     /// Rows of a tile (unfolded rows): 6 × 2 accumulators, 2 registers of the output
     /// gradient and a broadcast fill 15 of the 16 ymm registers.
     const MR: usize = 6;
-
-    pub fn present() -> bool {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-    }
 
     /// The 8 × 8 blocks of `m` [rows, cols] above r8 and left of c8, transposed into `t`.
     #[target_feature(enable = "avx2")]

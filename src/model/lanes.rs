@@ -28,18 +28,8 @@ use super::moments::LANES;
 /// (without FMA, matrixmultiply rounds products and sums apart, and the callers use it);
 /// `METACLF_NO_LANES` in the environment turns it off, for comparisons.
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static ON: OnceLock<bool> = OnceLock::new();
-        *ON.get_or_init(|| {
-            std::env::var_os("METACLF_NO_LANES").is_none()
-                && is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    super::gemm::switched_on(&ON, "METACLF_NO_LANES")
 }
 
 /// A worker's buffers: the group's input and output gradient interleaved, and one block of
